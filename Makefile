@@ -1,0 +1,54 @@
+# agentfleet — every entry point a developer or CI needs. `make test` and `make demo` work on a
+# fresh machine: they install what is missing and build the control plane on first use.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+export PATH := $(HOME)/.cache/agentfleet/bin/kubernetes-$(shell sed -n 's/^KUBERNETES_VERSION=//p' hack/versions.env):$(HOME)/.cache/agentfleet/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' hack/versions.env):$(PATH)
+
+.PHONY: help deps build cluster-up cluster-down cluster-status lint typecheck unit integration test demo bench crds docs clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+deps: ## install Prometheus and the Python environment (.venv) if missing
+	@hack/deps
+
+build: ## build and cache etcd, kube-*, kubectl, kwok, helm (cold: long; warm: instant)
+	@hack/build
+
+cluster-up: deps build ## start the local control plane and Prometheus
+	@hack/cluster up
+
+cluster-down: ## stop the local control plane and remove its state
+	@hack/cluster down
+
+cluster-status:
+	@hack/cluster status
+
+lint: deps ## ruff
+	.venv/bin/ruff check operator tests hack/*.py
+
+typecheck: deps ## mypy --strict on operator/
+	.venv/bin/mypy
+
+unit: deps ## fast tests of pure logic
+	.venv/bin/pytest -m unit -q
+
+integration: deps build ## tests on the real control plane (started if needed)
+	.venv/bin/pytest -m integration -q
+
+test: deps build lint typecheck ## everything: lint, types, unit and integration tests
+	.venv/bin/pytest -q
+
+crds: deps ## regenerate crds/, the chart's CRDs, the admission policy and docs/api.md
+	$(PY) -m agentfleet.api.crdgen --write crds
+	$(PY) -m agentfleet.api.admission --write
+	$(PY) -m agentfleet.api.docgen --write
+
+demo: deps build ## set everything up and run the main scenario
+	@if [ -x hack/demo ]; then hack/demo; else echo "make demo: coming with the demo issue; try 'make cluster-up'"; fi
+
+bench: deps build ## benchmarks (not part of make test)
+	$(PY) hack/bench_guard.py
+
+clean: cluster-down
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

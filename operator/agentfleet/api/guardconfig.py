@@ -1,0 +1,56 @@
+"""The guard sidecar's configuration file: the contract between ``render`` and ``guard``.
+
+The operator renders one of these per revision into a ConfigMap (``guard.yaml``); the guard
+loads it at start. It reuses the API types, so a budget means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from pydantic import ConfigDict, Field
+
+from agentfleet.api.types import Budgets, GuardSettings, Model, ModelSpec, Pricing, ToolSpec
+
+
+class AuditSink(Model):
+    """Where the hash-chained audit trail goes."""
+
+    stdout: bool = True
+    """Write each record as a JSON line to standard output."""
+    file: str | None = None
+    """Also append to this file, rotated at max_bytes."""
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    """Rotate the file when it grows past this size."""
+    backups: int = Field(default=3, ge=0, le=100)
+    """Rotated files to keep."""
+
+
+class GuardConfig(Model):
+    """Everything one guard process needs to enforce one agent revision."""
+
+    model_config = ConfigDict(frozen=True)
+    namespace: str
+    """Namespace of the AgentDeployment (metric label)."""
+    agent: str
+    """Name of the AgentDeployment (metric label)."""
+    revision: str
+    """Revision hash (metric label)."""
+    model: ModelSpec
+    """Upstream model. ``model.pricing`` is replaced by ``pricing`` below."""
+    pricing: Pricing = Pricing()
+    """Effective price: the AgentPolicy price table wins over the agent's declaration."""
+    api_key_file: str | None = None
+    """File holding the upstream API key (the mounted Secret); never exposed to the agent."""
+    tools: list[ToolSpec] = []
+    """Declared tools."""
+    allowed_tools: list[str] | None = None
+    """Allowed tool names; None allows every declared tool."""
+    budgets: Budgets = Budgets()
+    """Limits to enforce."""
+    guard: GuardSettings = GuardSettings()
+    """Loop threshold, injection mode, content capture."""
+    listen_host: str = "127.0.0.1"
+    """Address to listen on (in a pod: 0.0.0.0 so Prometheus can scrape /metrics)."""
+    listen_port: int = Field(default=4000, ge=1, le=65535)
+    """Port for the OpenAI-compatible API, /tools, /metrics and health endpoints."""
+    audit: AuditSink = AuditSink()
+    """Audit trail sinks."""

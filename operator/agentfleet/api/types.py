@@ -1,0 +1,654 @@
+"""The agentfleet.dev/v1alpha1 API: the single source of truth.
+
+The CRDs in ``crds/``, the chart's CRDs, ``docs/api.md`` and the guard's configuration are all
+generated from or validated by these models. Attribute docstrings become the OpenAPI
+descriptions that ``kubectl explain`` shows, so every field has one. Cross-field rules that
+the API server can check live here too, as CEL (``x-kubernetes-validations``).
+
+Units are explicit: durations are Go/Kubernetes-style strings ("500ms", "30s", "5m", "1h30m"),
+money is a decimal string in US dollars ("12.50"), never a float.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "agentfleet.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
+DECIMAL_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,9})?$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+"""A Go-style duration such as "500ms", "30s", "5m" or "1h30m"."""
+Money = Annotated[str, Field(pattern=MONEY_PATTERN, max_length=20)]
+"""A non-negative amount of US dollars as a decimal string, e.g. "12.50"."""
+Decimal = Annotated[str, Field(pattern=DECIMAL_PATTERN, max_length=26)]
+"""A decimal number as a string, e.g. "0.05"; exact, unlike a float."""
+DnsName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+ToolName = Annotated[str, Field(pattern=TOOL_NAME_PATTERN, max_length=64)]
+Cidr = Annotated[
+    str,
+    Field(
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "isCIDR(self)", "message": "must be a CIDR such as 203.0.113.0/24"}
+            ]
+        },
+    ),
+]
+"""An IPv4 or IPv6 network in CIDR notation (checked by the API server with isCIDR)."""
+ApiName = Annotated[str, Field(max_length=253)]
+"""An API group, resource or object name in an RBAC rule."""
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """JSON-schema extra carrying CEL rules (``x-kubernetes-validations``) for the CRD."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+def _map_list(*keys: str) -> dict[str, Any]:
+    """A list the API server treats as a map keyed by ``keys``: duplicates are rejected."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+class Model(BaseModel):
+    """Base for every API object: camelCase on the wire, docstrings as descriptions."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API server stores it (camelCase, unset fields omitted)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- agent
+
+
+class SecretKeyRef(Model):
+    """A key in a Secret in the AgentDeployment's namespace."""
+
+    name: DnsName
+    """Name of the Secret."""
+    key: str = Field(default="api-key", min_length=1, max_length=253)
+    """Key within the Secret."""
+
+
+class ConfigMapKeyRef(Model):
+    """A key in a ConfigMap in the AgentDeployment's namespace."""
+
+    name: DnsName
+    """Name of the ConfigMap."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key within the ConfigMap."""
+
+
+class Provider(StrEnum):
+    """Which kind of LLM API the model is served by. The guard speaks the OpenAI protocol to
+    the agent; the upstream must be OpenAI-compatible (all of these offer such an endpoint)."""
+
+    OPENAI = "openai"
+    AZURE_OPENAI = "azure-openai"
+    ANTHROPIC = "anthropic"
+    VLLM = "vllm"
+    OPENAI_COMPATIBLE = "openai-compatible"
+
+
+class Pricing(Model):
+    """Price of the model in US dollars per million tokens; used to compute cost budgets."""
+
+    input_per_million: Money = "0"
+    """Dollars per million prompt (input) tokens."""
+    output_per_million: Money = "0"
+    """Dollars per million completion (output) tokens."""
+
+
+class ModelSpec(Model):
+    """The LLM the agent calls. The agent never sees the endpoint's key: only the guard does."""
+
+    provider: Provider = Provider.OPENAI
+    """Kind of API serving the model."""
+    name: str = Field(min_length=1, max_length=128)
+    """Model name sent upstream, e.g. "gpt-4o-mini"."""
+    endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=512)
+    """Base URL of the OpenAI-compatible API, e.g. "https://api.openai.com/v1"."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret holding the upstream API key; mounted into the guard sidecar only."""
+    pricing: Pricing = Pricing()
+    """Declared price. An AgentPolicy's price table, when it lists this model, takes precedence."""
+
+
+class SystemPrompt(Model):
+    """The agent's system prompt, inline or from a ConfigMap (exactly one)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "has(self.inline) != has(self.configMapKeyRef)",
+                "systemPrompt needs exactly one of inline or configMapKeyRef",
+            )
+        )
+    )
+    inline: str | None = Field(default=None, max_length=65536)
+    """The prompt text."""
+    config_map_key_ref: ConfigMapKeyRef | None = None
+    """A ConfigMap key holding the prompt text."""
+
+
+class ToolSpec(Model):
+    """A tool the agent may be offered. HTTP tools with an endpoint are called through the
+    guard's tool proxy, which applies the same checks as for model-initiated calls."""
+
+    name: ToolName
+    """Tool (function) name as it appears in the model's tool calls."""
+    description: str | None = Field(default=None, max_length=1024)
+    """What the tool does (documentation only)."""
+    endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=512)
+    """URL of an HTTP tool, reached through the guard's /tools/NAME route."""
+    max_calls_per_task: int | None = Field(default=None, ge=1, le=100000)
+    """Cap on calls of this tool within one task."""
+
+
+class EnvVar(Model):
+    """An environment variable for the agent container: a literal value or a Secret key that
+    ``permissions.secrets`` allows."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.value) != has(self.secretKeyRef)", "env needs exactly one of value or secretKeyRef")
+        )
+    )
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
+    """Variable name."""
+    value: str | None = Field(default=None, max_length=32768)
+    """Literal value."""
+    secret_key_ref: SecretKeyRef | None = None
+    """Value from a Secret key; the Secret must be listed in permissions.secrets."""
+
+
+class Resources(Model):
+    """Compute resources of the agent container, as in a Pod (e.g. cpu: "500m", memory: "256Mi")."""
+
+    requests: dict[str, str] | None = None
+    """Minimum resources."""
+    limits: dict[str, str] | None = None
+    """Maximum resources."""
+
+
+class AgentSpec(Model):
+    """The agent itself: its container, the model it calls, its prompt and its tools."""
+
+    image: str = Field(min_length=1, max_length=512)
+    """Container image of the agent."""
+    command: list[Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=64)
+    """Entrypoint override."""
+    args: list[Annotated[str, Field(max_length=4096)]] | None = Field(default=None, max_length=256)
+    """Arguments."""
+    env: list[EnvVar] | None = Field(default=None, max_length=128, json_schema_extra=_map_list("name"))
+    """Environment variables. OPENAI_BASE_URL and AGENTFLEET_* are set by the operator."""
+    resources: Resources | None = None
+    """Compute resources of the agent container."""
+    model: ModelSpec
+    """The LLM the agent calls (through the guard)."""
+    system_prompt: SystemPrompt | None = None
+    """System prompt; part of the revision, so a prompt change is a rollout."""
+    tools: list[ToolSpec] | None = Field(default=None, max_length=256, json_schema_extra=_map_list("name"))
+    """Tools the agent may be offered; permissions.tools narrows which are allowed."""
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+class LatencyBudget(Model):
+    """Latency budget for upstream LLM calls."""
+
+    per_call_deadline: Duration = "60s"
+    """Deadline for one LLM call, retries included; the guard gives up after it."""
+    p99_target: Duration | None = None
+    """Target p99 latency; a p99Latency guardrail can act on it."""
+
+
+class Budgets(Model):
+    """Limits the guard enforces at run time. Unset means unlimited (within AgentPolicy ceilings)."""
+
+    tokens_per_hour: int | None = Field(default=None, ge=1, le=10**12)
+    """Tokens (input + output) per sliding hour, per replica's guard."""
+    cost_per_day: Money | None = None
+    """Dollars per UTC day, per replica's guard; the fleet-wide total is also evaluated."""
+    max_tool_calls_per_task: int = Field(default=100, ge=1, le=100000)
+    """Tool calls allowed in one task."""
+    max_iterations_per_task: int = Field(default=50, ge=1, le=100000)
+    """LLM calls allowed in one task."""
+    max_task_duration: Duration = "15m"
+    """Wall-clock limit of one task, from its first call."""
+    latency: LatencyBudget = LatencyBudget()
+    """Per-call deadline and p99 target."""
+    max_concurrent_tasks: int = Field(default=16, ge=1, le=100000)
+    """Tasks in flight at once per replica; more are rejected with 429."""
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+class EgressRule(Model):
+    """Network destinations the agent pod may reach besides DNS and its guard's upstreams."""
+
+    cidr: Cidr
+    """Destination network, e.g. "203.0.113.0/24"."""
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = Field(default=None, max_length=32)
+    """TCP ports; empty means all ports."""
+
+
+class KubernetesRule(Model):
+    """A Kubernetes RBAC rule for the agent's own ServiceAccount (namespaced Role)."""
+
+    api_groups: list[ApiName] = Field(max_length=32)
+    """API groups ("" is the core group)."""
+    resources: list[ApiName] = Field(min_length=1, max_length=64)
+    """Resources, e.g. "pods", "pods/log"."""
+    verbs: list[Annotated[str, Field(max_length=63)]] = Field(min_length=1, max_length=16)
+    """Verbs, e.g. "get", "list", "watch"."""
+    resource_names: list[ApiName] | None = Field(default=None, max_length=64)
+    """Restrict to these object names."""
+
+
+class Permissions(Model):
+    """What the agent may do. Nothing is allowed unless listed here and allowed by every
+    AgentPolicy covering the namespace."""
+
+    tools: list[ToolName] | None = Field(default=None, max_length=256)
+    """Allowed tool names (a subset of agent.tools); unset allows all declared tools."""
+    egress: list[EgressRule] | None = Field(default=None, max_length=64)
+    """Extra network egress beyond DNS and the guard's upstreams."""
+    kubernetes: list[KubernetesRule] | None = Field(default=None, max_length=64)
+    """RBAC rules for the agent's ServiceAccount; without them no token is mounted."""
+    secrets: list[DnsName] | None = Field(default=None, max_length=64)
+    """Secrets the agent container may read through env secretKeyRef."""
+    sub_agents: list[DnsName] | None = Field(default=None, max_length=64)
+    """AgentDeployments in the same namespace this agent may call."""
+
+
+# --------------------------------------------------------------------------- guardrails
+
+
+class Metric(StrEnum):
+    """Built-in guardrail metrics (mapped to PromQL over the guard's metrics) or custom PromQL."""
+
+    ERROR_RATE = "errorRate"
+    TOOL_ERROR_RATE = "toolErrorRate"
+    LOOP_DETECTIONS = "loopDetections"
+    COST_PER_TASK = "costPerTask"
+    TOKEN_RATE = "tokenRate"
+    P99_LATENCY = "p99Latency"
+    INJECTION_SUSPICIONS = "injectionSuspicions"
+    BUDGET_REJECTIONS = "budgetRejections"
+    CUSTOM = "custom"
+
+
+class Action(StrEnum):
+    """What to do when a guardrail rule is breached."""
+
+    SUSPEND = "Suspend"
+    ROLLBACK = "Rollback"
+    SCALE_TO = "ScaleTo"
+    ALERT = "Alert"
+
+
+class Comparison(StrEnum):
+    """How the observed value is compared with the threshold; true means breached."""
+
+    GT = ">"
+    GE = ">="
+    LT = "<"
+    LE = "<="
+
+
+class GuardrailRule(Model):
+    """When ``metric`` compared with ``threshold`` holds for ``for``, take ``action``."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.action != 'ScaleTo' || has(self.scaleTo)",
+                "action ScaleTo needs scaleTo (a replica count)",
+            ),
+            ("self.action == 'ScaleTo' || !has(self.scaleTo)", "scaleTo is only valid with action ScaleTo"),
+            ("self.metric != 'custom' || has(self.query)", "metric custom needs query (PromQL)"),
+            ("self.metric == 'custom' || !has(self.query)", "query is only valid with metric custom"),
+        )
+    )
+    name: DnsName
+    """Rule name, unique within the AgentDeployment; it appears in reasons and Events."""
+    metric: Metric
+    """Built-in metric name, or custom with query."""
+    query: str | None = Field(default=None, max_length=4096)
+    """Custom PromQL; {{namespace}}, {{agent}} and {{revision}} are substituted. The result
+    must be grouped by (namespace, agent, revision) or be a single value."""
+    comparison: Comparison = Comparison.GT
+    """Comparison of observed value against threshold."""
+    threshold: Decimal
+    """Threshold as a decimal string, e.g. "0.05" for a 5% error rate."""
+    for_: Duration = Field(default="0s", alias="for")
+    """How long the breach must persist before acting."""
+    action: Action
+    """What to do on breach."""
+    scale_to: int | None = Field(default=None, ge=0, le=10000)
+    """Replica count for action ScaleTo."""
+    cooldown: Duration = "5m"
+    """Minimum time between two actions of this rule."""
+
+
+class OnMetricsUnavailable(StrEnum):
+    """What to do when Prometheus cannot be queried."""
+
+    HOLD = "Hold"
+    SUSPEND = "Suspend"
+
+
+class Analysis(Model):
+    """How the evaluator judges this agent."""
+
+    interval: Duration = "15s"
+    """Minimum time between two evaluations (the fleet evaluator runs on its own interval)."""
+    stabilization_window: Duration = "5m"
+    """Time without a breach after which the current revision becomes the stable one."""
+    on_metrics_unavailable: OnMetricsUnavailable = OnMetricsUnavailable.HOLD
+    """Hold: do nothing and set MetricsAvailable=False. Suspend: fail closed."""
+
+
+class InjectionMode(StrEnum):
+    """What the guard does with a suspected prompt injection in a tool result."""
+
+    OFF = "Off"
+    FLAG = "Flag"
+    BLOCK = "Block"
+
+
+class GuardSettings(Model):
+    """Run-time behaviour of the guard sidecar."""
+
+    loop_threshold: int = Field(default=3, ge=2, le=1000)
+    """Same tool with the same arguments (or the same tool error) this many times in a task ends it."""
+    injection: InjectionMode = InjectionMode.FLAG
+    """Prompt-injection heuristics on tool results: count only (Flag), reject (Block), or Off."""
+    capture_content: bool = False
+    """Write full prompts and completions to the audit trail (default: hash and length only)."""
+
+
+# --------------------------------------------------------------------------- AgentDeployment
+
+
+class AgentDeploymentSpec(Model):
+    """Desired state of an agent deployment."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.permissions) || !has(self.permissions.tools) || "
+                "self.permissions.tools.all(t, has(self.agent.tools) && "
+                "self.agent.tools.exists(x, x.name == t))",
+                "permissions.tools may only name tools declared in agent.tools",
+            ),
+            (
+                "!has(self.agent.env) || self.agent.env.all(e, !has(e.secretKeyRef) || "
+                "(has(self.permissions) && has(self.permissions.secrets) && "
+                "e.secretKeyRef.name in self.permissions.secrets))",
+                "agent.env may only reference Secrets listed in permissions.secrets",
+            ),
+        )
+    )
+    replicas: int = Field(default=1, ge=0, le=10000)
+    """Number of agent pods (scale subresource: kubectl scale and HPAs set this)."""
+    suspended: bool = False
+    """Manual kill switch: scales to zero and keeps the spec, like CronJob.spec.suspend."""
+    agent: AgentSpec
+    """The agent's container, model, prompt and tools."""
+    budgets: Budgets = Budgets()
+    """Run-time limits enforced by the guard."""
+    permissions: Permissions = Permissions()
+    """What the agent may reach and do."""
+    guard: GuardSettings = GuardSettings()
+    """Guard sidecar behaviour."""
+    guardrails: list[GuardrailRule] | None = Field(
+        default=None, max_length=64, json_schema_extra=_map_list("name")
+    )
+    """Rules that suspend, roll back, scale or alert on metric breaches."""
+    analysis: Analysis = Analysis()
+    """Evaluation settings."""
+    revision_history_limit: int = Field(default=10, ge=0, le=1000)
+    """Old revisions (ControllerRevisions) to keep for rollback."""
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(Model):
+    """A Kubernetes-convention condition."""
+
+    type: str = Field(max_length=64)
+    """Ready, Progressing, Suspended, RolledBack, BudgetExceeded, MetricsAvailable or PolicyViolation."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    observed_generation: int | None = None
+    """Spec generation the condition was computed from."""
+    reason: str = Field(max_length=128)
+    """CamelCase machine-readable reason."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable explanation."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    ROLLED_BACK = "RolledBack"
+    DEGRADED = "Degraded"
+    POLICY_VIOLATION = "PolicyViolation"
+
+
+class Breach(Model):
+    """The last guardrail breach acted upon."""
+
+    rule: str
+    """Rule name."""
+    metric: str
+    """Metric of the rule."""
+    observed_value: str
+    """Value seen in Prometheus."""
+    threshold: str
+    """Threshold of the rule (with its comparison)."""
+    revision: str | None = None
+    """Revision that breached."""
+    time: str
+    """When the action was taken (RFC 3339)."""
+    action: str
+    """Action taken."""
+
+
+class Usage(Model):
+    """Observed usage, summed over replicas, from Prometheus."""
+
+    spend_today: Money | None = None
+    """Dollars spent since 00:00 UTC."""
+    tokens_last_hour: int | None = None
+    """Tokens in the last hour."""
+    updated_at: str | None = None
+    """When these numbers were read."""
+
+
+class AgentDeploymentStatus(Model):
+    """Observed state, written by the operator."""
+
+    model_config = ConfigDict(frozen=False)
+    observed_generation: int | None = None
+    """The spec generation this status describes."""
+    replicas: int | None = None
+    """Pods that exist (scale subresource)."""
+    ready_replicas: int | None = None
+    """Pods that are ready."""
+    ready: str | None = None
+    """Ready pods out of desired, e.g. "2/3" (the READY column of kubectl get)."""
+    selector: str | None = None
+    """Label selector of the pods (scale subresource; used by HPAs)."""
+    phase: Phase | None = None
+    """Summary of the state."""
+    conditions: list[Condition] | None = Field(default=None, json_schema_extra=_map_list("type"))
+    """Standard conditions."""
+    current_revision: str | None = None
+    """Hash of the revision the Deployment runs."""
+    stable_revision: str | None = None
+    """Hash of the last revision that passed the stabilization window."""
+    revision_started_at: str | None = None
+    """When the current revision started (for the stabilization window)."""
+    suspended_replicas: int | None = None
+    """Replica count to restore on resume after an automatic suspension."""
+    last_breach: Breach | None = None
+    """The last guardrail breach acted upon."""
+    usage: Usage | None = None
+    """Observed usage."""
+
+
+class ObjectMeta(Model):
+    """The parts of metadata the operator reads; everything else passes through."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = ""
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class AgentDeployment(Model):
+    """An AI agent deployment: its model, tools, budgets, permissions and rollback rules."""
+
+    model_config = ConfigDict(extra="ignore")
+    api_version: Literal["agentfleet.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AgentDeployment"] = "AgentDeployment"
+    metadata: ObjectMeta = ObjectMeta()
+    spec: AgentDeploymentSpec
+    status: AgentDeploymentStatus | None = None
+
+
+# --------------------------------------------------------------------------- AgentPolicy
+
+
+class NamespaceSelector(Model):
+    """Label selector over Namespaces (matchLabels only, so admission can evaluate it in CEL)."""
+
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
+    """Namespaces whose labels include all of these."""
+
+
+class BudgetCeilings(Model):
+    """Upper bounds for AgentDeployment budgets. An agent must declare a value within each set
+    ceiling (an unset budget counts as unlimited and is rejected where a ceiling exists)."""
+
+    tokens_per_hour: int | None = Field(default=None, ge=1, le=10**12)
+    """Ceiling on budgets.tokensPerHour."""
+    cost_per_day: Money | None = None
+    """Ceiling on budgets.costPerDay."""
+    max_tool_calls_per_task: int | None = Field(default=None, ge=1, le=100000)
+    """Ceiling on budgets.maxToolCallsPerTask."""
+    max_iterations_per_task: int | None = Field(default=None, ge=1, le=100000)
+    """Ceiling on budgets.maxIterationsPerTask."""
+    max_task_duration: Duration | None = None
+    """Ceiling on budgets.maxTaskDuration."""
+    max_concurrent_tasks: int | None = Field(default=None, ge=1, le=100000)
+    """Ceiling on budgets.maxConcurrentTasks."""
+    max_replicas: int | None = Field(default=None, ge=0, le=10000)
+    """Ceiling on spec.replicas."""
+
+
+class RequiredGuardrail(Model):
+    """A guardrail every covered agent must declare."""
+
+    metric: Metric
+    """The metric a rule must watch."""
+    actions: list[Action] | None = Field(default=None, min_length=1, max_length=4)
+    """Acceptable actions (unset: any)."""
+
+
+class ModelPrice(Model):
+    """A price-table entry: overrides what an agent declares for this model."""
+
+    model: str = Field(min_length=1, max_length=128)
+    """Model name as in agent.model.name."""
+    input_per_million: Money
+    """Dollars per million input tokens."""
+    output_per_million: Money
+    """Dollars per million output tokens."""
+
+
+class AgentPolicySpec(Model):
+    """Fleet-wide ceilings and allowances, owned by the platform team. Agents in covered
+    namespaces must stay within every field that is set; unset fields do not restrict."""
+
+    namespaces: list[DnsName] | None = Field(default=None, max_length=1024)
+    """Namespaces covered by name. With namespaceSelector unset too, the policy covers all."""
+    namespace_selector: NamespaceSelector | None = None
+    """Namespaces covered by labels (in addition to namespaces)."""
+    ceilings: BudgetCeilings = BudgetCeilings()
+    """Budget ceilings."""
+    allowed_models: list[Annotated[str, Field(max_length=128)]] | None = Field(default=None, max_length=256)
+    """Model names agents may use."""
+    allowed_tools: list[ToolName] | None = Field(default=None, max_length=1024)
+    """Tool names agents may declare."""
+    allowed_egress: list[Cidr] | None = Field(default=None, max_length=256)
+    """CIDRs agents' egress rules must fall within."""
+    allowed_kubernetes_rules: list[KubernetesRule] | None = Field(default=None, max_length=256)
+    """Every rule an agent asks for must be covered by one of these (groups, resources and verbs
+    each a subset). Unset: agents may not have Kubernetes permissions at all."""
+    required_guardrails: list[RequiredGuardrail] | None = Field(default=None, max_length=64)
+    """Guardrails every covered agent must declare."""
+    model_prices: list[ModelPrice] | None = Field(
+        default=None, max_length=1024, json_schema_extra=_map_list("model")
+    )
+    """Authoritative model prices."""
+    suspend_all: bool = False
+    """Fleet kill switch: suspends every covered agent within one evaluation interval."""
+
+
+class AgentPolicyStatus(Model):
+    """Observed state of the policy."""
+
+    model_config = ConfigDict(frozen=False)
+    observed_generation: int | None = None
+    """Spec generation last processed."""
+    covered_agents: int | None = None
+    """AgentDeployments this policy covers."""
+    violations: int | None = None
+    """Covered AgentDeployments currently violating it."""
+
+
+class AgentPolicy(Model):
+    """Fleet-wide ceilings for agents: budgets, tools, egress, Kubernetes permissions, prices."""
+
+    model_config = ConfigDict(extra="ignore")
+    api_version: Literal["agentfleet.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AgentPolicy"] = "AgentPolicy"
+    metadata: ObjectMeta = ObjectMeta()
+    spec: AgentPolicySpec = AgentPolicySpec()
+    status: AgentPolicyStatus | None = None

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``agentfleet`` and the kubectl plugin ``kubectl-agentfleet``."""

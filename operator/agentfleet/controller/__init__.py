@@ -1,0 +1,1 @@
+"""The operator: kopf handlers (the imperative shell) around the pure render and policy core."""

@@ -1,0 +1,164 @@
+"""kopf handlers: thin shells that read from indexes, call the reconciler, post Events.
+
+Indexes keep the fleet in memory (policies, namespace labels, agents) so a reconcile needs no
+extra reads, and the evaluator reads agents from the same index instead of the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from agentfleet import policy as policy_core
+from agentfleet.api import conditions as cond
+from agentfleet.api.types import AgentPolicy
+from agentfleet.controller import annotations as ann
+from agentfleet.controller import metrics
+from agentfleet.controller.kube import KubeError
+from agentfleet.controller.reconcile import Context, phase_for, reconcile, write_status
+
+AGD = ("agentfleet.dev", "v1alpha1", "agentdeployments")
+AGP = ("agentfleet.dev", "v1alpha1", "agentpolicies")
+WATCHER_MANAGER = "agentfleet-status"
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+@kopf.index(*AGP)
+def policy_index(name: str, body: kopf.Body, logger: kopf.Logger, **_: Any) -> dict[str, AgentPolicy]:
+    try:
+        return {name: AgentPolicy.model_validate(dict(body))}
+    except ValidationError as exc:  # admission should prevent this; never crash on it
+        logger.error(f"AgentPolicy {name} is invalid and is ignored: {exc.errors()[0]}")
+        return {}
+
+
+@kopf.index("", "v1", "namespaces")
+def namespace_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    return {name: dict(labels)}
+
+
+@kopf.index(*AGD)
+def agent_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec),
+                                "status": dict(body.status), "apiVersion": body.get("apiVersion")}}
+
+
+def policies_of(index: kopf.Index[str, AgentPolicy]) -> list[AgentPolicy]:
+    return [p for store in index.values() for p in store]
+
+
+def labels_of(index: kopf.Index[str, dict[str, str]], namespace: str) -> dict[str, str]:
+    return next(iter(index.get(namespace, [])), {})
+
+
+def latest(index: kopf.Index[tuple[str, str], dict[str, Any]], key: tuple[str, str]) -> dict[str, Any] | None:
+    return next(iter(index.get(key, [])), None)
+
+
+# ----------------------------------------------------------------------------- AgentDeployment
+
+
+@kopf.on.resume(*AGD, backoff=5)
+@kopf.on.create(*AGD, backoff=5)
+@kopf.on.update(*AGD, backoff=5)
+async def reconcile_agent(body: kopf.Body, memo: kopf.Memo, policy_index: kopf.Index[str, AgentPolicy],
+                          namespace_index: kopf.Index[str, dict[str, str]], **_: Any) -> None:
+    ctx = Context(kube=memo.kube, settings=memo.render_settings, policies=policies_of(policy_index),
+                  namespace_labels=labels_of(namespace_index, body.metadata.namespace or ""))
+    started = time.perf_counter()
+    try:
+        outcome = await reconcile(ctx, json.loads(json.dumps(dict(body))))
+    except KubeError as exc:
+        metrics.RECONCILE_ERRORS.inc()
+        raise kopf.TemporaryError(f"API server said {exc}; retrying", delay=5) from exc
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    metrics.RECONCILES.inc()
+    for type_, reason, message in outcome.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+
+# ----------------------------------------------------------------------------- Deployment status
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={ann.MANAGED_BY: "agentfleet"})
+async def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                             agent_index: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+    """Mirror the Deployment's replica counts and readiness onto the AgentDeployment."""
+    if type == "DELETED":
+        return
+    ns, agent_name = body.metadata.namespace or "", body.metadata.labels.get(ann.AGENT)
+    agent = latest(agent_index, (ns, agent_name or ""))
+    if agent is None:
+        return
+    status = agent["status"]
+    dep_status = body.get("status") or {}
+    desired = int(body.spec.get("replicas") or 0)
+    replicas, ready = int(dep_status.get("replicas") or 0), int(dep_status.get("readyReplicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+    if desired == 0:
+        is_ready, reason, message = False, "ScaledToZero", "no replicas are running"
+    elif ready >= desired and updated >= desired:
+        is_ready, reason, message = True, "ReplicasReady", f"{ready}/{desired} replicas ready"
+    else:
+        is_ready, reason, message = False, "ReplicasNotReady", f"{ready}/{desired} replicas ready"
+    current = cond.get(status.get("conditions"), cond.READY)
+    if (status.get("replicas"), status.get("readyReplicas")) == (replicas, ready) and current and \
+            current.get("reason") == reason and current.get("message") == message:
+        return
+    conditions = cond.set_condition(status.get("conditions"), cond.READY, is_ready, reason, message,
+                                    agent["metadata"].get("generation"), cond.now_rfc3339())
+    try:
+        await write_status(memo.kube, agent, {
+            "replicas": replicas, "readyReplicas": ready,
+            "phase": phase_for(conditions, desired, ready),
+            "conditions": [c for c in conditions if c["type"] == cond.READY],
+        }, manager=WATCHER_MANAGER)
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+
+
+# ----------------------------------------------------------------------------- AgentPolicy changes
+
+
+def covering_hash(policies: Iterable[AgentPolicy], namespace: str, labels: dict[str, str]) -> str:
+    """Fingerprint of the policies covering a namespace: when it changes, its agents re-reconcile."""
+    specs = sorted(json.dumps(p.spec.wire(), sort_keys=True) for p in policies
+                   if policy_core.covers(p, namespace, labels))
+    return hashlib.sha256("\n".join(specs).encode()).hexdigest()[:12]
+
+
+@kopf.on.event(*AGP)
+async def policy_changed(memo: kopf.Memo, policy_index: kopf.Index[str, AgentPolicy],
+                         namespace_index: kopf.Index[str, dict[str, str]],
+                         agent_index: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+    """Touch (annotate) the agents whose covering policies changed, so they reconcile now."""
+    policies = policies_of(policy_index)
+    touches = []
+    for (ns, name), store in list(agent_index.items()):
+        for agent in store:
+            want = covering_hash(policies, ns, labels_of(namespace_index, ns))
+            if (agent["metadata"].get("annotations") or {}).get(ann.POLICY_HASH) != want:
+                touches.append((ns, name, want))
+    sem = asyncio.Semaphore(16)
+
+    async def touch(ns: str, name: str, value: str) -> None:
+        async with sem:
+            try:
+                await memo.kube.merge_patch("AgentDeployment", ns, name,
+                                            {"metadata": {"annotations": {ann.POLICY_HASH: value}}})
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+
+    await asyncio.gather(*(touch(*t) for t in touches))

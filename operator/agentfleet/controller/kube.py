@@ -1,0 +1,155 @@
+"""A small async Kubernetes client for the operator's writes.
+
+Why not the typed ``kubernetes`` client: it is synchronous (it would block kopf's event loop
+or need a thread per call) and deserialises every response into model objects. We use
+``kubernetes_asyncio`` only for what it does well -- loading kubeconfig or in-cluster
+credentials and holding an aiohttp connection pool -- and speak JSON to the API server
+ourselves: server-side apply with one field manager, merge patches, deletes. Every call has a
+timeout; concurrency is bounded by a semaphore shared by the whole process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+FIELD_MANAGER = "agentfleet"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the API."""
+
+    api_version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+RESOURCES: dict[str, Resource] = {
+    "ServiceAccount": Resource("v1", "serviceaccounts"),
+    "ConfigMap": Resource("v1", "configmaps"),
+    "Service": Resource("v1", "services"),
+    "Event": Resource("v1", "events"),
+    "Pod": Resource("v1", "pods"),
+    "Namespace": Resource("v1", "namespaces", namespaced=False),
+    "Role": Resource("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
+    "Deployment": Resource("apps/v1", "deployments"),
+    "ControllerRevision": Resource("apps/v1", "controllerrevisions"),
+    "AgentDeployment": Resource("agentfleet.dev/v1alpha1", "agentdeployments"),
+    "AgentPolicy": Resource("agentfleet.dev/v1alpha1", "agentpolicies", namespaced=False),
+}
+
+
+class KubeError(Exception):
+    """A non-2xx answer from the API server, with its status code and message."""
+
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class Kube:
+    """JSON-level access to the API server with bounded concurrency and per-call timeouts."""
+
+    def __init__(self, api: k8s_client.ApiClient, concurrency: int = 32, timeout: float = 30.0) -> None:
+        self._api = api
+        self._sem = asyncio.Semaphore(concurrency)
+        self._timeout = timeout
+
+    @classmethod
+    async def connect(cls, concurrency: int = 32, timeout: float = 30.0) -> Kube:
+        """In a pod, the ServiceAccount; elsewhere, $KUBECONFIG or ~/.kube/config."""
+        cfg = k8s_client.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=cfg)
+        except k8s_config.ConfigException:
+            await k8s_config.load_kube_config(client_configuration=cfg)
+        cfg.connection_pool_maxsize = concurrency
+        return cls(k8s_client.ApiClient(configuration=cfg), concurrency, timeout)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def request(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
+                      content_type: str = "application/json") -> dict[str, Any] | None:
+        """One API call; returns the decoded JSON body (None for 404 on GET/DELETE)."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        async with self._sem:
+            resp = await self._api.call_api(
+                path, method, query_params=query or [], header_params=headers, body=body,
+                auth_settings=["BearerToken"], _preload_content=False, _request_timeout=self._timeout,
+            )
+            try:
+                data = await resp.read()
+            finally:
+                resp.release()
+        if 200 <= resp.status < 300:
+            return json.loads(data) if data else {}
+        if resp.status == 404 and method in {"GET", "DELETE"}:
+            return None
+        try:
+            err = json.loads(data)
+            raise KubeError(resp.status, err.get("message", ""), err.get("reason", ""))
+        except ValueError:
+            raise KubeError(resp.status, data.decode(errors="replace")[:500]) from None
+
+    async def apply(self, obj: dict[str, Any], subresource: str | None = None,
+                    field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply (conflicts forced). Children use the one field manager; status
+        writers each use their own, so the API server merges their conditions by type."""
+        res = RESOURCES[obj["kind"]]
+        meta = obj["metadata"]
+        out = await self.request(
+            "PATCH", res.path(meta.get("namespace"), meta["name"], subresource), body=obj,
+            query=[("fieldManager", field_manager), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+        assert out is not None
+        return out
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return await self.request("GET", RESOURCES[kind].path(namespace, name))
+
+    async def list(self, kind: str, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        out = await self.request("GET", RESOURCES[kind].path(namespace), query=query)
+        return list((out or {}).get("items", []))
+
+    async def delete(self, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete in the background (dependants are garbage-collected); False if it was gone."""
+        out = await self.request("DELETE", RESOURCES[kind].path(namespace, name),
+                                 body={"propagationPolicy": "Background"})
+        return out is not None
+
+    async def merge_patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any],
+                          subresource: str | None = None) -> dict[str, Any]:
+        out = await self.request("PATCH", RESOURCES[kind].path(namespace, name, subresource), body=patch,
+                                 content_type="application/merge-patch+json")
+        assert out is not None
+        return out
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        res = RESOURCES[obj["kind"]]
+        out = await self.request("POST", res.path(obj["metadata"].get("namespace")), body=obj)
+        assert out is not None
+        return out

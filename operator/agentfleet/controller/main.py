@@ -1,0 +1,79 @@
+"""``agentfleet operator``: configure kopf for fleets and run it.
+
+Tuning (see docs/architecture.md): bounded workers, Events only for warnings from kopf's own
+logging (our handlers post meaningful Events explicitly), long server-side watch timeouts with a
+client-side safety net, progress and diff-base kept in annotations so status stays ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from agentfleet.controller import metrics
+from agentfleet.controller.kube import Kube
+from agentfleet.render import RenderSettings
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="agentfleet operator", description=__doc__)
+    p.add_argument("-n", "--namespace", action="append", default=[],
+                   help="watch only these namespaces (repeatable); default: the whole cluster")
+    p.add_argument("--guard-image", default=RenderSettings.guard_image, help="image of the guard sidecar")
+    p.add_argument("--upstream-cidr", action="append", default=[],
+                   help="egress CIDRs for hostname LLM endpoints (NetworkPolicy cannot match names)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="port for /metrics (0 disables)")
+    p.add_argument("--metrics-address", default="0.0.0.0")
+    p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL")
+    p.add_argument("--workers", type=int, default=64, help="max objects reconciled concurrently")
+    p.add_argument("--api-concurrency", type=int, default=64, help="max concurrent API requests")
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> None:
+    @kopf.on.startup()
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.batching.worker_limit = args.workers
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.watching.connect_timeout = 10
+        settings.networking.request_timeout = 30
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentfleet.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="agentfleet.dev", key="last-handled-configuration")
+        settings.persistence.finalizer = "agentfleet.dev/finalizer"
+        memo.kube = await Kube.connect(concurrency=args.api_concurrency)
+        upstream = tuple(args.upstream_cidr) or RenderSettings.upstream_cidrs
+        memo.render_settings = RenderSettings(guard_image=args.guard_image, upstream_cidrs=upstream)
+
+    @kopf.on.cleanup()
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.kube.close()
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    from agentfleet.controller import handlers  # noqa: F401  (registers the handlers)
+
+    configure(args)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_address, registry=metrics.REGISTRY)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON)
+    asyncio.run(kopf.operator(
+        clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
+        liveness_endpoint=args.liveness or None,
+    ))
+    return 0

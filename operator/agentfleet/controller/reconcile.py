@@ -1,0 +1,274 @@
+"""Reconcile one AgentDeployment: read, call the pure core (policy, render), apply, report.
+
+Level-triggered and idempotent: every call converges the children to what the spec (or a
+pinned rollback revision) says, so a restart mid-reconcile just runs it again. State that must
+survive restarts (current/stable revision, suspension, rollback pin) lives in status.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from agentfleet import policy as policy_core
+from agentfleet.api import conditions as cond
+from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy
+from agentfleet.controller import annotations as ann
+from agentfleet.controller.kube import Kube, KubeError
+from agentfleet.render import RenderSettings, Rendered, render, render_controller_revision, selector
+
+log = logging.getLogger("agentfleet.reconcile")
+
+STATUS_MANAGER = "agentfleet"
+# Conditions this writer owns; the evaluator and the Deployment watcher apply theirs with their
+# own field managers, and the API server merges the list by type.
+OWNED = {cond.POLICY_VIOLATION, cond.ROLLED_BACK, cond.SUSPENDED, cond.PROGRESSING}
+OPTIONAL_KINDS = ("Role", "RoleBinding")  # rendered only when the agent has Kubernetes permissions
+
+
+@dataclass
+class Context:
+    """What the shell hands the reconciler: a client, settings and in-memory indexes."""
+
+    kube: Kube
+    settings: RenderSettings
+    policies: list[AgentPolicy]
+    namespace_labels: dict[str, str]
+
+
+@dataclass
+class Outcome:
+    """What happened, for status and Events (Events are posted by the caller)."""
+
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    revision: str | None = None
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(name).items()))
+
+
+def desired_replicas(agent: AgentDeployment, status: dict[str, Any], policies: list[AgentPolicy],
+                     namespace_labels: dict[str, str]) -> tuple[int, str | None]:
+    """Replica count to run and, when it is zero on purpose, the reason (for the condition)."""
+    if agent.spec.suspended:
+        return 0, "ManualSuspend"
+    if policy_core.suspend_all(agent, policies, namespace_labels):
+        return 0, "FleetKillSwitch"
+    auto = cond.get(status.get("conditions"), cond.SUSPENDED)
+    if auto and auto.get("status") == "True" and auto.get("reason") not in {"ManualSuspend", "FleetKillSwitch"}:
+        return 0, str(auto.get("reason"))
+    return agent.spec.replicas, None
+
+
+def pinned_revision(body: dict[str, Any]) -> str | None:
+    """A rollback pins a revision until the spec changes (a new generation is a fresh attempt)."""
+    status = body.get("status") or {}
+    rolled = cond.get(status.get("conditions"), cond.ROLLED_BACK)
+    if rolled and rolled.get("status") == "True" and rolled.get("observedGeneration") == body["metadata"].get(
+            "generation"):
+        pin = status.get("currentRevision")
+        return str(pin) if pin else None
+    return None
+
+
+async def revisions(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    """ControllerRevisions of an agent, oldest first."""
+    items = await kube.list("ControllerRevision", namespace, f"agentfleet.dev/agent={name}")
+    return sorted(items, key=lambda r: int(r.get("revision", 0)))
+
+
+def snapshot_agent(agent: AgentDeployment, revision: dict[str, Any]) -> AgentDeployment:
+    """The agent as it was at ``revision``: pod-relevant spec from the snapshot, the rest current."""
+    spec = agent.spec.wire()
+    spec.update(revision["data"]["spec"])
+    return agent.model_copy(update={"spec": AgentDeploymentSpec.model_validate(spec)})
+
+
+async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
+    """Converge one AgentDeployment. Never raises for bad input: that becomes a condition."""
+    meta = body["metadata"]
+    ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    status: dict[str, Any] = dict(body.get("status") or {})
+    out = Outcome()
+    now = cond.now_rfc3339()
+    conditions = status.get("conditions") or []
+
+    try:
+        agent = AgentDeployment.model_validate(body)
+    except ValidationError as exc:  # the CRD schema should have caught it; never crash on it
+        msg = f"spec is invalid: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+        conditions = cond.set_condition(conditions, cond.PROGRESSING, False, "InvalidSpec", msg, generation, now)
+        await write_status(ctx.kube, body, {"observedGeneration": generation, "phase": "Degraded",
+                                            "conditions": [c for c in conditions if c["type"] in OWNED]})
+        out.events.append(("Warning", "InvalidSpec", msg))
+        return out
+
+    violations = policy_core.violations(agent, ctx.policies, ctx.namespace_labels)
+    if violations:
+        return await refuse(ctx, body, [str(v) for v in violations], conditions, now)
+    conditions = cond.set_condition(conditions, cond.POLICY_VIOLATION, False, "WithinPolicy",
+                                    "all covering AgentPolicies allow this agent", generation, now)
+
+    all_revisions = await revisions(ctx.kube, ns, name) if status.get("currentRevision") else []
+    rollback_to = (meta.get("annotations") or {}).get(ann.ROLLBACK_TO)
+    pin = pinned_revision(body)
+    pinned: dict[str, Any] | None = None
+    if rollback_to:
+        pinned = next((r for r in all_revisions if rollback_to in {str(r.get("revision")),
+                                                                   r["metadata"]["labels"].get(ann.REVISION)}), None)
+        if pinned is None:
+            out.events.append(("Warning", "RollbackFailed",
+                               f"no revision {rollback_to!r}; see `kubectl agentfleet history {name}`"))
+        else:
+            pin = pinned["metadata"]["labels"][ann.REVISION]
+            conditions = cond.set_condition(conditions, cond.ROLLED_BACK, True, "ManualRollback",
+                                            f"rolled back by request to revision {pinned.get('revision')} ({pin})",
+                                            generation, now)
+            out.events.append(("Normal", "RolledBack", f"manual rollback to revision {pinned.get('revision')} "
+                                                       f"({pin})"))
+        await ctx.kube.merge_patch("AgentDeployment", ns, name,
+                                   {"metadata": {"annotations": {ann.ROLLBACK_TO: None}}})
+    elif pin:
+        pinned = next((r for r in all_revisions if r["metadata"]["labels"].get(ann.REVISION) == pin), None)
+    if not pin or pinned is None:
+        conditions = cond.set_condition(conditions, cond.ROLLED_BACK, False, "NewGeneration" if cond.get(
+            conditions, cond.ROLLED_BACK) else "NotRolledBack", "running the revision the spec describes",
+            generation, now)
+
+    if ann.RESUME in (meta.get("annotations") or {}):
+        if cond.is_true(conditions, cond.SUSPENDED):
+            conditions = cond.set_condition(conditions, cond.SUSPENDED, False, "Resumed",
+                                            "resumed by request", generation, now)
+            status["conditions"] = conditions
+        await ctx.kube.merge_patch("AgentDeployment", ns, name, {"metadata": {"annotations": {ann.RESUME: None}}})
+    replicas, zero_reason = desired_replicas(agent, status, ctx.policies, ctx.namespace_labels)
+    pricing = policy_core.effective_pricing(agent, ctx.policies)
+    source = snapshot_agent(agent, pinned) if pinned else agent
+    rendered = render(source, ctx.settings, pricing=pricing, replicas=replicas)
+    if pinned:  # exact: the template recorded with the revision, not today's rendering of it
+        rendered = with_template(rendered, pinned["data"]["template"])
+
+    for obj in rendered.objects:
+        await ctx.kube.apply(obj)
+    number = await record_revision(ctx, agent, rendered, all_revisions)
+    await prune(ctx, agent, rendered, all_revisions, status)
+
+    if rendered.revision != status.get("currentRevision"):
+        out.events.append(("Normal", "RevisionApplied", f"applied revision {number} ({rendered.revision})"))
+        status["revisionStartedAt"] = now
+    was_zero = cond.is_true(conditions, cond.SUSPENDED)
+    if zero_reason:
+        msg = status_message_for(zero_reason, conditions)
+        conditions = cond.set_condition(conditions, cond.SUSPENDED, True, zero_reason, msg, generation, now)
+        if not was_zero:
+            out.events.append(("Warning", "Suspended", msg))
+    else:
+        conditions = cond.set_condition(conditions, cond.SUSPENDED, False, "Running",
+                                        f"running {replicas} replica(s)", generation, now)
+        if was_zero:
+            out.events.append(("Normal", "Resumed", f"scaled back to {replicas} replica(s)"))
+    conditions = cond.set_condition(conditions, cond.PROGRESSING, True, "RevisionApplied",
+                                    f"revision {rendered.revision} applied", generation, now)
+    out.revision = rendered.revision
+    await write_status(ctx.kube, body, {
+        "observedGeneration": generation,
+        "selector": selector_string(name),
+        "currentRevision": rendered.revision,
+        "revisionStartedAt": status.get("revisionStartedAt", now),
+        "phase": phase_for(conditions, replicas, status.get("readyReplicas") or 0),
+        "conditions": [c for c in conditions if c["type"] in OWNED],
+    })
+    return out
+
+
+def status_message_for(reason: str, conditions: cond.Conditions) -> str:
+    if reason == "ManualSuspend":
+        return "spec.suspended is true; set it to false to resume"
+    if reason == "FleetKillSwitch":
+        return "an AgentPolicy covering this namespace has suspendAll: true"
+    existing = cond.get(conditions, cond.SUSPENDED)
+    return str(existing.get("message", reason)) if existing else reason
+
+
+def phase_for(conditions: cond.Conditions, replicas: int, ready: int) -> str:
+    """One word for `kubectl get agd`; conditions carry the detail."""
+    if cond.is_true(conditions, cond.POLICY_VIOLATION):
+        return "PolicyViolation"
+    if cond.is_true(conditions, cond.SUSPENDED):
+        return "Suspended"
+    if cond.is_true(conditions, cond.ROLLED_BACK):
+        return "RolledBack"
+    if replicas == 0 or ready >= replicas:
+        return "Running"
+    return "Progressing"
+
+
+def with_template(rendered: Rendered, template: dict[str, Any]) -> Rendered:
+    objects = []
+    for obj in rendered.objects:
+        if obj["kind"] == "Deployment":
+            obj = {**obj, "spec": {**obj["spec"], "template": template}}
+        objects.append(obj)
+    return Rendered(revision=rendered.revision, objects=objects, pod_template=template,
+                    guard_config=rendered.guard_config)
+
+
+async def record_revision(ctx: Context, agent: AgentDeployment, rendered: Rendered,
+                          existing: list[dict[str, Any]]) -> int:
+    """Store the revision as a ControllerRevision (numbered like Deployments do)."""
+    same = next((r for r in existing if r["metadata"]["labels"].get(ann.REVISION) == rendered.revision), None)
+    if same is not None:
+        return int(same.get("revision", 0))
+    number = max((int(r.get("revision", 0)) for r in existing), default=0) + 1
+    await ctx.kube.apply(render_controller_revision(agent, rendered, number))
+    return number
+
+
+async def prune(ctx: Context, agent: AgentDeployment, rendered: Rendered, existing: list[dict[str, Any]],
+                status: dict[str, Any]) -> None:
+    """Delete children no longer desired, and revisions beyond revisionHistoryLimit."""
+    ns, name = agent.metadata.namespace, agent.metadata.name
+    if not status.get("currentRevision"):
+        return  # a brand-new agent has nothing to prune
+    desired = {(o["kind"], o["metadata"]["name"]) for o in rendered.objects}
+    for kind in OPTIONAL_KINDS:
+        if (kind, f"{name}-agent") not in desired:
+            await ctx.kube.delete(kind, ns, f"{name}-agent")
+    keep = {rendered.revision, status.get("stableRevision"), status.get("currentRevision")}
+    old = [r for r in existing if r["metadata"]["labels"].get(ann.REVISION) not in keep]
+    excess = len(old) - agent.spec.revision_history_limit
+    for rev in old[:max(excess, 0)]:
+        rev_hash = rev["metadata"]["labels"].get(ann.REVISION)
+        await ctx.kube.delete("ControllerRevision", ns, rev["metadata"]["name"])
+        await ctx.kube.delete("ConfigMap", ns, f"{name}-guard-{rev_hash}")
+
+
+async def refuse(ctx: Context, body: dict[str, Any], messages: list[str], conditions: cond.Conditions,
+                 now: str) -> Outcome:
+    """Policy violation: create nothing new, withdraw what could exceed the policy."""
+    meta = body["metadata"]
+    ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    msg = "; ".join(messages)
+    conditions = cond.set_condition(conditions, cond.POLICY_VIOLATION, True, "PolicyViolation", msg, generation, now)
+    try:
+        await ctx.kube.merge_patch("Deployment", ns, name, {"spec": {"replicas": 0}})
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+    for kind in OPTIONAL_KINDS:
+        await ctx.kube.delete(kind, ns, f"{name}-agent")
+    await write_status(ctx.kube, body, {"observedGeneration": generation, "phase": "PolicyViolation",
+                                        "conditions": [c for c in conditions if c["type"] in OWNED]})
+    return Outcome(events=[("Warning", "PolicyViolation", msg)])
+
+
+async def write_status(kube: Kube, body: dict[str, Any], status: dict[str, Any],
+                       manager: str = STATUS_MANAGER) -> None:
+    meta = body["metadata"]
+    await kube.apply({"apiVersion": body["apiVersion"], "kind": "AgentDeployment",
+                      "metadata": {"name": meta["name"], "namespace": meta["namespace"]}, "status": status},
+                     subresource="status", field_manager=manager)

@@ -1,0 +1,201 @@
+"""Loading the guard's configuration and deriving the numbers the hot path needs.
+
+The operator renders a ``GuardConfig`` (the API types' schema) into a ConfigMap; local runs
+build the same object from flags. Either way the request handlers never touch strings like
+"15m" or "12.50": ``Limits`` converts them once, at start, into seconds and ``Decimal``.
+
+Knobs that are not part of the API contract (retry counts, breaker timing, table sizes) live in
+``Tuning``: they are implementation details of this process, settable by flags only, so the
+CRD does not grow fields that nobody should need to change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from agentfleet.api.guardconfig import GuardConfig
+
+TASK_HEADER = "X-Agentfleet-Task"
+"""Request header naming the task a call belongs to."""
+TOOL_CALL_ID_HEADER = "X-Agentfleet-Tool-Call-Id"
+"""Optional header on ``/tools/NAME``: the id of the model tool call being executed."""
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MILLION = Decimal(1_000_000)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which field and why."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration ("500ms", "30s", "1h30m")."""
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ConfigError(f"invalid duration {text!r}: expected e.g. 500ms, 30s, 5m, 1h30m")
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Process-level knobs with safe defaults (flags only; not part of the API)."""
+
+    max_attempts: int = 4
+    """Upstream attempts per call (first try plus retries), all within the call's deadline."""
+    backoff_base: float = 0.1
+    """Seconds; the retry delay is uniform in [0, min(backoff_cap, base * 2**retry)]."""
+    backoff_cap: float = 2.0
+    """Upper bound of one retry delay, seconds."""
+    connect_timeout: float = 5.0
+    """Connect timeout per attempt (also bounded by the call deadline)."""
+    breaker_threshold: int = 5
+    """Consecutive failed upstream attempts that open the breaker."""
+    breaker_open_seconds: float = 5.0
+    """First open period; doubles on each failed half-open probe."""
+    breaker_max_open_seconds: float = 60.0
+    """Cap on the open period."""
+    max_tasks: int = 10_000
+    """Named tasks remembered at once (least recently used are forgotten first)."""
+    max_inflight_requests: int = 4096
+    """Requests handled at once; more get 503 overloaded (bounds memory)."""
+    upstream_connections: int = 512
+    """Connection pool size towards the upstream and tools."""
+    max_request_bytes: int = 32 * 1024 * 1024
+    """Largest request body accepted from the agent."""
+    max_response_bytes: int = 64 * 1024 * 1024
+    """Largest non-streaming upstream or tool response read."""
+    max_sse_line_bytes: int = 8 * 1024 * 1024
+    """Largest single server-sent-event line accepted from the upstream."""
+    default_completion_tokens: int = 4096
+    """Completion tokens reserved when a request sets neither max_tokens nor max_completion_tokens."""
+    drain_timeout: float = 30.0
+    """Seconds to let in-flight requests finish after SIGTERM."""
+    scan_user_content: bool = False
+    """Also run the injection heuristics on user messages (tool results are always scanned)."""
+    injection_scan_bytes: int = 256 * 1024
+    """Characters of one text scanned for injection (head and tail when longer)."""
+    audit_queue: int = 100_000
+    """Audit records buffered before the writer; beyond it records are dropped and a gap record
+    says how many (the chain stays valid)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInfo:
+    """A declared tool as the hot path sees it."""
+
+    name: str
+    endpoint: str | None
+    max_calls_per_task: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """``GuardConfig`` converted once into the units the handlers compare against."""
+
+    tokens_per_hour: int | None
+    cost_per_day: Decimal | None
+    price_in: Decimal
+    price_out: Decimal
+    max_tool_calls: int
+    max_iterations: int
+    max_task_duration: float
+    call_deadline: float
+    max_concurrent_tasks: int
+    loop_threshold: int
+    tools: Mapping[str, ToolInfo] = field(default_factory=dict)
+    allowed: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_config(cls, cfg: GuardConfig) -> Limits:
+        """Derive limits; the allowlist is ``allowed_tools`` if set, else every declared tool."""
+        tools = {t.name: ToolInfo(t.name, t.endpoint, t.max_calls_per_task) for t in cfg.tools}
+        allowed = frozenset(cfg.allowed_tools) if cfg.allowed_tools is not None else frozenset(tools)
+        b = cfg.budgets
+        return cls(
+            tokens_per_hour=b.tokens_per_hour,
+            cost_per_day=Decimal(b.cost_per_day) if b.cost_per_day is not None else None,
+            price_in=Decimal(cfg.pricing.input_per_million) / MILLION,
+            price_out=Decimal(cfg.pricing.output_per_million) / MILLION,
+            max_tool_calls=b.max_tool_calls_per_task,
+            max_iterations=b.max_iterations_per_task,
+            max_task_duration=parse_duration(b.max_task_duration),
+            call_deadline=parse_duration(b.latency.per_call_deadline),
+            max_concurrent_tasks=b.max_concurrent_tasks,
+            loop_threshold=cfg.guard.loop_threshold,
+            tools=tools,
+            allowed=allowed,
+        )
+
+    def cost(self, tokens_in: int, tokens_out: int) -> Decimal:
+        """Dollars for a number of input and output tokens at the effective price."""
+        return self.price_in * tokens_in + self.price_out * tokens_out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML or JSON config file into a mapping (validation happens later)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must contain a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(file_data: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> GuardConfig:
+    """Validate the file (camelCase or snake_case), then apply snake_case overrides from flags.
+
+    The file is validated first and dumped back to Python names so that a flag never ends up
+    beside the same field spelled in camelCase.
+    """
+    try:
+        base = GuardConfig.model_validate(file_data).model_dump(exclude_none=True) if file_data else {}
+        return GuardConfig.model_validate(_merge(base, overrides))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid guard configuration: {problems}") from exc
+
+
+def read_api_key(path: str | None) -> str | None:
+    """The upstream API key from the mounted Secret file (None when no file is configured)."""
+    if path is None:
+        return None
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read API key file {path}: {exc.strerror or exc}") from exc
+    if not key:
+        raise ConfigError(f"API key file {path} is empty")
+    return key

@@ -1,0 +1,56 @@
+"""Inputs and outputs of ``render``: settings, the result, and the one error it raises."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from agentfleet.api.guardconfig import GuardConfig
+
+
+class RenderError(ValueError):
+    """The spec cannot become valid Kubernetes objects. The message names the field, so the
+    reconciler can put it on status and in an Event instead of retrying forever."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Operator-wide knobs, the same for every agent (they come from the operator's flags)."""
+
+    guard_image: str = "ghcr.io/agentfleet/agentfleet:0.1.0"
+    guard_port: int = 4000
+    upstream_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
+    """Egress for hostname upstreams: a NetworkPolicy cannot match hostnames, only CIDRs."""
+    dns_namespace: str = "kube-system"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.guard_port <= 65535:
+            raise RenderError(f"guard_port {self.guard_port} is not a TCP port")
+        if not self.guard_image.strip():
+            raise RenderError("guard_image is empty")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Every desired child of one AgentDeployment, in apply order."""
+
+    revision: str
+    """10-hex-char hash of the pod-relevant spec."""
+    objects: list[dict[str, Any]]
+    """ServiceAccount, [Role, RoleBinding,] ConfigMap, Service, NetworkPolicy, Deployment."""
+    pod_template: dict[str, Any]
+    """Equal to the Deployment's ``spec.template`` (a copy, so mutating one leaves the other)."""
+    guard_config: GuardConfig
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds in a Go-style duration ("1h30m"); the API validates the format."""
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise RenderError(f"{value!r} is not a duration such as 30s, 5m or 1h30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)

@@ -1,0 +1,57 @@
+"""The guard's configuration file and the ConfigMap that carries it into the pod."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from agentfleet.api.guardconfig import AuditSink, GuardConfig
+from agentfleet.api.types import AgentDeploymentSpec, Pricing
+from agentfleet.render.base import RenderSettings
+from agentfleet.render.names import ChildNames, Owner
+
+CONFIG_DIR = "/etc/agentfleet"
+CONFIG_KEY = "guard.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+UPSTREAM_KEY_DIR = "/var/run/agentfleet/upstream"
+AUDIT_DIR = "/var/log/agentfleet"
+AUDIT_FILE = f"{AUDIT_DIR}/audit.jsonl"
+
+
+def guard_config(
+    owner: Owner, spec: AgentDeploymentSpec, revision: str, settings: RenderSettings, pricing: Pricing
+) -> GuardConfig:
+    """``pricing`` is the effective price (policy table or the agent's own); it replaces the
+    model's declared price so the guard sees one number."""
+    model = spec.agent.model
+    key_ref = model.api_key_secret_ref
+    return GuardConfig(
+        namespace=owner.namespace,
+        agent=owner.name,
+        revision=revision,
+        model=model.model_copy(update={"pricing": pricing}),
+        pricing=pricing,
+        api_key_file=f"{UPSTREAM_KEY_DIR}/{key_ref.key}" if key_ref else None,
+        tools=list(spec.agent.tools or []),
+        allowed_tools=list(spec.permissions.tools) if spec.permissions.tools is not None else None,
+        budgets=spec.budgets,
+        guard=spec.guard,
+        listen_host="0.0.0.0",
+        listen_port=settings.guard_port,
+        audit=AuditSink(stdout=True, file=AUDIT_FILE),
+    )
+
+
+def guard_yaml(config: GuardConfig) -> str:
+    """Deterministic YAML (sorted keys); non-ASCII is escaped so odd prompts round-trip."""
+    return yaml.safe_dump(config.wire(), sort_keys=True, allow_unicode=False, default_flow_style=False)
+
+
+def config_map(owner: Owner, names: ChildNames, revision: str, config: GuardConfig) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owner.metadata(names.config_map(revision), revision=revision),
+        "data": {CONFIG_KEY: guard_yaml(config)},
+    }

@@ -1,0 +1,121 @@
+"""The NetworkPolicy: deny everything except DNS, the guard's upstreams and the allowlist.
+
+A NetworkPolicy applies to the whole pod, so the agent container can open the same
+connections as its guard; it never holds the upstream key, though, and tools it is not
+allowed are not opened at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from agentfleet.api.types import AgentDeploymentSpec
+from agentfleet.render.base import RenderError, RenderSettings
+from agentfleet.render.names import AGENT_LABEL, MANAGED_BY_LABEL, MANAGER, ChildNames, Owner, selector
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+DNS_PORT = 53
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an upstream URL connects: a CIDR for IP literals, None for hostnames."""
+
+    cidr: str | None
+    port: int
+
+
+def normalize_cidr(cidr: str, where: str) -> str:
+    """Canonical form (host bits cleared), which the API server accepts without warnings."""
+    try:
+        return str(ipaddress.ip_network(cidr, strict=False))
+    except ValueError as err:
+        raise RenderError(f"{where}: {cidr!r} is not a CIDR") from err
+
+
+def parse_endpoint(url: str, where: str) -> Endpoint:
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as err:
+        raise RenderError(f"{where}: {url!r} is not a valid URL ({err})") from err
+    if not host or parts.scheme not in DEFAULT_PORTS:
+        raise RenderError(f"{where}: {url!r} needs an http(s) scheme and a host")
+    port = DEFAULT_PORTS[parts.scheme] if port is None else port
+    if not 1 <= port <= 65535:
+        raise RenderError(f"{where}: port {port} of {url!r} is out of range")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return Endpoint(None, port)
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise RenderError(f"{where}: {url!r} has an IPv6 zone, which a NetworkPolicy cannot express")
+    return Endpoint(str(ipaddress.ip_network(address)), port)
+
+
+def _tcp(ports: list[int]) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in sorted(set(ports))]
+
+
+def upstream_rules(spec: AgentDeploymentSpec, settings: RenderSettings) -> list[dict[str, Any]]:
+    """The model endpoint and allowed HTTP tools, grouped by destination for a compact policy."""
+    allowed = set(spec.permissions.tools) if spec.permissions.tools is not None else None
+    urls = [(spec.agent.model.endpoint, "agent.model.endpoint")]
+    urls += [
+        (tool.endpoint, f"agent.tools[{tool.name}].endpoint")
+        for tool in spec.agent.tools or []
+        if tool.endpoint and (allowed is None or tool.name in allowed)
+    ]
+    hostname_cidrs = tuple(normalize_cidr(c, "settings.upstream_cidrs") for c in settings.upstream_cidrs)
+    ports_by_peer: dict[tuple[str, ...], list[int]] = {}
+    for url, where in urls:
+        endpoint = parse_endpoint(url, where)
+        peers = (endpoint.cidr,) if endpoint.cidr else hostname_cidrs
+        ports_by_peer.setdefault(peers, []).append(endpoint.port)
+    return [
+        {"to": [{"ipBlock": {"cidr": cidr}} for cidr in peers], "ports": _tcp(ports)}
+        for peers, ports in sorted(ports_by_peer.items())
+    ]
+
+
+def network_policy(
+    owner: Owner, names: ChildNames, spec: AgentDeploymentSpec, settings: RenderSettings
+) -> dict[str, Any]:
+    """Ingress: only the guard port, from any pod in the cluster: Prometheus may run in any
+    namespace, calling agents reach it there too, and the guard's budgets bound what any
+    caller can spend."""
+    dns = {
+        "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.dns_namespace}}}],
+        "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
+    }
+    egress = [dns, *upstream_rules(spec, settings)]
+    for index, rule in enumerate(spec.permissions.egress or []):
+        allowed: dict[str, Any] = {
+            "to": [{"ipBlock": {"cidr": normalize_cidr(rule.cidr, f"permissions.egress[{index}].cidr")}}]
+        }
+        if rule.ports:
+            allowed["ports"] = _tcp(rule.ports)
+        egress.append(allowed)
+    if spec.permissions.sub_agents:
+        sub_agents = {
+            "matchLabels": {MANAGED_BY_LABEL: MANAGER},
+            "matchExpressions": [
+                {"key": AGENT_LABEL, "operator": "In", "values": sorted(set(spec.permissions.sub_agents))}
+            ],
+        }
+        egress.append({"to": [{"podSelector": sub_agents}], "ports": _tcp([settings.guard_port])})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": owner.metadata(names.network_policy),
+        "spec": {
+            "podSelector": {"matchLabels": selector(owner.name)},
+            "policyTypes": ["Egress", "Ingress"],
+            "egress": egress,
+            "ingress": [{"from": [{"namespaceSelector": {}}], "ports": _tcp([settings.guard_port])}],
+        },
+    }
