@@ -64,9 +64,15 @@ def _list(xs: str) -> str:
 
 
 _RULE = (
-    "'{apiGroups: ' + " + _list("r.apiGroups") + " + ', resources: ' + " + _list("r.resources")
-    + " + ', verbs: ' + " + _list("r.verbs")
-    + " + (has(r.resourceNames) ? ', resourceNames: ' + " + _list("r.resourceNames") + " : '') + '}'"
+    "'{apiGroups: ' + "
+    + _list("r.apiGroups")
+    + " + ', resources: ' + "
+    + _list("r.resources")
+    + " + ', verbs: ' + "
+    + _list("r.verbs")
+    + " + (has(r.resourceNames) ? ', resourceNames: ' + "
+    + _list("r.resourceNames")
+    + " : '') + '}'"
 )
 
 _SUBSET = "(('*' in a.{f}) || r.{f}.all(x, x in a.{f}))"
@@ -101,6 +107,7 @@ def validations() -> list[Doc]:
     tools = "object.spec.agent.tools"
     egress = "object.spec.permissions.egress"
     kube = "object.spec.permissions.kubernetes"
+    required = "params.spec.requiredGuardrails"
     return [
         *(_ceiling(c) for c in CEILINGS),
         _validation(
@@ -132,10 +139,10 @@ def validations() -> list[Doc]:
             "violates an AgentPolicy: Kubernetes permissions beyond allowedKubernetesRules",
         ),
         _validation(
-            f"!has(params.spec.requiredGuardrails) ||\nparams.spec.requiredGuardrails.all(q, {_HAS_GUARDRAIL})",
-            "'guardrails missing requiredGuardrails: ' +\n"
-            f"params.spec.requiredGuardrails.filter(q, !{_HAS_GUARDRAIL})\n"
-            ".map(q, q.metric + (has(q.actions) ? ' (action ' + q.actions.join(' or ') + ')' : '')).join(', ')",
+            f"!has(params.spec.requiredGuardrails) ||\n{required}.all(q, {_HAS_GUARDRAIL})",
+            f"'guardrails missing requiredGuardrails: ' +\n{required}.filter(q, !{_HAS_GUARDRAIL})\n"
+            ".map(q, q.metric + (has(q.actions) ? ' (action ' + q.actions.join(' or ') + ')' : ''))"
+            ".join(', ')",
             "violates an AgentPolicy: a required guardrail is missing",
         ),
     ]
@@ -238,8 +245,12 @@ def files() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the admission manifests, or ``--write [DIR]`` them (default crds/admission)."""
-    parser = argparse.ArgumentParser(prog="python -m agentfleet.api.admission", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", nargs="?", const="crds/admission", metavar="DIR", help="write files into DIR")
+    parser = argparse.ArgumentParser(
+        prog="python -m agentfleet.api.admission", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--write", nargs="?", const="crds/admission", metavar="DIR", help="write files into DIR"
+    )
     args = parser.parse_args(argv)
     if args.write:
         write(Path(args.write), files())

@@ -11,6 +11,7 @@ through unchanged, so ``types.py`` stays the single source of truth.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from agentfleet.api.types import GROUP, VERSION, AgentDeployment, AgentPolicy, Model
+from agentfleet.api.types import API_VERSION, GROUP, VERSION, AgentDeployment, AgentPolicy, Model
 
 Schema = dict[str, Any]
 
@@ -91,11 +92,23 @@ def implied(schema: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def explained(schema: Schema) -> Schema:
+    """Scalar defaults spelled out in descriptions too: ``kubectl explain`` shows no defaults."""
+    out = dict(schema)
+    if "default" in out and out["default"] != {} and "description" in out:
+        out["description"] += f" Default: {json.dumps(out['default'])}."
+    if "properties" in out:
+        out["properties"] = {k: explained(v) for k, v in out["properties"].items()}
+    if "items" in out:
+        out["items"] = explained(out["items"])
+    return out
+
+
 def object_schema(model: type[Model]) -> tuple[Schema, Schema]:
     """The structural schemas of ``spec`` and ``status`` of a top-level kind."""
     raw = model.model_json_schema(by_alias=True)
     defs, props = raw.get("$defs", {}), raw["properties"]
-    return structural(props["spec"], defs), structural(props["status"], defs)
+    return explained(structural(props["spec"], defs)), explained(structural(props["status"], defs))
 
 
 def _root(model: type[Model], spec: Schema, status: Schema, name: Schema | None) -> Schema:
@@ -108,7 +121,7 @@ def _root(model: type[Model], spec: Schema, status: Schema, name: Schema | None)
         "properties": {
             "apiVersion": {
                 "type": "string",
-                "description": "Versioned schema of this representation of an object (agentfleet.dev/v1alpha1).",
+                "description": f"Versioned schema of this representation of an object ({API_VERSION}).",
             },
             "kind": {"type": "string", "description": "The REST resource this object represents."},
             "metadata": metadata,
@@ -134,7 +147,7 @@ AGE = _column("Age", ".metadata.creationTimestamp", "date")
 
 
 def _crd(
-    model: type[Model], plural: str, short: str, scope: str, version: Schema, name: Schema | None = None
+    model: type[Model], plural: str, short: str, scope: str, version: Schema, *, name: Schema | None = None
 ) -> Schema:
     kind = model.model_fields["kind"].default
     spec, status = object_schema(model)

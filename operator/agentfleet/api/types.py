@@ -545,7 +545,7 @@ class AgentDeployment(Model):
     """An AI agent deployment: its model, tools, budgets, permissions and rollback rules."""
 
     model_config = ConfigDict(extra="ignore")
-    api_version: Literal["agentfleet.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["agentfleet.dev/v1alpha1"] = "agentfleet.dev/v1alpha1"
     kind: Literal["AgentDeployment"] = "AgentDeployment"
     metadata: ObjectMeta = ObjectMeta()
     spec: AgentDeploymentSpec
@@ -647,7 +647,7 @@ class AgentPolicy(Model):
     """Fleet-wide ceilings for agents: budgets, tools, egress, Kubernetes permissions, prices."""
 
     model_config = ConfigDict(extra="ignore")
-    api_version: Literal["agentfleet.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["agentfleet.dev/v1alpha1"] = "agentfleet.dev/v1alpha1"
     kind: Literal["AgentPolicy"] = "AgentPolicy"
     metadata: ObjectMeta = ObjectMeta()
     spec: AgentPolicySpec = AgentPolicySpec()

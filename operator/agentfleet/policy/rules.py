@@ -105,7 +105,9 @@ def effective_pricing(
     for policy in sorted(_narrow(agent, policies, namespace_labels), key=lambda p: p.metadata.name):
         for entry in policy.spec.model_prices or ():
             if entry.model == model.name:
-                return Pricing(input_per_million=entry.input_per_million, output_per_million=entry.output_per_million)
+                return Pricing(
+                    input_per_million=entry.input_per_million, output_per_million=entry.output_per_million
+                )
     return model.pricing
 
 
@@ -197,9 +199,8 @@ def rule_covered(rule: KubernetesRule, allowed: KubernetesRule) -> bool:
     """Whether ``allowed`` grants everything ``rule`` asks for: groups, resources and verbs each
     a subset ("*" in ``allowed`` matches anything, a "*" asked for only "*"); when ``allowed``
     names objects, ``rule`` must name a subset of them."""
-    names_ok = (
-        not allowed.resource_names
-        or (bool(rule.resource_names) and _subset(rule.resource_names or [], allowed.resource_names))
+    names_ok = not allowed.resource_names or (
+        bool(rule.resource_names) and _subset(rule.resource_names or [], allowed.resource_names)
     )
     return (
         _subset(rule.api_groups, allowed.api_groups)
@@ -215,7 +216,10 @@ def describe_rule(rule: KubernetesRule) -> str:
     def items(xs: Sequence[str]) -> str:
         return "[" + ", ".join(f'"{x}"' for x in xs) + "]"
 
-    text = f"{{apiGroups: {items(rule.api_groups)}, resources: {items(rule.resources)}, verbs: {items(rule.verbs)}"
+    text = (
+        f"{{apiGroups: {items(rule.api_groups)}, resources: {items(rule.resources)}, "
+        f"verbs: {items(rule.verbs)}"
+    )
     if rule.resource_names is not None:
         text += f", resourceNames: {items(rule.resource_names)}"
     return text + "}"
@@ -229,7 +233,9 @@ def _kubernetes(rules: Sequence[KubernetesRule], pspec: AgentPolicySpec) -> str 
     allowed = pspec.allowed_kubernetes_rules
     bad = [r for r in rules if not any(rule_covered(r, a) for a in allowed)]
     if bad:
-        return "permissions.kubernetes not covered by allowedKubernetesRules: " + "; ".join(map(describe_rule, bad))
+        return "permissions.kubernetes not covered by allowedKubernetesRules: " + "; ".join(
+            map(describe_rule, bad)
+        )
     return None
 
 

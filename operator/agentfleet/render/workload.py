@@ -24,7 +24,7 @@ API_KEY_PLACEHOLDER = "agentfleet-placeholder-the-guard-holds-the-key"
 RESERVED_ENV = frozenset({"OPENAI_BASE_URL", "OPENAI_API_KEY"})
 RESERVED_ENV_PREFIX = "AGENTFLEET_"
 GUARD_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
-GRACE_SECONDS = (30, 600)
+GRACE_SECONDS = (30, 300)
 """Bounds of terminationGracePeriodSeconds, which follows maxTaskDuration so a task in flight
 can finish on a rollout; the guard, a sidecar, outlives the agent during shutdown."""
 
@@ -97,7 +97,10 @@ def agent_env(owner: Owner, spec: AgentDeploymentSpec, revision: str, port: int)
         env.append({"name": "AGENTFLEET_SYSTEM_PROMPT", "valueFrom": source})
     elif prompt and prompt.inline is not None:
         env.append({"name": "AGENTFLEET_SYSTEM_PROMPT", "value": prompt.inline})
-    return env + _user_env(spec)
+    user = _user_env(spec)
+    if not any(var["name"] == "HOME" for var in user):
+        env.append({"name": "HOME", "value": "/tmp"})  # the root filesystem is read-only
+    return env + user
 
 
 def agent_container(owner: Owner, spec: AgentDeploymentSpec, revision: str, port: int) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""Prometheus metrics of one guard, on a private registry.
+
+The names are a contract with the fleet evaluator (which queries them with
+``sum by (namespace, agent, revision)``), so they are defined in one place. Every series
+carries namespace, agent, revision and model; the model label is the configured model (the
+guard rewrites the request's ``model``), so an agent cannot blow up cardinality, and tool labels
+are limited to declared tool names plus ``_other``. Children for the fixed label sets are bound
+once, so the hot path does a dict lookup and an add, not a label resolution.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from agentfleet.guard.breaker import BreakerState
+
+BASE = ("namespace", "agent", "revision", "model")
+OTHER_TOOL = "_other"
+BUDGETS = (
+    "tokens_per_hour",
+    "cost_per_day",
+    "tool_calls",
+    "iterations",
+    "task_duration",
+    "concurrency",
+    "tool_calls_per_tool",
+)
+UPSTREAM_REASONS = ("connect", "timeout", "reset", "truncated", "http_429", "http_5xx", "http_4xx", "invalid_response",
+                    "breaker_open")
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class GuardMetrics:
+    """All guard metrics with pre-bound children."""
+
+    def __init__(self, namespace: str, agent: str, revision: str, model: str, tools: list[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        base = (namespace, agent, revision, model)
+        self._tools = frozenset(tools)
+        self.requests = Counter("agentfleet_requests", "LLM API requests by outcome (ok, error, rejected).",
+                                [*BASE, "outcome"], registry=r)
+        self.tokens = Counter("agentfleet_tokens", "Tokens used, by kind (input, output).", [*BASE, "kind"],
+                              registry=r)
+        self.cost = Counter("agentfleet_cost_dollars", "Cost in US dollars at the configured price.", BASE,
+                            registry=r)
+        self.tasks = Counter("agentfleet_tasks", "Tasks started.", BASE, registry=r)
+        self.tool_calls = Counter("agentfleet_tool_calls", "Tool calls by tool and outcome (allowed, refused, error).",
+                                  [*BASE, "tool", "outcome"], registry=r)
+        self.loops = Counter("agentfleet_loop_detections", "Tasks ended because a loop was detected.", BASE,
+                             registry=r)
+        self.budget_rejections = Counter("agentfleet_budget_rejections", "Requests rejected by a budget or cap.",
+                                         [*BASE, "budget"], registry=r)
+        self.injections = Counter("agentfleet_injection_suspicions",
+                                  "Tool results (or user messages) that look like prompt injection.", BASE, registry=r)
+        self.duration = Histogram("agentfleet_request_duration_seconds",
+                                  "Duration of LLM API requests through the guard, seconds.", BASE,
+                                  buckets=DURATION_BUCKETS, registry=r)
+        self.upstream_errors = Counter("agentfleet_upstream_errors", "Failed upstream attempts by reason.",
+                                       [*BASE, "reason"], registry=r)
+        self.breaker = Gauge("agentfleet_breaker_state", "Upstream circuit breaker: 0 closed, 1 half-open, 2 open.",
+                             BASE, registry=r)
+        self.inflight = Gauge("agentfleet_inflight_requests", "Requests being handled now.", BASE, registry=r)
+        self.audit_dropped = Counter("agentfleet_audit_dropped_records",
+                                     "Audit records dropped because the writer fell behind.", BASE, registry=r)
+
+        self.req = {o: self.requests.labels(*base, o) for o in ("ok", "error", "rejected")}
+        self.tok_in = self.tokens.labels(*base, "input")
+        self.tok_out = self.tokens.labels(*base, "output")
+        self.cost_c = self.cost.labels(*base)
+        self.tasks_c = self.tasks.labels(*base)
+        self.loops_c = self.loops.labels(*base)
+        self.budget = {b: self.budget_rejections.labels(*base, b) for b in BUDGETS}
+        self.injections_c = self.injections.labels(*base)
+        self.duration_h = self.duration.labels(*base)
+        self.upstream = {u: self.upstream_errors.labels(*base, u) for u in UPSTREAM_REASONS}
+        self.breaker_g = self.breaker.labels(*base)
+        self.inflight_g = self.inflight.labels(*base)
+        self.audit_dropped_c = self.audit_dropped.labels(*base)
+        self.tool = {
+            (t, o): self.tool_calls.labels(*base, t, o)
+            for t in (*self._tools, OTHER_TOOL)
+            for o in ("allowed", "refused", "error")
+        }
+        self.breaker_g.set(BreakerState.CLOSED)
+
+    def tool_call(self, tool: str, outcome: str) -> None:
+        """Count a tool call decision; undeclared tool names are folded into ``_other``."""
+        self.tool[(tool if tool in self._tools else OTHER_TOOL, outcome)].inc()
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
