@@ -172,3 +172,73 @@ def _ready(url: str) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """``agentfleet operator`` as a real process, as it runs in its pod (minus the pod)."""
+
+    def __init__(self, kubeconfig: str, log_path: Path, extra: list[str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+
+    def start(self) -> None:
+        self.metrics_port = free_port()
+        health = free_port()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "agentfleet"), "operator", f"--metrics-port={self.metrics_port}",
+             "--metrics-address=127.0.0.1", f"--liveness=http://127.0.0.1:{health}/healthz",
+             "--guard-image=ghcr.io/agentfleet/agentfleet:test", *self.extra],
+            env={**os.environ, "KUBECONFIG": self.kubeconfig}, stdout=log, stderr=subprocess.STDOUT,
+        )
+        poll(lambda: self._healthy(health), timeout=60, what="the operator's liveness endpoint")
+
+    def _healthy(self, port: int) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+@pytest.fixture(scope="session")
+def operator(crds_installed: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching the whole cluster."""
+    op = OperatorProcess(crds_installed.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    print(f"operator log: {op.log_path}")

@@ -116,8 +116,7 @@ def validations() -> list[Doc]:
             "violates an AgentPolicy: model not in allowedModels",
         ),
         _validation(
-            f"!has(params.spec.allowedTools) || !has({tools}) ||\n"
-            f"{tools}.all(t, t.name in params.spec.allowedTools)",
+            f"!has(params.spec.allowedTools) || !has({tools}) ||\n{tools}.all(t, t.name in params.spec.allowedTools)",
             f"'agent.tools not in allowedTools: ' +\n"
             f"{tools}.filter(t, !(t.name in params.spec.allowedTools)).map(t, t.name).join(', ')",
             "violates an AgentPolicy: tool not in allowedTools",
@@ -245,12 +244,8 @@ def files() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the admission manifests, or ``--write [DIR]`` them (default crds/admission)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m agentfleet.api.admission", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--write", nargs="?", const="crds/admission", metavar="DIR", help="write files into DIR"
-    )
+    parser = argparse.ArgumentParser(prog="python -m agentfleet.api.admission", description=__doc__.splitlines()[0])
+    parser.add_argument("--write", nargs="?", const="crds/admission", metavar="DIR", help="write files into DIR")
     args = parser.parse_args(argv)
     if args.write:
         write(Path(args.write), files())

@@ -36,8 +36,6 @@ AGENT_NAME = {
     "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
 }
 
-_OBJECT_KEYS = ("properties", "required", "additionalProperties")
-
 
 def structural(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Schema:
     """Rewrite one pydantic JSON-schema node (and its children) as a structural CRD schema."""

@@ -191,9 +191,7 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the reference, or ``--write [FILE]`` it (default docs/api.md)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m agentfleet.api.docgen", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m agentfleet.api.docgen", description=__doc__.splitlines()[0])
     parser.add_argument("--write", nargs="?", const=PATH, metavar="FILE", help="write the page to FILE")
     args = parser.parse_args(argv)
     if args.write:

@@ -40,9 +40,7 @@ Cidr = Annotated[
     Field(
         max_length=64,
         json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "isCIDR(self)", "message": "must be a CIDR such as 203.0.113.0/24"}
-            ]
+            "x-kubernetes-validations": [{"rule": "isCIDR(self)", "message": "must be a CIDR such as 203.0.113.0/24"}]
         },
     ),
 ]
@@ -424,9 +422,7 @@ class AgentDeploymentSpec(Model):
     """What the agent may reach and do."""
     guard: GuardSettings = GuardSettings()
     """Guard sidecar behaviour."""
-    guardrails: list[GuardrailRule] | None = Field(
-        default=None, max_length=64, json_schema_extra=_map_list("name")
-    )
+    guardrails: list[GuardrailRule] | None = Field(default=None, max_length=64, json_schema_extra=_map_list("name"))
     """Rules that suspend, roll back, scale or alert on metric breaches."""
     analysis: Analysis = Analysis()
     """Evaluation settings."""
@@ -623,9 +619,7 @@ class AgentPolicySpec(Model):
     each a subset). Unset: agents may not have Kubernetes permissions at all."""
     required_guardrails: list[RequiredGuardrail] | None = Field(default=None, max_length=64)
     """Guardrails every covered agent must declare."""
-    model_prices: list[ModelPrice] | None = Field(
-        default=None, max_length=1024, json_schema_extra=_map_list("model")
-    )
+    model_prices: list[ModelPrice] | None = Field(default=None, max_length=1024, json_schema_extra=_map_list("model"))
     """Authoritative model prices."""
     suspend_all: bool = False
     """Fleet kill switch: suspends every covered agent within one evaluation interval."""

@@ -22,11 +22,11 @@ from agentfleet.api.types import AgentPolicy
 from agentfleet.controller import annotations as ann
 from agentfleet.controller import metrics
 from agentfleet.controller.kube import KubeError
-from agentfleet.controller.reconcile import Context, phase_for, reconcile, write_status
+from agentfleet.controller.reconcile import Context, reconcile
+from agentfleet.controller.status import WATCHER, write_status
 
 AGD = ("agentfleet.dev", "v1alpha1", "agentdeployments")
 AGP = ("agentfleet.dev", "v1alpha1", "agentpolicies")
-WATCHER_MANAGER = "agentfleet-status"
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -47,7 +47,8 @@ def namespace_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[
 
 
 @kopf.index(*AGD)
-def agent_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+def agent_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec),
                                 "status": dict(body.status), "apiVersion": body.get("apiVersion")}}
 
@@ -70,8 +71,9 @@ def latest(index: kopf.Index[tuple[str, str], dict[str, Any]], key: tuple[str, s
 @kopf.on.resume(*AGD, backoff=5)
 @kopf.on.create(*AGD, backoff=5)
 @kopf.on.update(*AGD, backoff=5)
-async def reconcile_agent(body: kopf.Body, memo: kopf.Memo, policy_index: kopf.Index[str, AgentPolicy],
-                          namespace_index: kopf.Index[str, dict[str, str]], **_: Any) -> None:
+async def reconcile_agent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    policy_index: kopf.Index[str, AgentPolicy] = kwargs["policy_index"]
+    namespace_index: kopf.Index[str, dict[str, str]] = kwargs["namespace_index"]
     ctx = Context(kube=memo.kube, settings=memo.render_settings, policies=policies_of(policy_index),
                   namespace_labels=labels_of(namespace_index, body.metadata.namespace or ""))
     started = time.perf_counter()
@@ -91,9 +93,9 @@ async def reconcile_agent(body: kopf.Body, memo: kopf.Memo, policy_index: kopf.I
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={ann.MANAGED_BY: "agentfleet"})
-async def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
-                             agent_index: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Mirror the Deployment's replica counts and readiness onto the AgentDeployment."""
+    agent_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["agent_index"]
     if type == "DELETED":
         return
     ns, agent_name = body.metadata.namespace or "", body.metadata.labels.get(ann.AGENT)
@@ -112,17 +114,17 @@ async def deployment_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,
     else:
         is_ready, reason, message = False, "ReplicasNotReady", f"{ready}/{desired} replicas ready"
     current = cond.get(status.get("conditions"), cond.READY)
-    if (status.get("replicas"), status.get("readyReplicas")) == (replicas, ready) and current and \
+    if (status.get("replicas"), status.get("readyReplicas"), status.get("ready")) == (
+            replicas, ready, f"{ready}/{desired}") and current and \
             current.get("reason") == reason and current.get("message") == message:
         return
     conditions = cond.set_condition(status.get("conditions"), cond.READY, is_ready, reason, message,
                                     agent["metadata"].get("generation"), cond.now_rfc3339())
     try:
         await write_status(memo.kube, agent, {
-            "replicas": replicas, "readyReplicas": ready,
-            "phase": phase_for(conditions, desired, ready),
+            "replicas": replicas, "readyReplicas": ready, "ready": f"{ready}/{desired}",
             "conditions": [c for c in conditions if c["type"] == cond.READY],
-        }, manager=WATCHER_MANAGER)
+        }, manager=WATCHER, desired=desired)
     except KubeError as exc:
         if exc.status != 404:
             raise
@@ -139,10 +141,11 @@ def covering_hash(policies: Iterable[AgentPolicy], namespace: str, labels: dict[
 
 
 @kopf.on.event(*AGP)
-async def policy_changed(memo: kopf.Memo, policy_index: kopf.Index[str, AgentPolicy],
-                         namespace_index: kopf.Index[str, dict[str, str]],
-                         agent_index: kopf.Index[tuple[str, str], dict[str, Any]], **_: Any) -> None:
+async def policy_changed(memo: kopf.Memo, **kwargs: Any) -> None:
     """Touch (annotate) the agents whose covering policies changed, so they reconcile now."""
+    policy_index: kopf.Index[str, AgentPolicy] = kwargs["policy_index"]
+    namespace_index: kopf.Index[str, dict[str, str]] = kwargs["namespace_index"]
+    agent_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["agent_index"]
     policies = policies_of(policy_index)
     touches = []
     for (ns, name), store in list(agent_index.items()):

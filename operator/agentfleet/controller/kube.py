@@ -77,15 +77,15 @@ class Kube:
         self._timeout = timeout
 
     @classmethod
-    async def connect(cls, concurrency: int = 32, timeout: float = 30.0) -> Kube:
+    async def connect(cls, concurrency: int = 32, request_timeout: float = 30.0) -> Kube:
         """In a pod, the ServiceAccount; elsewhere, $KUBECONFIG or ~/.kube/config."""
         cfg = k8s_client.Configuration()
         try:
-            k8s_config.load_incluster_config(client_configuration=cfg)
+            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:
             await k8s_config.load_kube_config(client_configuration=cfg)
         cfg.connection_pool_maxsize = concurrency
-        return cls(k8s_client.ApiClient(configuration=cfg), concurrency, timeout)
+        return cls(k8s_client.ApiClient(configuration=cfg), concurrency, request_timeout)
 
     async def close(self) -> None:
         await self._api.close()

@@ -45,9 +45,9 @@ def configure(args: argparse.Namespace) -> None:
         settings.watching.client_timeout = 330
         settings.watching.connect_timeout = 10
         settings.networking.request_timeout = 30
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentfleet.dev")
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.agentfleet.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="agentfleet.dev", key="last-handled-configuration")
+            prefix="kopf.agentfleet.dev", key="last-handled-configuration")
         settings.persistence.finalizer = "agentfleet.dev/finalizer"
         memo.kube = await Kube.connect(concurrency=args.api_concurrency)
         upstream = tuple(args.upstream_cidr) or RenderSettings.upstream_cidrs
@@ -72,6 +72,8 @@ def main(argv: list[str]) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON)
+    if not args.verbose:  # per-object "Handler succeeded" lines are noise at fleet scale
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
         liveness_endpoint=args.liveness or None,

@@ -18,11 +18,11 @@ from agentfleet.api import conditions as cond
 from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy
 from agentfleet.controller import annotations as ann
 from agentfleet.controller.kube import Kube, KubeError
-from agentfleet.render import RenderSettings, Rendered, render, render_controller_revision, selector
+from agentfleet.controller.status import write_status
+from agentfleet.render import Rendered, RenderError, RenderSettings, render, render_controller_revision, selector
 
 log = logging.getLogger("agentfleet.reconcile")
 
-STATUS_MANAGER = "agentfleet"
 # Conditions this writer owns; the evaluator and the Deployment watcher apply theirs with their
 # own field managers, and the API server merges the list by type.
 OWNED = {cond.POLICY_VIOLATION, cond.ROLLED_BACK, cond.SUSPENDED, cond.PROGRESSING}
@@ -96,20 +96,16 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     out = Outcome()
     now = cond.now_rfc3339()
     conditions = status.get("conditions") or []
-
     try:
         agent = AgentDeployment.model_validate(body)
     except ValidationError as exc:  # the CRD schema should have caught it; never crash on it
-        msg = f"spec is invalid: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
-        conditions = cond.set_condition(conditions, cond.PROGRESSING, False, "InvalidSpec", msg, generation, now)
-        await write_status(ctx.kube, body, {"observedGeneration": generation, "phase": "Degraded",
-                                            "conditions": [c for c in conditions if c["type"] in OWNED]})
-        out.events.append(("Warning", "InvalidSpec", msg))
-        return out
+        err = exc.errors()[0]
+        return await invalid(ctx, body, f"spec is invalid at {'.'.join(map(str, err['loc']))}: {err['msg']}",
+                             conditions, now)
 
     violations = policy_core.violations(agent, ctx.policies, ctx.namespace_labels)
     if violations:
-        return await refuse(ctx, body, [str(v) for v in violations], conditions, now)
+        return await refuse(ctx, body, [f"{v.policy}: {v.message}" for v in violations], conditions, now)
     conditions = cond.set_condition(conditions, cond.POLICY_VIOLATION, False, "WithinPolicy",
                                     "all covering AgentPolicies allow this agent", generation, now)
 
@@ -146,9 +142,12 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
             status["conditions"] = conditions
         await ctx.kube.merge_patch("AgentDeployment", ns, name, {"metadata": {"annotations": {ann.RESUME: None}}})
     replicas, zero_reason = desired_replicas(agent, status, ctx.policies, ctx.namespace_labels)
-    pricing = policy_core.effective_pricing(agent, ctx.policies)
+    pricing = policy_core.effective_pricing(agent, ctx.policies, ctx.namespace_labels)
     source = snapshot_agent(agent, pinned) if pinned else agent
-    rendered = render(source, ctx.settings, pricing=pricing, replicas=replicas)
+    try:
+        rendered = render(source, ctx.settings, pricing=pricing, replicas=replicas)
+    except RenderError as exc:
+        return await invalid(ctx, body, str(exc), conditions, now)
     if pinned:  # exact: the template recorded with the revision, not today's rendering of it
         rendered = with_template(rendered, pinned["data"]["template"])
 
@@ -179,9 +178,8 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
         "selector": selector_string(name),
         "currentRevision": rendered.revision,
         "revisionStartedAt": status.get("revisionStartedAt", now),
-        "phase": phase_for(conditions, replicas, status.get("readyReplicas") or 0),
         "conditions": [c for c in conditions if c["type"] in OWNED],
-    })
+    }, desired=replicas)
     return out
 
 
@@ -194,25 +192,9 @@ def status_message_for(reason: str, conditions: cond.Conditions) -> str:
     return str(existing.get("message", reason)) if existing else reason
 
 
-def phase_for(conditions: cond.Conditions, replicas: int, ready: int) -> str:
-    """One word for `kubectl get agd`; conditions carry the detail."""
-    if cond.is_true(conditions, cond.POLICY_VIOLATION):
-        return "PolicyViolation"
-    if cond.is_true(conditions, cond.SUSPENDED):
-        return "Suspended"
-    if cond.is_true(conditions, cond.ROLLED_BACK):
-        return "RolledBack"
-    if replicas == 0 or ready >= replicas:
-        return "Running"
-    return "Progressing"
-
-
 def with_template(rendered: Rendered, template: dict[str, Any]) -> Rendered:
-    objects = []
-    for obj in rendered.objects:
-        if obj["kind"] == "Deployment":
-            obj = {**obj, "spec": {**obj["spec"], "template": template}}
-        objects.append(obj)
+    objects = [{**obj, "spec": {**obj["spec"], "template": template}} if obj["kind"] == "Deployment" else obj
+               for obj in rendered.objects]
     return Rendered(revision=rendered.revision, objects=objects, pod_template=template,
                     guard_config=rendered.guard_config)
 
@@ -247,6 +229,16 @@ async def prune(ctx: Context, agent: AgentDeployment, rendered: Rendered, existi
         await ctx.kube.delete("ConfigMap", ns, f"{name}-guard-{rev_hash}")
 
 
+async def invalid(ctx: Context, body: dict[str, Any], msg: str, conditions: cond.Conditions,
+                  now: str) -> Outcome:
+    """A spec that cannot be deployed: say so on status and as an Event; keep what runs."""
+    generation = body["metadata"].get("generation")
+    conditions = cond.set_condition(conditions, cond.PROGRESSING, False, "InvalidSpec", msg, generation, now)
+    await write_status(ctx.kube, body, {"observedGeneration": generation,
+                                        "conditions": [c for c in conditions if c["type"] in OWNED]})
+    return Outcome(events=[("Warning", "InvalidSpec", msg)])
+
+
 async def refuse(ctx: Context, body: dict[str, Any], messages: list[str], conditions: cond.Conditions,
                  now: str) -> Outcome:
     """Policy violation: create nothing new, withdraw what could exceed the policy."""
@@ -261,14 +253,6 @@ async def refuse(ctx: Context, body: dict[str, Any], messages: list[str], condit
             raise
     for kind in OPTIONAL_KINDS:
         await ctx.kube.delete(kind, ns, f"{name}-agent")
-    await write_status(ctx.kube, body, {"observedGeneration": generation, "phase": "PolicyViolation",
-                                        "conditions": [c for c in conditions if c["type"] in OWNED]})
+    await write_status(ctx.kube, body, {"observedGeneration": generation,
+                                        "conditions": [c for c in conditions if c["type"] in OWNED]}, desired=0)
     return Outcome(events=[("Warning", "PolicyViolation", msg)])
-
-
-async def write_status(kube: Kube, body: dict[str, Any], status: dict[str, Any],
-                       manager: str = STATUS_MANAGER) -> None:
-    meta = body["metadata"]
-    await kube.apply({"apiVersion": body["apiVersion"], "kind": "AgentDeployment",
-                      "metadata": {"name": meta["name"], "namespace": meta["namespace"]}, "status": status},
-                     subresource="status", field_manager=manager)

@@ -105,9 +105,7 @@ def effective_pricing(
     for policy in sorted(_narrow(agent, policies, namespace_labels), key=lambda p: p.metadata.name):
         for entry in policy.spec.model_prices or ():
             if entry.model == model.name:
-                return Pricing(
-                    input_per_million=entry.input_per_million, output_per_million=entry.output_per_million
-                )
+                return Pricing(input_per_million=entry.input_per_million, output_per_million=entry.output_per_million)
     return model.pricing
 
 
@@ -216,10 +214,7 @@ def describe_rule(rule: KubernetesRule) -> str:
     def items(xs: Sequence[str]) -> str:
         return "[" + ", ".join(f'"{x}"' for x in xs) + "]"
 
-    text = (
-        f"{{apiGroups: {items(rule.api_groups)}, resources: {items(rule.resources)}, "
-        f"verbs: {items(rule.verbs)}"
-    )
+    text = f"{{apiGroups: {items(rule.api_groups)}, resources: {items(rule.resources)}, verbs: {items(rule.verbs)}"
     if rule.resource_names is not None:
         text += f", resourceNames: {items(rule.resource_names)}"
     return text + "}"
@@ -233,9 +228,7 @@ def _kubernetes(rules: Sequence[KubernetesRule], pspec: AgentPolicySpec) -> str 
     allowed = pspec.allowed_kubernetes_rules
     bad = [r for r in rules if not any(rule_covered(r, a) for a in allowed)]
     if bad:
-        return "permissions.kubernetes not covered by allowedKubernetesRules: " + "; ".join(
-            map(describe_rule, bad)
-        )
+        return "permissions.kubernetes not covered by allowedKubernetesRules: " + "; ".join(map(describe_rule, bad))
     return None
 
 

@@ -1,0 +1,448 @@
+"""Reconcile-time policy checks (pure): coverage, every rule with its exact message, pricing and
+the kill switch. ``tests/integration/test_admission.py`` holds the CEL policy to the same answers."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentfleet.api.types import AgentDeployment, AgentPolicy, KubernetesRule
+from agentfleet.policy import covers, effective_pricing, suspend_all, violations
+from agentfleet.policy.rules import describe_rule, rule_covered
+from agentfleet.policy.units import parse_duration
+
+pytestmark = pytest.mark.unit
+
+NS = "team-a"
+LABELS = {"team": "a", "kubernetes.io/metadata.name": NS}
+
+BASE_AGENT: dict[str, Any] = {
+    "metadata": {"name": "support", "namespace": NS},
+    "spec": {
+        "replicas": 2,
+        "agent": {
+            "image": "example/agent:1",
+            "model": {"name": "gpt-4o-mini", "endpoint": "https://api.openai.com/v1"},
+            "tools": [{"name": "search"}],
+        },
+        "budgets": {"tokensPerHour": 50000, "costPerDay": "5", "maxTaskDuration": "10m"},
+        "permissions": {
+            "egress": [{"cidr": "203.0.113.0/28"}],
+            "kubernetes": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+        },
+        "guardrails": [{"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Suspend"}],
+    },
+}
+
+BASE_POLICY: dict[str, Any] = {
+    "metadata": {"name": "fleet"},
+    "spec": {
+        "ceilings": {
+            "tokensPerHour": 100000,
+            "costPerDay": "20",
+            "maxToolCallsPerTask": 100,
+            "maxIterationsPerTask": 50,
+            "maxTaskDuration": "30m",
+            "maxConcurrentTasks": 16,
+            "maxReplicas": 3,
+        },
+        "allowedModels": ["gpt-4o-mini"],
+        "allowedTools": ["search", "fetch"],
+        "allowedEgress": ["203.0.113.0/24"],
+        "allowedKubernetesRules": [
+            {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "verbs": ["get"],
+                "resourceNames": ["agent-config"],
+            },
+        ],
+        "requiredGuardrails": [{"metric": "loopDetections", "actions": ["Suspend", "Rollback"]}],
+    },
+}
+
+
+def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386): ``None`` deletes, dicts merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def agent(patch: dict[str, Any] | None = None) -> AgentDeployment:
+    return AgentDeployment.model_validate(merged(BASE_AGENT, {"spec": patch or {}}))
+
+
+def policy(patch: dict[str, Any] | None = None, name: str = "fleet") -> AgentPolicy:
+    return AgentPolicy.model_validate(merged(BASE_POLICY, {"metadata": {"name": name}, "spec": patch or {}}))
+
+
+def messages(a: AgentDeployment, *ps: AgentPolicy) -> list[str]:
+    return [v.message for v in violations(a, ps, LABELS)]
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+@pytest.mark.parametrize(
+    ("spec", "covered"),
+    [
+        ({}, True),
+        ({"namespaces": [NS]}, True),
+        ({"namespaces": ["other"]}, False),
+        ({"namespaces": []}, False),
+        ({"namespaceSelector": {}}, True),
+        ({"namespaceSelector": {"matchLabels": {}}}, True),
+        ({"namespaceSelector": {"matchLabels": {"team": "a"}}}, True),
+        ({"namespaceSelector": {"matchLabels": {"team": "b"}}}, False),
+        ({"namespaceSelector": {"matchLabels": {"team": "a", "tier": "prod"}}}, False),
+        ({"namespaces": ["other"], "namespaceSelector": {"matchLabels": {"team": "a"}}}, True),
+        ({"namespaces": [NS], "namespaceSelector": {"matchLabels": {"team": "b"}}}, True),
+    ],
+)
+def test_covers(spec: dict[str, Any], covered: bool) -> None:
+    assert covers(AgentPolicy.model_validate({"spec": spec}), NS, LABELS) is covered
+
+
+label = st.text(alphabet="abc", min_size=1, max_size=2)
+
+
+@given(st.dictionaries(label, label, max_size=4), st.dictionaries(label, label, max_size=4))
+def test_selector_covers_exactly_superset_labels(selector: dict[str, str], labels: dict[str, str]) -> None:
+    p = AgentPolicy.model_validate({"spec": {"namespaceSelector": {"matchLabels": selector}}})
+    assert covers(p, "x", labels) == (selector.items() <= labels.items())
+
+
+def test_uncovered_agent_has_no_violations() -> None:
+    strict = policy({"namespaces": ["other"], "allowedModels": []})
+    assert messages(agent(), strict) == []
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def test_compliant_agent_has_no_violations() -> None:
+    assert messages(agent(), policy()) == []
+
+
+P = "AgentPolicy fleet: "
+K = "permissions.kubernetes not covered by allowedKubernetesRules: "
+
+CASES: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
+    (
+        "tokens above ceiling",
+        {"budgets": {"tokensPerHour": 200000}},
+        {},
+        "budgets.tokensPerHour=200000 exceeds ceilings.tokensPerHour=100000",
+    ),
+    (
+        "tokens unset",
+        {"budgets": {"tokensPerHour": None}},
+        {},
+        "budgets.tokensPerHour is unset (unlimited) but ceilings.tokensPerHour=100000",
+    ),
+    (
+        "cost above ceiling",
+        {"budgets": {"costPerDay": "20.000001"}},
+        {},
+        "budgets.costPerDay=20.000001 exceeds ceilings.costPerDay=20",
+    ),
+    (
+        "cost unset",
+        {"budgets": {"costPerDay": None}},
+        {},
+        "budgets.costPerDay is unset (unlimited) but ceilings.costPerDay=20",
+    ),
+    (
+        "tool calls",
+        {"budgets": {"maxToolCallsPerTask": 101}},
+        {},
+        "budgets.maxToolCallsPerTask=101 exceeds ceilings.maxToolCallsPerTask=100",
+    ),
+    (
+        "iterations by default",
+        {},
+        {"ceilings": {"maxIterationsPerTask": 10}},
+        "budgets.maxIterationsPerTask=50 exceeds ceilings.maxIterationsPerTask=10",
+    ),
+    (
+        "duration",
+        {"budgets": {"maxTaskDuration": "1h0m1s"}},
+        {"ceilings": {"maxTaskDuration": "1h"}},
+        "budgets.maxTaskDuration=1h0m1s exceeds ceilings.maxTaskDuration=1h",
+    ),
+    (
+        "concurrency",
+        {"budgets": {"maxConcurrentTasks": 17}},
+        {},
+        "budgets.maxConcurrentTasks=17 exceeds ceilings.maxConcurrentTasks=16",
+    ),
+    ("replicas", {"replicas": 4}, {}, "replicas=4 exceeds ceilings.maxReplicas=3"),
+    (
+        "model",
+        {"agent": {"model": {"name": "gpt-4o"}}},
+        {},
+        "agent.model.name=gpt-4o is not in allowedModels",
+    ),
+    (
+        "tools",
+        {"agent": {"tools": [{"name": "search"}, {"name": "shell"}, {"name": "exec"}]}},
+        {},
+        "agent.tools not in allowedTools: shell, exec",
+    ),
+    (
+        "egress",
+        {"permissions": {"egress": [{"cidr": "203.0.113.0/23"}, {"cidr": "0.0.0.0/0"}]}},
+        {},
+        "permissions.egress not within allowedEgress: 203.0.113.0/23, 0.0.0.0/0",
+    ),
+    (
+        "egress v6 vs v4",
+        {"permissions": {"egress": [{"cidr": "2001:db8::/32"}]}},
+        {},
+        "permissions.egress not within allowedEgress: 2001:db8::/32",
+    ),
+    (
+        "rbac wildcard verb",
+        {"permissions": {"kubernetes": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}]}},
+        {},
+        K + '{apiGroups: [""], resources: ["pods"], verbs: ["*"]}',
+    ),
+    (
+        "rbac secrets",
+        {"permissions": {"kubernetes": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}},
+        {},
+        K + '{apiGroups: [""], resources: ["secrets"], verbs: ["get"]}',
+    ),
+    (
+        "rbac other group",
+        {"permissions": {"kubernetes": [{"apiGroups": ["apps"], "resources": ["pods"], "verbs": ["get"]}]}},
+        {},
+        K + '{apiGroups: ["apps"], resources: ["pods"], verbs: ["get"]}',
+    ),
+    (
+        "rbac names beyond",
+        {
+            "permissions": {
+                "kubernetes": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["configmaps"],
+                        "verbs": ["get"],
+                        "resourceNames": ["x"],
+                    },
+                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
+                ]
+            }
+        },
+        {},
+        K + '{apiGroups: [""], resources: ["configmaps"], '
+        'verbs: ["get"], resourceNames: ["x"]}; {apiGroups: [""], resources: ["configmaps"], verbs: ["get"]}',
+    ),
+    (
+        "rbac without allowance",
+        {},
+        {"allowedKubernetesRules": None},
+        "permissions.kubernetes is not allowed: the policy sets no allowedKubernetesRules",
+    ),
+    (
+        "guardrail missing",
+        {"guardrails": None},
+        {
+            "requiredGuardrails": [
+                {"metric": "loopDetections"},
+                {"metric": "errorRate", "actions": ["Rollback"]},
+            ]
+        },
+        "guardrails missing requiredGuardrails: loopDetections, errorRate (action Rollback)",
+    ),
+    (
+        "guardrail wrong action",
+        {"guardrails": [{"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Alert"}]},
+        {},
+        "guardrails missing requiredGuardrails: loopDetections (action Suspend or Rollback)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("agent_patch", "policy_patch", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_rule_names_what_it_violates(
+    agent_patch: dict[str, Any], policy_patch: dict[str, Any], expected: str
+) -> None:
+    assert messages(agent(agent_patch), policy(policy_patch)) == [P + expected]
+
+
+@pytest.mark.parametrize(
+    ("agent_patch", "policy_patch"),
+    [
+        ({"budgets": {"tokensPerHour": 100000, "costPerDay": "20.0", "maxTaskDuration": "1800s"}}, {}),
+        ({"budgets": {"tokensPerHour": None, "costPerDay": None}}, {"ceilings": None}),
+        ({"permissions": {"egress": [{"cidr": "203.0.113.7/32"}]}}, {}),
+        ({"permissions": {"egress": [{"cidr": "2001:db8::/48"}]}}, {"allowedEgress": ["2001:db8::/32"]}),
+        ({"permissions": {"egress": [{"cidr": "0.0.0.0/0"}]}}, {"allowedEgress": None}),
+        (
+            {"agent": {"model": {"name": "any"}, "tools": [{"name": "x"}]}},
+            {"allowedModels": None, "allowedTools": None},
+        ),
+        (
+            {"permissions": {"kubernetes": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["*"]}]}},
+            {"allowedKubernetesRules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]},
+        ),
+        (
+            {
+                "permissions": {
+                    "kubernetes": [
+                        {
+                            "apiGroups": [""],
+                            "resources": ["configmaps"],
+                            "verbs": ["get"],
+                            "resourceNames": ["agent-config"],
+                        }
+                    ]
+                }
+            },
+            {},
+        ),
+        ({"permissions": {"kubernetes": None}}, {"allowedKubernetesRules": None}),
+        ({"permissions": {"kubernetes": []}}, {"allowedKubernetesRules": None}),
+        (
+            {"guardrails": [{"name": "l", "metric": "loopDetections", "threshold": "1", "action": "Alert"}]},
+            {"requiredGuardrails": [{"metric": "loopDetections"}]},
+        ),
+    ],
+)
+def test_within_policy(agent_patch: dict[str, Any], policy_patch: dict[str, Any]) -> None:
+    assert messages(agent(agent_patch), policy(policy_patch)) == []
+
+
+def test_violations_are_listed_per_policy_in_admission_order() -> None:
+    bad = agent({"replicas": 9, "budgets": {"tokensPerHour": 10**6}, "agent": {"model": {"name": "x"}}})
+    found = violations(bad, [policy(name="a"), policy({"namespaces": ["other"]}, name="b"), policy(name="c")], LABELS)
+    assert [(v.policy, v.rule) for v in found] == [
+        ("a", "ceilings.tokensPerHour"),
+        ("a", "ceilings.maxReplicas"),
+        ("a", "allowedModels"),
+        ("c", "ceilings.tokensPerHour"),
+        ("c", "ceilings.maxReplicas"),
+        ("c", "allowedModels"),
+    ]
+    assert str(found[0]) == found[0].message
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@given(st.integers(1, 10**6), st.integers(1, 10**6))
+def test_integer_ceiling_holds_exactly_when_within(value: int, ceiling: int) -> None:
+    found = messages(agent({"budgets": {"tokensPerHour": value}}), policy({"ceilings": {"tokensPerHour": ceiling}}))
+    assert bool(found) == (value > ceiling)
+
+
+money = st.decimals(min_value=0, max_value=10**6, places=6, allow_nan=False, allow_infinity=False)
+
+
+@given(money, money)
+def test_money_ceiling_compares_exactly(value: Decimal, ceiling: Decimal) -> None:
+    found = messages(agent({"budgets": {"costPerDay": str(value)}}), policy({"ceilings": {"costPerDay": str(ceiling)}}))
+    assert bool(found) == (value > ceiling)
+
+
+@given(st.integers(0, 99), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999))
+def test_parse_duration(h: int, m: int, s: int, ms: int) -> None:
+    assert parse_duration(f"{h}h{m}m{s}s{ms}ms") == Decimal(h * 3600 + m * 60 + s) + Decimal(ms) / 1000
+    assert parse_duration(f"{h}.5h") == Decimal(h * 3600 + 1800)
+
+
+@pytest.mark.parametrize("text", ["", "5", "m", "5x", "1h 2m", "-1s", "1h-"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 32))
+def test_egress_within_exactly_when_subnet(address: int, outer_bits: int, inner_bits: int) -> None:
+    outer = ipaddress.ip_network((address, outer_bits), strict=False)
+    inner = ipaddress.ip_network((address, inner_bits), strict=False)
+    found = messages(
+        agent({"permissions": {"egress": [{"cidr": str(inner)}]}}), policy({"allowedEgress": [str(outer)]})
+    )
+    assert bool(found) == (inner_bits < outer_bits)
+
+
+verbs = st.lists(
+    st.sampled_from(["get", "list", "watch", "create", "delete", "*"]), min_size=1, max_size=4, unique=True
+)
+resources = st.lists(st.sampled_from(["pods", "pods/log", "secrets", "*"]), min_size=1, max_size=3, unique=True)
+groups = st.lists(st.sampled_from(["", "apps", "*"]), max_size=2, unique=True)
+rules = st.builds(lambda g, r, v: KubernetesRule(api_groups=g, resources=r, verbs=v), groups, resources, verbs)
+
+
+@given(rules)
+def test_a_rule_covers_itself(rule: KubernetesRule) -> None:
+    assert rule_covered(rule, rule)
+
+
+@given(rules, rules)
+def test_coverage_is_a_per_field_subset(rule: KubernetesRule, allowed: KubernetesRule) -> None:
+    def sub(a: list[str], b: list[str]) -> bool:
+        return "*" in b or set(a) <= set(b)
+
+    expected = sub(rule.api_groups, allowed.api_groups) and sub(rule.resources, allowed.resources)
+    assert rule_covered(rule, allowed) == (expected and sub(rule.verbs, allowed.verbs))
+
+
+@given(rules)
+def test_wildcard_verbs_need_a_wildcard_allowance(rule: KubernetesRule) -> None:
+    wild = rule.model_copy(update={"verbs": ["*"]})
+    narrow = rule.model_copy(update={"verbs": [v for v in rule.verbs if v != "*"] or ["get"]})
+    assert not rule_covered(wild, narrow)
+
+
+def test_describe_rule() -> None:
+    rule = KubernetesRule(api_groups=["", "apps"], resources=["pods"], verbs=["get"], resource_names=[])
+    assert describe_rule(rule) == '{apiGroups: ["", "apps"], resources: ["pods"], verbs: ["get"], resourceNames: []}'
+
+
+# --------------------------------------------------------------------------- pricing, kill switch
+
+
+def test_policy_price_table_wins() -> None:
+    a = agent({"agent": {"model": {"pricing": {"inputPerMillion": "1", "outputPerMillion": "2"}}}})
+    priced = policy({"modelPrices": [{"model": "gpt-4o-mini", "inputPerMillion": "0.15", "outputPerMillion": "0.6"}]})
+    other = policy({"modelPrices": [{"model": "gpt-4o", "inputPerMillion": "5", "outputPerMillion": "15"}]}, "a")
+    pricing = effective_pricing(a, [other, priced])
+    assert (pricing.input_per_million, pricing.output_per_million) == ("0.15", "0.6")
+    assert effective_pricing(a, [other]) == a.spec.agent.model.pricing
+    elsewhere = policy({"namespaces": ["other"], "modelPrices": priced.spec.model_dump(by_alias=True)["modelPrices"]})
+    assert effective_pricing(a, [elsewhere], LABELS) == a.spec.agent.model.pricing
+
+
+def test_first_policy_by_name_sets_the_price() -> None:
+    def priced(name: str, price: str) -> AgentPolicy:
+        return policy(
+            {"modelPrices": [{"model": "gpt-4o-mini", "inputPerMillion": price, "outputPerMillion": "0"}]},
+            name,
+        )
+
+    assert effective_pricing(agent(), [priced("b", "2"), priced("a", "1")]).input_per_million == "1"
+
+
+def test_suspend_all_only_for_covered_agents() -> None:
+    kill = policy({"suspendAll": True, "namespaceSelector": {"matchLabels": {"team": "a"}}})
+    assert suspend_all(agent(), [policy(), kill], LABELS)
+    assert not suspend_all(agent(), [policy(), kill], {"team": "b"})
+    assert not suspend_all(agent(), [policy()])
+    assert suspend_all(agent(), [kill])
