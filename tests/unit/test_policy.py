@@ -386,7 +386,7 @@ verbs = st.lists(
     st.sampled_from(["get", "list", "watch", "create", "delete", "*"]), min_size=1, max_size=4, unique=True
 )
 resources = st.lists(st.sampled_from(["pods", "pods/log", "secrets", "*"]), min_size=1, max_size=3, unique=True)
-groups = st.lists(st.sampled_from(["", "apps", "*"]), max_size=2, unique=True)
+groups = st.lists(st.sampled_from(["", "apps", "*"]), min_size=1, max_size=2, unique=True)
 rules = st.builds(lambda g, r, v: KubernetesRule(api_groups=g, resources=r, verbs=v), groups, resources, verbs)
 
 

@@ -255,7 +255,7 @@ class EgressRule(Model):
 class KubernetesRule(Model):
     """A Kubernetes RBAC rule for the agent's own ServiceAccount (namespaced Role)."""
 
-    api_groups: list[ApiName] = Field(max_length=32)
+    api_groups: list[ApiName] = Field(min_length=1, max_length=32)
     """API groups ("" is the core group)."""
     resources: list[ApiName] = Field(min_length=1, max_length=64)
     """Resources, e.g. "pods", "pods/log"."""

@@ -18,6 +18,8 @@ from typing import Any
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from agentfleet.render.wire import apply_patch_body
+
 FIELD_MANAGER = "agentfleet"
 
 
@@ -119,10 +121,12 @@ class Kube:
         writers each use their own, so the API server merges their conditions by type."""
         res = RESOURCES[obj["kind"]]
         meta = obj["metadata"]
+        # Apply bodies are parsed as YAML: send pre-encoded JSON with YAML-unsafe characters
+        # escaped. The charset parameter keeps the client from JSON-encoding it a second time.
         out = await self.request(
-            "PATCH", res.path(meta.get("namespace"), meta["name"], subresource), body=obj,
-            query=[("fieldManager", field_manager), ("force", "true")],
-            content_type="application/apply-patch+yaml",
+            "PATCH", res.path(meta.get("namespace"), meta["name"], subresource),
+            body=apply_patch_body(obj).encode(), query=[("fieldManager", field_manager), ("force", "true")],
+            content_type="application/apply-patch+yaml; charset=utf-8",
         )
         assert out is not None
         return out

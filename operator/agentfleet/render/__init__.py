@@ -15,6 +15,7 @@ from agentfleet.render.names import (
     selector,
 )
 from agentfleet.render.revision import pod_relevant_spec, revision_hash
+from agentfleet.render.wire import apply_patch_body
 
 __all__ = [
     "AGENT_LABEL",
@@ -25,6 +26,7 @@ __all__ = [
     "RenderError",
     "RenderSettings",
     "Rendered",
+    "apply_patch_body",
     "child_names",
     "label_selector",
     "labels",

@@ -33,12 +33,11 @@ def render(
     if replicas < 0:
         raise RenderError(f"replicas must not be negative, got {replicas}")
 
-    config = guard.guard_config(owner, spec, revision, settings, pricing or spec.agent.model.pricing)
+    effective = pricing if pricing is not None else spec.agent.model.pricing
+    config = guard.guard_config(owner, spec, revision, settings, effective)
     config_map = guard.config_map(owner, names, revision, config)
     config_hash = short_hash(config_map["data"][guard.CONFIG_KEY])
-    template = workload.pod_template(
-        owner, names, spec, revision=revision, settings=settings, config_hash=config_hash
-    )
+    template = workload.pod_template(owner, names, spec, revision=revision, settings=settings, config_hash=config_hash)
     objects = [rbac.service_account(owner, names, mount_token=bool(spec.permissions.kubernetes))]
     if spec.permissions.kubernetes:
         objects += [
@@ -68,9 +67,7 @@ def render_controller_revision(agent: AgentDeployment, rendered: Rendered, numbe
     return {
         "apiVersion": "apps/v1",
         "kind": "ControllerRevision",
-        "metadata": owner.metadata(
-            child_names(owner.name).controller_revision(rendered.revision), rendered.revision
-        ),
+        "metadata": owner.metadata(child_names(owner.name).controller_revision(rendered.revision), rendered.revision),
         "revision": number,
         "data": {
             "spec": pod_relevant_spec(agent.spec),

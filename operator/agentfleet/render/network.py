@@ -30,11 +30,15 @@ class Endpoint:
 
 
 def normalize_cidr(cidr: str, where: str) -> str:
-    """Canonical form (host bits cleared), which the API server accepts without warnings."""
+    """Canonical form: host bits cleared, and IPv4-mapped IPv6 (::ffff:a.b.c.d) as the IPv4
+    network it really is, since the API server rejects mapped addresses in an ipBlock."""
     try:
-        return str(ipaddress.ip_network(cidr, strict=False))
+        network = ipaddress.ip_network(cidr, strict=False)
     except ValueError as err:
         raise RenderError(f"{where}: {cidr!r} is not a CIDR") from err
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
+        network = ipaddress.IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
+    return str(network)
 
 
 def parse_endpoint(url: str, where: str) -> Endpoint:
@@ -54,7 +58,7 @@ def parse_endpoint(url: str, where: str) -> Endpoint:
         return Endpoint(None, port)
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
         raise RenderError(f"{where}: {url!r} has an IPv6 zone, which a NetworkPolicy cannot express")
-    return Endpoint(str(ipaddress.ip_network(address)), port)
+    return Endpoint(normalize_cidr(str(address), where), port)
 
 
 def _tcp(ports: list[int]) -> list[dict[str, Any]]:

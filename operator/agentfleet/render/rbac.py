@@ -25,9 +25,7 @@ def role_rules(rules: list[KubernetesRule]) -> list[dict[str, Any]]:
     """The granted rules verbatim: nothing added, nothing widened."""
     for index, rule in enumerate(rules):
         if not rule.api_groups:
-            raise RenderError(
-                f'permissions.kubernetes[{index}].apiGroups is empty; use [""] for the core group'
-            )
+            raise RenderError(f'permissions.kubernetes[{index}].apiGroups is empty; use [""] for the core group')
     return [rule.wire() for rule in rules]
 
 

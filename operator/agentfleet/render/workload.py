@@ -208,9 +208,7 @@ def deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": owner.metadata(
-            names.deployment, revision=revision, annotations={REVISION_ANNOTATION: revision}
-        ),
+        "metadata": owner.metadata(names.deployment, revision=revision, annotations={REVISION_ANNOTATION: revision}),
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 0,
@@ -233,9 +231,7 @@ def service(owner: Owner, names: ChildNames, settings: RenderSettings) -> dict[s
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": owner.metadata(
-            names.service, extra_labels={METRICS_LABEL: "true"}, annotations=annotations
-        ),
+        "metadata": owner.metadata(names.service, extra_labels={METRICS_LABEL: "true"}, annotations=annotations),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(owner.name),
