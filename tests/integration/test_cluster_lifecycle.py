@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(HACK / "cluster"), *args], env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run([str(HACK / "cluster"), *args], env=env, capture_output=True, text=True, timeout=180,
+                          check=False)
 
 
 def alive(pid: int) -> bool:

@@ -8,6 +8,7 @@ import queue
 import subprocess
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,12 +99,13 @@ def test_rbac_denies_a_serviceaccount_until_a_rolebinding_grants_it(kube: Kube, 
     # A real token from the TokenRequest API, signed by the service-account issuer, is also denied.
     token = kube.kubectl("create", "token", "probe", "-n", namespace, "--duration=10m").stdout.strip()
     assert token.count(".") == 2
-    cfg = json.loads(open(kube.kubeconfig).read())["clusters"][0]["cluster"]
+    cfg = json.loads(Path(kube.kubeconfig).read_text())["clusters"][0]["cluster"]
     as_token = ["--kubeconfig=/dev/null", f"--server={cfg['server']}",
                 f"--certificate-authority={cfg['certificate-authority']}", f"--token={token}"]
 
     def with_token(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([kube.kubectl_bin, *as_token, *args], capture_output=True, text=True, timeout=30)
+        return subprocess.run([kube.kubectl_bin, *as_token, *args], capture_output=True, text=True, timeout=30,
+                              check=False)
 
     whoami = with_token("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
     assert whoami.stdout == f"system:serviceaccount:{namespace}:probe", whoami.stderr
