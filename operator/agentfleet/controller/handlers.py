@@ -23,7 +23,7 @@ from agentfleet.controller import annotations as ann
 from agentfleet.controller import metrics
 from agentfleet.controller.kube import KubeError
 from agentfleet.controller.reconcile import Context, reconcile
-from agentfleet.controller.status import WATCHER, write_status
+from agentfleet.controller.status import merge, update_status
 
 AGD = ("agentfleet.dev", "v1alpha1", "agentdeployments")
 AGP = ("agentfleet.dev", "v1alpha1", "agentpolicies")
@@ -121,10 +121,9 @@ async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **kwar
     conditions = cond.set_condition(status.get("conditions"), cond.READY, is_ready, reason, message,
                                     agent["metadata"].get("generation"), cond.now_rfc3339())
     try:
-        await write_status(memo.kube, agent, {
-            "replicas": replicas, "readyReplicas": ready, "ready": f"{ready}/{desired}",
-            "conditions": [c for c in conditions if c["type"] == cond.READY],
-        }, manager=WATCHER, desired=desired)
+        await update_status(memo.kube, agent, merge(
+            {"replicas": replicas, "readyReplicas": ready, "ready": f"{ready}/{desired}"},
+            [c for c in conditions if c["type"] == cond.READY]))
     except KubeError as exc:
         if exc.status != 404:
             raise

@@ -18,13 +18,13 @@ from agentfleet.api import conditions as cond
 from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy
 from agentfleet.controller import annotations as ann
 from agentfleet.controller.kube import Kube, KubeError
-from agentfleet.controller.status import write_status
+from agentfleet.controller.status import merge, update_status
 from agentfleet.render import Rendered, RenderError, RenderSettings, render, render_controller_revision, selector
 
 log = logging.getLogger("agentfleet.reconcile")
 
-# Conditions this writer owns; the evaluator and the Deployment watcher apply theirs with their
-# own field managers, and the API server merges the list by type.
+# Conditions this writer decides; the evaluator and the Deployment watcher decide theirs, and
+# update_status merges each writer's change into the freshest status.
 OWNED = {cond.POLICY_VIOLATION, cond.ROLLED_BACK, cond.SUSPENDED, cond.PROGRESSING}
 OPTIONAL_KINDS = ("Role", "RoleBinding")  # rendered only when the agent has Kubernetes permissions
 
@@ -173,13 +173,12 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     conditions = cond.set_condition(conditions, cond.PROGRESSING, True, "RevisionApplied",
                                     f"revision {rendered.revision} applied", generation, now)
     out.revision = rendered.revision
-    await write_status(ctx.kube, body, {
+    await update_status(ctx.kube, body, merge({
         "observedGeneration": generation,
         "selector": selector_string(name),
         "currentRevision": rendered.revision,
         "revisionStartedAt": status.get("revisionStartedAt", now),
-        "conditions": [c for c in conditions if c["type"] in OWNED],
-    }, desired=replicas)
+    }, [c for c in conditions if c["type"] in OWNED]))
     return out
 
 
@@ -234,8 +233,8 @@ async def invalid(ctx: Context, body: dict[str, Any], msg: str, conditions: cond
     """A spec that cannot be deployed: say so on status and as an Event; keep what runs."""
     generation = body["metadata"].get("generation")
     conditions = cond.set_condition(conditions, cond.PROGRESSING, False, "InvalidSpec", msg, generation, now)
-    await write_status(ctx.kube, body, {"observedGeneration": generation,
-                                        "conditions": [c for c in conditions if c["type"] in OWNED]})
+    await update_status(ctx.kube, body, merge({"observedGeneration": generation},
+                                              [c for c in conditions if c["type"] in OWNED]))
     return Outcome(events=[("Warning", "InvalidSpec", msg)])
 
 
@@ -253,6 +252,6 @@ async def refuse(ctx: Context, body: dict[str, Any], messages: list[str], condit
             raise
     for kind in OPTIONAL_KINDS:
         await ctx.kube.delete(kind, ns, f"{name}-agent")
-    await write_status(ctx.kube, body, {"observedGeneration": generation,
-                                        "conditions": [c for c in conditions if c["type"] in OWNED]}, desired=0)
+    await update_status(ctx.kube, body, merge({"observedGeneration": generation},
+                                              [c for c in conditions if c["type"] in OWNED]))
     return Outcome(events=[("Warning", "PolicyViolation", msg)])

@@ -1,22 +1,23 @@
 """Writing AgentDeployment status from several writers without clobbering each other.
 
 Three writers share the status: the reconciler, the Deployment watcher and the evaluator. Each
-applies (server-side) only the conditions it owns, under its own field manager, so the API
-server merges the condition list by type. ``phase`` summarises all conditions, so it is
-recomputed from the freshest view: the apply carries the resourceVersion it was computed
-from, and on a conflict we re-read and recompute instead of overwriting newer state.
+describes its change as a function of the current status; ``update_status`` applies it to the
+freshest status it has and writes with the resourceVersion it read (optimistic concurrency).
+On a conflict it re-reads and re-applies the change, so nobody overwrites newer state, and
+``phase`` -- a summary of everything -- is always recomputed from the merged result.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any
 
 from agentfleet.api import conditions as cond
 from agentfleet.controller.kube import Kube, KubeError
 
-RECONCILER = "agentfleet"
-WATCHER = "agentfleet-status"
-EVALUATOR = "agentfleet-evaluator"
+Status = dict[str, Any]
+Mutation = Callable[[Status], Status]
 
 
 def phase_for(conditions: cond.Conditions, replicas: int, ready: int) -> str:
@@ -36,37 +37,47 @@ def phase_for(conditions: cond.Conditions, replicas: int, ready: int) -> str:
 
 
 def overlay(base: cond.Conditions | None, mine: cond.Conditions) -> cond.Conditions:
+    """``base`` with the conditions in ``mine`` replacing those of the same type."""
     types = {c["type"] for c in mine}
-    return [c for c in base or [] if c.get("type") not in types] + list(mine)
+    return sorted([c for c in base or [] if c.get("type") not in types] + list(mine), key=lambda c: str(c["type"]))
 
 
-async def write_status(kube: Kube, body: dict[str, Any], status: dict[str, Any], *, manager: str = RECONCILER,
-                       desired: int | None = None, attempts: int = 4) -> None:
-    """Apply ``status`` (only the owner's fields) plus a freshly computed phase."""
+def merge(fields: Status, conditions: cond.Conditions | None = None) -> Mutation:
+    """The common change: set these fields and these conditions, keep everything else."""
+    def mutate(status: Status) -> Status:
+        out = {**status, **fields}
+        if conditions:
+            out["conditions"] = overlay(status.get("conditions"), conditions)
+        return out
+    return mutate
+
+
+async def update_status(kube: Kube, body: dict[str, Any], mutate: Mutation, attempts: int = 5) -> Status | None:
+    """Apply ``mutate`` to the status and write it; returns the written status (None if gone)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     current = body
     for _ in range(attempts):
-        seen = current.get("status") or {}
-        want = desired if desired is not None else int((current.get("spec") or {}).get("replicas") or 0)
-        ready = int(status.get("readyReplicas", seen.get("readyReplicas")) or 0)
-        patch = dict(status, phase=phase_for(overlay(seen.get("conditions"), status.get("conditions", [])),
-                                             want, ready))
-        metadata = {"name": name, "namespace": ns}
-        if current["metadata"].get("resourceVersion"):
-            metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
-        obj = {"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment", "metadata": metadata,
-               "status": patch}
+        old = current.get("status") or {}
+        new = mutate(copy.deepcopy(old))
+        spec = current.get("spec") or {}
+        desired = 0 if spec.get("suspended") else int(spec.get("replicas") or 0)
+        new["phase"] = phase_for(new.get("conditions") or [], desired, int(new.get("readyReplicas") or 0))
+        if new == old:
+            return old
+        patch = {"metadata": {"resourceVersion": current["metadata"].get("resourceVersion")},
+                 "status": {**{k: None for k in old if k not in new}, **new}}
         try:
-            await kube.apply(obj, subresource="status", field_manager=manager)
-            return
+            out = await kube.merge_patch("AgentDeployment", ns, name, patch, subresource="status")
+            status: Status = out.get("status") or {}
+            return status
         except KubeError as exc:
             if exc.status == 404:
-                return
+                return None
             if exc.status != 409:
                 raise
         fresh = await kube.get("AgentDeployment", ns, name)
         if fresh is None:
-            return
+            return None
         current = fresh
     raise KubeError(409, f"status of {ns}/{name} kept changing; will retry", "Conflict")
