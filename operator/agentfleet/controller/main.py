@@ -15,8 +15,15 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from agentfleet.api.guardconfig import AuditSink
 from agentfleet.controller import metrics
+from agentfleet.controller.handlers import labels_of, policies_of
 from agentfleet.controller.kube import Kube
+from agentfleet.controller.reconcile import Context
+from agentfleet.evaluator.actions import Actor
+from agentfleet.evaluator.loop import Evaluator, EvaluatorSettings
+from agentfleet.evaluator.prom import Prometheus
+from agentfleet.guard.audit import AuditLog
 from agentfleet.render import RenderSettings
 
 
@@ -32,13 +39,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL")
     p.add_argument("--workers", type=int, default=64, help="max objects reconciled concurrently")
     p.add_argument("--api-concurrency", type=int, default=64, help="max concurrent API requests")
+    p.add_argument("--prometheus-url", default="", help="Prometheus for the fleet evaluator (empty: no evaluator)")
+    p.add_argument("--evaluation-interval", type=float, default=5.0, help="seconds between fleet evaluations")
+    p.add_argument("--rate-window", default="1m", help="PromQL range for rates and increases")
+    p.add_argument("--query-timeout", type=float, default=5.0, help="seconds per PromQL query")
+    p.add_argument("--audit-file", default="", help="also append the operator's audit trail to this file")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
 
 def configure(args: argparse.Namespace) -> None:
     @kopf.on.startup()
-    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
         settings.batching.worker_limit = args.workers
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
@@ -52,16 +64,44 @@ def configure(args: argparse.Namespace) -> None:
         memo.kube = await Kube.connect(concurrency=args.api_concurrency)
         upstream = tuple(args.upstream_cidr) or RenderSettings.upstream_cidrs
         memo.render_settings = RenderSettings(guard_image=args.guard_image, upstream_cidrs=upstream)
+        memo.evaluator = None
+        if args.prometheus_url:
+            memo.evaluator = start_evaluator(args, memo, kwargs)
 
     @kopf.on.cleanup()
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        if memo.evaluator is not None:
+            task, prom, audit = memo.evaluator
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await prom.close()
+            audit.close()
         await memo.kube.close()
+
+
+def start_evaluator(args: argparse.Namespace, memo: kopf.Memo,
+                    indexes: dict[str, Any]) -> tuple[asyncio.Task[None], Prometheus, AuditLog]:
+    """One fleet-wide evaluation loop, reading the same in-memory indexes as the handlers."""
+    agent_index, policy_index, namespace_index = (indexes["agent_index"], indexes["policy_index"],
+                                                  indexes["namespace_index"])
+
+    def context(namespace: str) -> Context:
+        return Context(kube=memo.kube, settings=memo.render_settings, policies=policies_of(policy_index),
+                       namespace_labels=labels_of(namespace_index, namespace))
+
+    def agents() -> list[dict[str, Any]]:
+        return [body for store in list(agent_index.values()) for body in store]
+
+    prom = Prometheus(args.prometheus_url, query_timeout=args.query_timeout)
+    audit = AuditLog(AuditSink(stdout=True, file=args.audit_file or None), {"component": "agentfleet-operator"})
+    audit.start()
+    evaluator = Evaluator(prom, Actor(memo.kube, context, lambda: evaluator.memory, audit), agents,
+                          EvaluatorSettings(interval=args.evaluation_interval, rate_window=args.rate_window))
+    return asyncio.create_task(evaluator.run(), name="fleet-evaluator"), prom, audit
 
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    from agentfleet.controller import handlers  # noqa: F401  (registers the handlers)
-
     configure(args)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=metrics.REGISTRY)

@@ -65,8 +65,9 @@ async def update_status(kube: Kube, body: dict[str, Any], mutate: Mutation, atte
         new["phase"] = phase_for(new.get("conditions") or [], desired, int(new.get("readyReplicas") or 0))
         if new == old:
             return old
-        patch = {"metadata": {"resourceVersion": current["metadata"].get("resourceVersion")},
-                 "status": {**{k: None for k in old if k not in new}, **new}}
+        patch: dict[str, Any] = {"status": {**{k: None for k in old if k not in new}, **new}}
+        if current["metadata"].get("resourceVersion"):  # optimistic concurrency: fail on newer state
+            patch["metadata"] = {"resourceVersion": current["metadata"]["resourceVersion"]}
         try:
             out = await kube.merge_patch("AgentDeployment", ns, name, patch, subresource="status")
             status: Status = out.get("status") or {}

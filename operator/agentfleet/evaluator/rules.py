@@ -44,6 +44,7 @@ class AgentView:
     generation: int
     spec: AgentDeploymentSpec
     status: dict[str, Any]
+    resource_version: str | None = None
 
     @property
     def key(self) -> Key:
@@ -254,7 +255,7 @@ def judge_budgets(agent: AgentView, samples: Samples, suspended: bool) -> tuple[
     change: tuple[bool, str] | None = None
     if over and (not was_over or current is None or current.get("reason") != over[0][0]):
         change = (True, over[0][3])
-    elif not over and (current is None or was_over):
+    elif not over and (was_over or (current is None and (budgets.cost_per_day or budgets.tokens_per_hour))):
         change = (False, "within budgets.costPerDay and budgets.tokensPerHour")
     act = None
     if over:

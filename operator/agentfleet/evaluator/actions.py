@@ -1,0 +1,148 @@
+"""Carrying out verdicts: status first (the record that survives restarts), then the effect.
+
+A suspension or rollback is written to status as a condition, and then the ordinary reconcile
+turns that status into replicas 0 or the stable revision's exact pod template -- the same code
+path as a manual suspend or rollback, so there is one mechanism, and a restart between the two
+steps converges on the next reconcile. Every action also becomes an Event, a metric and an
+audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from agentfleet.api import conditions as cond
+from agentfleet.api.types import Action
+from agentfleet.controller.kube import Kube
+from agentfleet.controller.reconcile import Context, reconcile
+from agentfleet.controller.status import merge, update_status
+from agentfleet.evaluator import metrics
+from agentfleet.evaluator.rules import AgentView, Memory, Samples, Verdict
+from agentfleet.guard.audit import AuditLog
+
+
+class Actor:
+    def __init__(self, kube: Kube, context: Callable[[str], Context], memory: Callable[[], Memory],
+                 audit: AuditLog | None = None) -> None:
+        self.kube = kube
+        self.context = context
+        self.memory = memory
+        self.audit = audit
+
+    async def apply(self, agent: AgentView, v: Verdict) -> None:
+        body = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
+        if body is None:
+            return
+        generation = body["metadata"].get("generation")
+        now = cond.now_rfc3339()
+        conds: cond.Conditions = []
+        fields: dict[str, Any] = {}
+        events: list[tuple[str, str, str]] = []
+
+        def condition(type_: str, status: bool, reason: str, message: str) -> None:
+            updated = cond.set_condition(body.get("status", {}).get("conditions"), type_, status, reason, message,
+                                         generation, now)
+            conds.extend(c for c in updated if c["type"] == type_)
+
+        if v.metrics_available is not None:
+            ok, msg = v.metrics_available
+            condition(cond.METRICS_AVAILABLE, ok, "QueriesSucceeded" if ok else "PrometheusUnavailable", msg)
+            if not ok:
+                events.append(("Warning", "MetricsUnavailable", msg))
+        if v.budget_exceeded is not None:
+            over, msg = v.budget_exceeded
+            condition(cond.BUDGET_EXCEEDED, over, "BudgetExceeded" if over else "WithinBudget", msg)
+        if v.promote_stable:
+            fields["stableRevision"] = v.promote_stable
+            events.append(("Normal", "RevisionStable", f"revision {v.promote_stable} passed its stabilization window"))
+        if v.resume_budget:
+            condition(cond.SUSPENDED, False, "BudgetRecovered", "spend is back under budget; resumed")
+            events.append(("Normal", "Resumed", "spend is back under budget; resumed"))
+        act, reconcile_after = v.act, v.resume_budget
+        memory = self.memory()
+        if act is not None:
+            fields["lastBreach"] = {"rule": act.rule, "metric": act.metric, "observedValue": fmt_value(act.value),
+                                    "threshold": act.threshold, "revision": act.revision, "time": now,
+                                    "action": str(act.action)}
+            if act.action == Action.SUSPEND:
+                condition(cond.SUSPENDED, True, act.reason, act.message)
+                reconcile_after = True
+            elif act.action == Action.ROLLBACK:
+                condition(cond.ROLLED_BACK, True, act.reason, act.message)
+                fields["currentRevision"] = agent.status.get("stableRevision")
+                reconcile_after = True
+            elif act.action == Action.SCALE_TO:
+                await self.kube.merge_patch("AgentDeployment", agent.namespace, agent.name,
+                                            {"spec": {"replicas": act.scale_to}}, subresource="scale")
+            memory.acted[(agent.namespace, agent.name, act.rule)] = datetime.now(UTC)
+            events.append(("Warning", act.reason, act.message))
+            metrics.ACTIONS.labels(str(act.action)).inc()
+            self.record(agent, act.action, act.rule, act.reason, act.message, act.value, act.threshold, act.revision)
+        for alert in v.alerts:
+            memory.acted[(agent.namespace, agent.name, alert.rule)] = datetime.now(UTC)
+            events.append(("Warning", "GuardrailAlert", alert.message))
+            metrics.ACTIONS.labels("Alert").inc()
+            self.record(agent, Action.ALERT, alert.rule, alert.reason, alert.message, alert.value, alert.threshold,
+                        alert.revision)
+        metrics.DECISIONS.labels(str(act.action) if act else "status").inc()
+        await update_status(self.kube, body, merge(fields, conds))
+        if reconcile_after:
+            fresh = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
+            if fresh is not None:
+                outcome = await reconcile(self.context(agent.namespace), fresh)
+                events += outcome.events
+        for type_, reason, message in events:
+            await self.event(body, type_, reason, message)
+
+    def record(self, agent: AgentView, action: Action, rule: str, reason: str, message: str, value: float,
+               threshold: str, revision: str) -> None:
+        if self.audit is not None:
+            self.audit.record("operator_action", namespace=agent.namespace, agent=agent.name, revision=revision,
+                              action=str(action), rule=rule, reason=reason, value=fmt_value(value),
+                              threshold=threshold, message=message)
+
+    async def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        await self.kube.create({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": body["apiVersion"], "kind": "AgentDeployment", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": type_, "reason": reason[:128], "message": message[:1024],
+            "source": {"component": "agentfleet-evaluator"}, "reportingComponent": "agentfleet.dev/evaluator",
+            "reportingInstance": "agentfleet-operator", "action": "Evaluate",
+            "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z", "eventTime": now, "count": 1,
+        })
+
+    async def refresh_usage(self, agents: list[AgentView], samples: Samples, sem: asyncio.Semaphore) -> None:
+        """Write spend today and tokens in the last hour where they changed."""
+        now = cond.now_rfc3339()
+
+        async def one(agent: AgentView) -> None:
+            spend = samples.spend_today.get(agent.key)
+            tokens = samples.tokens_last_hour.get(agent.key)
+            if spend is None and tokens is None:
+                return
+            usage = {"spendToday": f"{Decimal(spend or 0).quantize(Decimal('0.0001'))}",
+                     "tokensLastHour": int(tokens or 0)}
+            old = agent.status.get("usage") or {}
+            if {k: old.get(k) for k in usage} == usage:
+                return
+            body = {"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment",
+                    "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended},
+                    "metadata": {"namespace": agent.namespace, "name": agent.name,
+                                 "resourceVersion": agent.resource_version}, "status": agent.status}
+            async with sem:
+                await update_status(self.kube, body, merge({"usage": {**usage, "updatedAt": now}}))
+
+        await asyncio.gather(*(one(a) for a in agents))
+
+
+def fmt_value(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.6g}"  # NaN for fail-closed suspensions
