@@ -234,10 +234,17 @@ class OperatorProcess:
         return 0.0
 
 
+EVALUATION_INTERVAL = 2.0
+
+
 @pytest.fixture(scope="session")
-def operator(crds_installed: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """One operator for the session, watching the whole cluster."""
-    op = OperatorProcess(crds_installed.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+def operator(crds_installed: Kube, prometheus: Prometheus,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching the whole cluster, evaluating every 2 s."""
+    logs = tmp_path_factory.mktemp("operator")
+    op = OperatorProcess(crds_installed.kubeconfig, logs / "operator.log", extra=[
+        f"--prometheus-url={prometheus.url}", f"--evaluation-interval={EVALUATION_INTERVAL}", "--rate-window=30s",
+        f"--audit-file={logs / 'audit.jsonl'}"])
     op.start()
     yield op
     op.stop()

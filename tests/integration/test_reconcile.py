@@ -321,8 +321,11 @@ def test_policy_tightened_after_creation_is_enforced_at_reconcile(
         assert any(e["reason"] == "PolicyViolation" and e["type"] == "Warning" for e in events)
     finally:
         kube.kubectl("delete", "agentpolicy", name, check=False)
+    poll(lambda: condition(status(kube, namespace, "eta"), "PolicyViolation").get("status") == "False", timeout=60,
+         what="the violation to clear once the policy is gone")
     st = wait_reconciled(kube, namespace, "eta")
-    assert condition(st, "PolicyViolation")["status"] == "False"
+    assert st["phase"] == "Running"
+    assert kube.get_json("deployment", "eta", "-n", namespace)["spec"]["replicas"] == 2
 
 
 def test_fleet_kill_switch_suspends_and_lifting_it_resumes(
