@@ -153,6 +153,13 @@ def test_fleet_budget_suspends_and_recovers() -> None:
     assert v.resume_budget and v.budget_exceeded == (False, "within budgets.costPerDay and budgets.tokensPerHour")
 
 
+def test_a_guard_refusing_for_budget_counts_as_exhausted() -> None:
+    agent = AgentView("ns", "a", 1, spec([], budgets={"costPerDay": "2.00"}), {"currentRevision": REV})
+    v = judge(agent, Samples(spend_today={("ns", "a"): 1.99}, exhausted={("ns", "a"): {"cost_per_day"}}))
+    assert v.act is not None and v.act.reason == "cost_per_day_exceeded"
+    assert "guards are refusing requests" in v.act.message
+
+
 def test_custom_queries_fleet_wide_or_per_agent() -> None:
     assert is_fleet_wide("sum by (namespace, agent, revision) (up)")
     q = custom_query('rate(x{namespace="{{namespace}}", agent="{{ agent }}"}[1m])', "ns", "a", "r")

@@ -22,12 +22,12 @@ from agentfleet.api.types import AgentDeploymentSpec, Metric
 from agentfleet.evaluator import metrics
 from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.prom import PromError, Prometheus
-from agentfleet.evaluator.queries import TOKENS_LAST_HOUR, builtin_query, spend_today_query
+from agentfleet.evaluator.queries import TOKENS_LAST_HOUR, builtin_query, exhausted_query, spend_today_query
 from agentfleet.evaluator.rules import AgentView, Memory, Samples, evaluate, query_name
 
 log = logging.getLogger("agentfleet.evaluator")
 
-SPEND, TOKENS = "spendToday", "tokensLastHour"
+SPEND, TOKENS, EXHAUSTED = "spendToday", "tokensLastHour", "budgetsExhausted"
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,8 @@ class Evaluator:
         if agents and (budgeted or usage_cycle):
             queries[SPEND] = spend_today_query(now)
             queries[TOKENS] = TOKENS_LAST_HOUR
+        if budgeted:
+            queries[EXHAUSTED] = exhausted_query(self.settings.rate_window)
         samples = await self.fetch(queries)
         metrics.AGENTS.set(len(agents))
         verdicts = evaluate(agents, samples, self.memory, now)
@@ -126,7 +128,12 @@ class Evaluator:
                 samples.failed.add(name)
                 log.warning("query %s failed: %s", name, exc)
                 return
-            if name in (SPEND, TOKENS):
+            if name == EXHAUSTED:
+                for labels, value in result:
+                    if value > 0:
+                        key = (labels.get("namespace", ""), labels.get("agent", ""))
+                        samples.exhausted.setdefault(key, set()).add(labels.get("budget", ""))
+            elif name in (SPEND, TOKENS):
                 table = samples.spend_today if name == SPEND else samples.tokens_last_hour
                 for labels, value in result:
                     table[(labels.get("namespace", ""), labels.get("agent", ""))] = value

@@ -78,3 +78,9 @@ def spend_today_query(now: datetime) -> str:
 
 
 TOKENS_LAST_HOUR = "sum by (namespace, agent) (increase(agentfleet_tokens_total[1h]))"
+
+
+def exhausted_query(window: str) -> str:
+    """Guards that refused requests because a time budget ran out (their local, strict view)."""
+    return ('sum by (namespace, agent, budget) (increase(agentfleet_budget_rejections_total'
+            f'{{budget=~"cost_per_day|tokens_per_hour"}}[{window}]))')

@@ -59,6 +59,7 @@ class Samples:
     custom: dict[str, dict[SeriesKey | None, float]] = field(default_factory=dict)
     spend_today: dict[Key, float] = field(default_factory=dict)
     tokens_last_hour: dict[Key, float] = field(default_factory=dict)
+    exhausted: dict[Key, set[str]] = field(default_factory=dict)  # budgets guards reported as used up
     failed: set[str] = field(default_factory=set)
 
 
@@ -238,18 +239,23 @@ def judge_budgets(agent: AgentView, samples: Samples, suspended: bool) -> tuple[
     budgets, key = agent.spec.budgets, agent.key
     revision = agent.status.get("currentRevision") or ""
     over: list[tuple[str, float, str, str]] = []
-    if budgets.cost_per_day is not None and key in samples.spend_today:
-        spent = samples.spend_today[key]
-        if spent >= float(budgets.cost_per_day):
+    # Over when the fleet total reaches the budget, or when a guard already refused requests
+    # because its (strict, per-replica) view of the same budget ran out.
+    exhausted = samples.exhausted.get(key, set())
+    if budgets.cost_per_day is not None and (key in samples.spend_today or "cost_per_day" in exhausted):
+        spent = samples.spend_today.get(key, 0.0)
+        if spent >= float(budgets.cost_per_day) or "cost_per_day" in exhausted:
             over.append(("cost_per_day_exceeded", spent, f">= {budgets.cost_per_day}",
-                         f"spent ${spent:.4f} today (UTC) across all replicas; budgets.costPerDay is "
-                         f"${budgets.cost_per_day}"))
-    if budgets.tokens_per_hour is not None and key in samples.tokens_last_hour:
-        used = samples.tokens_last_hour[key]
-        if used >= budgets.tokens_per_hour:
+                         f"spent ${spent:.4f} today (UTC) across all replicas"
+                         f"{' and guards are refusing requests' if 'cost_per_day' in exhausted else ''}; "
+                         f"budgets.costPerDay is ${budgets.cost_per_day}"))
+    if budgets.tokens_per_hour is not None and (key in samples.tokens_last_hour or "tokens_per_hour" in exhausted):
+        used = samples.tokens_last_hour.get(key, 0.0)
+        if used >= budgets.tokens_per_hour or "tokens_per_hour" in exhausted:
             over.append(("tokens_per_hour_exceeded", used, f">= {budgets.tokens_per_hour}",
-                         f"used {used:.0f} tokens in the last hour across all replicas; budgets.tokensPerHour is "
-                         f"{budgets.tokens_per_hour}"))
+                         f"used {used:.0f} tokens in the last hour across all replicas"
+                         f"{' and guards are refusing requests' if 'tokens_per_hour' in exhausted else ''}; "
+                         f"budgets.tokensPerHour is {budgets.tokens_per_hour}"))
     current = cond.get(agent.status.get("conditions"), cond.BUDGET_EXCEEDED)
     was_over = current is not None and current.get("status") == "True"
     change: tuple[bool, str] | None = None
@@ -264,7 +270,7 @@ def judge_budgets(agent: AgentView, samples: Samples, suspended: bool) -> tuple[
                   f"{message}; suspended until the budget resets or it is raised")
     suspended_by_budget = suspended and (cond.get(agent.status.get("conditions"), cond.SUSPENDED) or {}).get(
         "reason") in BUDGET_REASONS
-    return act, change, bool(suspended_by_budget and not over and key in samples.spend_today)
+    return act, change, bool(suspended_by_budget and not over and key in samples.spend_today and not exhausted)
 
 
 def parse_time(value: Any) -> datetime | None:
