@@ -43,6 +43,8 @@ crds: deps ## regenerate crds/, the chart's CRDs, the admission policy and docs/
 	$(PY) -m agentfleet.api.crdgen --write crds
 	$(PY) -m agentfleet.api.admission --write
 	$(PY) -m agentfleet.api.docgen --write
+	cp crds/agentfleet.dev_*.yaml charts/agentfleet/crds/
+	cp crds/admission/agentpolicy-admission.yaml charts/agentfleet/files/
 
 demo: deps build ## set everything up and run the main scenario
 	@if [ -x hack/demo ]; then hack/demo; else echo "make demo: coming with the demo issue; try 'make cluster-up'"; fi

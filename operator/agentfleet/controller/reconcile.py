@@ -151,8 +151,15 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     if pinned:  # exact: the template recorded with the revision, not today's rendering of it
         rendered = with_template(rendered, pinned["data"]["template"])
 
-    for obj in rendered.objects:
-        await ctx.kube.apply(obj)
+    try:
+        for obj in rendered.objects:
+            await ctx.kube.apply(obj)
+    except KubeError as exc:
+        if exc.status not in {403, 422}:
+            raise  # transient: kopf retries
+        # Refused for good (e.g. a Role beyond what the operator may delegate): say so, don't retry.
+        return await invalid(ctx, body, f"the API server refused {obj['kind']} {obj['metadata']['name']}: "
+                             f"{exc.message}", conditions, now, reason="Refused")
     number = await record_revision(ctx, agent, rendered, all_revisions)
     await prune(ctx, agent, rendered, all_revisions, status)
 
@@ -229,13 +236,13 @@ async def prune(ctx: Context, agent: AgentDeployment, rendered: Rendered, existi
 
 
 async def invalid(ctx: Context, body: dict[str, Any], msg: str, conditions: cond.Conditions,
-                  now: str) -> Outcome:
+                  now: str, reason: str = "InvalidSpec") -> Outcome:
     """A spec that cannot be deployed: say so on status and as an Event; keep what runs."""
     generation = body["metadata"].get("generation")
-    conditions = cond.set_condition(conditions, cond.PROGRESSING, False, "InvalidSpec", msg, generation, now)
+    conditions = cond.set_condition(conditions, cond.PROGRESSING, False, reason, msg, generation, now)
     await update_status(ctx.kube, body, merge({"observedGeneration": generation},
                                               [c for c in conditions if c["type"] in OWNED]))
-    return Outcome(events=[("Warning", "InvalidSpec", msg)])
+    return Outcome(events=[("Warning", reason, msg)])
 
 
 async def refuse(ctx: Context, body: dict[str, Any], messages: list[str], conditions: cond.Conditions,

@@ -25,7 +25,7 @@ def phase_for(conditions: cond.Conditions, replicas: int, ready: int) -> str:
     if cond.is_true(conditions, cond.POLICY_VIOLATION):
         return "PolicyViolation"
     progressing = cond.get(conditions, cond.PROGRESSING)
-    if progressing and progressing.get("reason") == "InvalidSpec":
+    if progressing and progressing.get("reason") in {"InvalidSpec", "Refused"}:
         return "Degraded"
     if cond.is_true(conditions, cond.SUSPENDED):
         return "Suspended"

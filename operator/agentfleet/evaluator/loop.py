@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,6 +104,9 @@ class Evaluator:
             queries[EXHAUSTED] = exhausted_query(self.settings.rate_window)
         samples = await self.fetch(queries)
         metrics.AGENTS.set(len(agents))
+        phases = Counter(a.status.get("phase") or "Pending" for a in agents)
+        for phase in {*metrics.PHASE_NAMES, *phases}:
+            metrics.PHASES.labels(phase).set(phases.get(phase, 0))
         verdicts = evaluate(agents, samples, self.memory, now)
         by_key = {a.key: a for a in agents}
         sem = asyncio.Semaphore(self.settings.concurrency)

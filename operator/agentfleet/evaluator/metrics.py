@@ -19,3 +19,6 @@ ACTIONS = Counter("agentfleet_operator_actions_total", "Suspensions, rollbacks, 
                   ["action"], registry=REGISTRY)
 AGENTS = Gauge("agentfleet_operator_evaluated_agents", "AgentDeployments judged in the last cycle.",
                registry=REGISTRY)
+PHASES = Gauge("agentfleet_operator_agents", "AgentDeployments by phase, as of the last evaluation cycle.",
+               ["phase"], registry=REGISTRY)
+PHASE_NAMES = ("Pending", "Progressing", "Running", "Suspended", "RolledBack", "Degraded", "PolicyViolation")
