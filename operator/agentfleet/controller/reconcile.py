@@ -111,6 +111,7 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
 
     all_revisions = await revisions(ctx.kube, ns, name) if status.get("currentRevision") else []
     rollback_to = (meta.get("annotations") or {}).get(ann.ROLLBACK_TO)
+    consumed: dict[str, None] = {}  # request annotations, removed only once status records the result
     pin = pinned_revision(body)
     pinned: dict[str, Any] | None = None
     if rollback_to:
@@ -126,8 +127,7 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
                                             generation, now)
             out.events.append(("Normal", "RolledBack", f"manual rollback to revision {pinned.get('revision')} "
                                                        f"({pin})"))
-        await ctx.kube.merge_patch("AgentDeployment", ns, name,
-                                   {"metadata": {"annotations": {ann.ROLLBACK_TO: None}}})
+        consumed[ann.ROLLBACK_TO] = None
     elif pin:
         pinned = next((r for r in all_revisions if r["metadata"]["labels"].get(ann.REVISION) == pin), None)
     if not pin or pinned is None:
@@ -135,12 +135,14 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
             conditions, cond.ROLLED_BACK) else "NotRolledBack", "running the revision the spec describes",
             generation, now)
 
+    resumed = False
     if ann.RESUME in (meta.get("annotations") or {}):
         if cond.is_true(conditions, cond.SUSPENDED):
+            resumed = True
             conditions = cond.set_condition(conditions, cond.SUSPENDED, False, "Resumed",
                                             "resumed by request", generation, now)
             status["conditions"] = conditions
-        await ctx.kube.merge_patch("AgentDeployment", ns, name, {"metadata": {"annotations": {ann.RESUME: None}}})
+        consumed[ann.RESUME] = None
     replicas, zero_reason = desired_replicas(agent, status, ctx.policies, ctx.namespace_labels)
     pricing = policy_core.effective_pricing(agent, ctx.policies, ctx.namespace_labels)
     source = snapshot_agent(agent, pinned) if pinned else agent
@@ -173,9 +175,10 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
         if not was_zero:
             out.events.append(("Warning", "Suspended", msg))
     else:
-        conditions = cond.set_condition(conditions, cond.SUSPENDED, False, "Running",
-                                        f"running {replicas} replica(s)", generation, now)
-        if was_zero:
+        conditions = cond.set_condition(conditions, cond.SUSPENDED, False, "Resumed" if resumed else "Running",
+                                        f"{'resumed by request: ' if resumed else ''}running {replicas} replica(s)",
+                                        generation, now)
+        if was_zero or resumed:
             out.events.append(("Normal", "Resumed", f"scaled back to {replicas} replica(s)"))
     conditions = cond.set_condition(conditions, cond.PROGRESSING, True, "RevisionApplied",
                                     f"revision {rendered.revision} applied", generation, now)
@@ -186,6 +189,8 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
         "currentRevision": rendered.revision,
         "revisionStartedAt": status.get("revisionStartedAt", now),
     }, [c for c in conditions if c["type"] in OWNED]))
+    if consumed:  # after the status write, so the event this causes carries the new status
+        await ctx.kube.merge_patch("AgentDeployment", ns, name, {"metadata": {"annotations": consumed}})
     return out
 
 
