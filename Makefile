@@ -25,7 +25,7 @@ cluster-status:
 	@hack/cluster status
 
 lint: deps ## ruff
-	.venv/bin/ruff check operator tests hack/*.py
+	.venv/bin/ruff check operator tests hack/*.py hack/cluster hack/demo
 
 typecheck: deps ## mypy --strict on operator/
 	.venv/bin/mypy
@@ -47,7 +47,7 @@ crds: deps ## regenerate crds/, the chart's CRDs, the admission policy and docs/
 	cp crds/admission/agentpolicy-admission.yaml charts/agentfleet/files/
 
 demo: deps build ## set everything up and run the main scenario
-	@if [ -x hack/demo ]; then hack/demo; else echo "make demo: coming with the demo issue; try 'make cluster-up'"; fi
+	@hack/demo
 
 bench: deps build ## benchmarks (not part of make test)
 	$(PY) hack/bench_guard.py
