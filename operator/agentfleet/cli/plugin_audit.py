@@ -1,0 +1,122 @@
+"""``kubectl agentfleet audit``: check a guard's hash-chained audit trail with the guard's own
+verifier (``agentfleet.guard.audit.verify``), from the guard container's logs or from files.
+
+The guard writes every audit record as one canonical JSON line to stdout (and to a file in the
+pod). Its container log also carries the guard's own log lines (JSON on stderr, without a
+hash chain), so records are picked out of a log first: a line is part of the trail when it is
+a JSON object with ``hash``, or when it looks like a damaged record (mentions ``"hash"`` but is
+no longer valid JSON). A broken record is reported with its line number in the original log.
+Files given with ``--file`` are verified as they are, exactly as ``agentfleet audit verify``
+does: they are the guard's own audit file (and its rotated predecessors, oldest first).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GUARD_CONTAINER = "guard"
+"""Name of the guard sidecar in agent pods (``agentfleet.render.workload.guard_container``);
+``guard_container_of`` finds it by its command when a pod spec is at hand."""
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The outcome for one source (a pod's guard log, or a set of files forming one chain)."""
+
+    source: str
+    records: int
+    first: str | None
+    last: str | None
+    ok: bool
+    message: str
+    agents: tuple[str, ...] = ()
+    """The "namespace/agent" identities the records name (a guard stamps its own on each)."""
+
+    def json(self) -> dict[str, Any]:
+        return {"source": self.source, "records": self.records, "first": self.first, "last": self.last,
+                "ok": self.ok, "message": self.message, "agents": list(self.agents)}
+
+
+def guard_container_of(pod: dict[str, Any]) -> str:
+    """The guard container of a pod: the (init or regular) container run as ``agentfleet guard``."""
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        args = [*(container.get("command") or []), *(container.get("args") or [])]
+        if container.get("name") == GUARD_CONTAINER or args[:1] == ["guard"]:
+            return str(container.get("name"))
+    return GUARD_CONTAINER
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def is_audit_line(line: str) -> bool:
+    """A record of the trail, or what is left of one after an edit (see the module docstring)."""
+    rec = _record(line)
+    if rec is not None:
+        return "hash" in rec
+    return '"hash"' in line
+
+
+def audit_lines(log: str) -> list[tuple[int, str]]:
+    """(line number in ``log``, line) of every audit record in a container log."""
+    return [(n, line) for n, line in enumerate(log.splitlines(), 1) if is_audit_line(line)]
+
+
+@dataclass(frozen=True)
+class _Span:
+    records: int
+    first: str | None
+    last: str | None
+    agents: tuple[str, ...]
+
+
+def _span(lines: Sequence[str]) -> _Span:
+    """Records, the time of the first and last record that carry one, and whose they are."""
+    parsed = [rec for line in lines if (rec := _record(line)) is not None]
+    times = [str(rec["ts"]) for rec in parsed if "ts" in rec]
+    agents = sorted({f"{rec.get('namespace', '?')}/{rec['agent']}" for rec in parsed if "agent" in rec})
+    return _Span(len(lines), times[0] if times else None, times[-1] if times else None, tuple(agents))
+
+
+def verify_files(paths: Sequence[Path]) -> AuditReport:
+    """Verify files that form one chain, oldest first (``audit.jsonl.2 audit.jsonl.1 audit.jsonl``)."""
+    from agentfleet.guard.audit import verify
+
+    lines: list[str] = []
+    for path in paths:
+        lines += [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    span = _span(lines)
+    result = verify(list(paths))
+    return AuditReport(", ".join(str(p) for p in paths), span.records, span.first, span.last, result.ok,
+                       result.message, span.agents)
+
+
+def verify_log(source: str, log: str) -> AuditReport:
+    """Verify the audit records found in a guard container's log."""
+    from agentfleet.guard.audit import verify
+
+    picked = audit_lines(log)
+    span = _span([line for _, line in picked])
+    if not picked:
+        return AuditReport(source, 0, None, None, False,
+                           f"{source}: no audit records in the guard's log (is audit to stdout enabled?)")
+    with tempfile.TemporaryDirectory(prefix="agentfleet-audit-") as tmp:
+        path = Path(tmp) / "audit.jsonl"
+        path.write_text("".join(line + "\n" for _, line in picked))
+        result = verify([path])
+    original = {i: n for i, (n, _) in enumerate(picked, 1)}
+    message = re.sub(re.escape(str(path)) + r":(\d+)",
+                     lambda m: f"{source} line {original.get(int(m.group(1)), m.group(1))}", result.message)
+    return AuditReport(source, span.records, span.first, span.last, result.ok, message, span.agents)
