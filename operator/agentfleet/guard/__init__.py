@@ -16,6 +16,8 @@ The modules are small on purpose; each one owns one enforcement concern:
 - ``injection``: prompt-injection heuristics on tool results;
 - ``audit``: the hash-chained audit trail and ``agentfleet audit verify``;
 - ``metrics``: Prometheus metrics on a private registry;
-- ``proxy``: the chat/embeddings handlers (streaming included); ``toolproxy``: ``/tools/NAME``;
+- ``checks``: per-request bookkeeping and the checks every route shares;
+- ``proxy``: the chat/embeddings handlers; ``stream``: the streaming relay that holds tool calls;
+- ``toolproxy``: ``/tools/NAME`` for declared HTTP tools;
 - ``app``: wiring, health endpoints, graceful shutdown; ``cli``: ``agentfleet guard``.
 """

@@ -11,11 +11,11 @@ that. Deleting only the newest lines cannot be seen from the file alone.
 Prompts and completions are redacted by default to ``{"sha256", "length"}``: enough to prove
 what was sent without keeping it; ``capture_content`` opts into full text.
 
-Writing never blocks the event loop: records go through a bounded queue to a writer thread,
-which assigns ``seq``/``prev``/``hash`` in order, writes stdout and/or the file, and rotates
-the file. If the queue overflows (a stalled disk or pipe), records are dropped and the writer
-chains an ``audit_gap`` record saying how many, so the chain stays verifiable and the loss is
-explicit rather than silent.
+Writing never blocks the event loop: records go through a bounded queue to a writer thread
+(woken every 50 ms, so a busy guard writes in batches), which assigns ``seq``/``prev``/``hash``
+in order, writes stdout and/or the file, and rotates the file. If the queue overflows (a stalled
+disk or pipe), records are dropped and the writer chains an ``audit_gap`` record saying how
+many, so the chain stays verifiable and the loss is explicit rather than silent.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,8 +37,6 @@ from agentfleet.api.guardconfig import AuditSink
 
 GENESIS = "0" * 64
 """``prev`` of the first record of a chain."""
-
-_STOP = object()
 
 
 def canonical(record: dict[str, Any]) -> str:
@@ -126,6 +124,9 @@ class _RotatingFile:
 class AuditLog:
     """Hash-chained JSON-lines audit trail with a non-blocking ``record``."""
 
+    FLUSH_INTERVAL = 0.05
+    """Seconds between writer passes: records are batched instead of waking a thread per record."""
+
     def __init__(
         self,
         sink: AuditSink,
@@ -139,9 +140,13 @@ class AuditLog:
         self.capture_content = capture_content
         self._stream = (stream or sys.stdout) if sink.stdout else None
         self._file = _RotatingFile(Path(sink.file), sink.max_bytes, sink.backups) if sink.file else None
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._pending: deque[dict[str, Any]] = deque()
+        self._limit = queue_size
+        self._recorded = 0
+        self._written = 0
         self._dropped = 0
-        self._lock = threading.Lock()
+        self._gap_seen = 0
+        self._stop = threading.Event()
         self.seq = 0
         self.prev = GENESIS
         if sink.file:
@@ -169,19 +174,23 @@ class AuditLog:
         """Queue one record (never blocks; drops and counts when the writer is behind)."""
         if not self.enabled:
             return
+        self._recorded += 1  # counters written by one thread each: no lock needed
+        if len(self._pending) >= self._limit:
+            self._dropped += 1
+            return
         fields["kind"] = kind
         fields["ts"] = time.time()
-        try:
-            self._queue.put_nowait(fields)
-        except queue.Full:
-            with self._lock:
-                self._dropped += 1
+        self._pending.append(fields)  # deque.append/popleft are thread-safe
 
     @property
     def dropped(self) -> int:
         """Records dropped so far because the queue was full."""
-        with self._lock:
-            return self._dropped
+        return self._dropped
+
+    @property
+    def caught_up(self) -> bool:
+        """Every record queued so far has been written (or counted as dropped)."""
+        return self._written + self._dropped == self._recorded
 
     def _seal(self, fields: dict[str, Any]) -> bytes:
         ts = fields.pop("ts", None)
@@ -191,61 +200,63 @@ class AuditLog:
             timespec="milliseconds"
         )
         rec["seq"], rec["prev"] = self.seq, self.prev
-        h = hashlib.sha256(canonical(rec).encode()).hexdigest()
-        rec["hash"] = h
+        body = canonical(rec)
+        h = hashlib.sha256(body.encode()).hexdigest()
         self.seq, self.prev = self.seq + 1, h
-        return (canonical(rec) + "\n").encode()
+        # The hash goes last; verify re-serializes the record without it, so the line itself
+        # need not be in canonical key order.
+        return (body[:-1] + ',"hash":"' + h + '"}\n').encode()
 
-    def _take_gap(self) -> int:
-        with self._lock:
-            n, self._dropped = self._dropped, 0
-        return n
-
-    def _write(self, items: Iterable[dict[str, Any]]) -> None:
+    def _write_pending(self) -> None:
         lines: list[bytes] = []
-        gap = self._take_gap()
-        if gap:
-            lines.append(self._seal({"kind": "audit_gap", "dropped": gap, "decision": "error",
-                                     "reason": "audit queue overflow"}))
-        lines.extend(self._seal(item) for item in items)
-        if self._stream is not None:
-            try:
-                self._stream.write(b"".join(lines).decode())
-                self._stream.flush()
-            except (OSError, ValueError):
-                pass
-        if self._file is not None:
-            for line in lines:
-                self._file.write(line)
-            self._file.flush()
+        dropped = self._dropped
+        if dropped > self._gap_seen:
+            lines.append(
+                self._seal(
+                    {
+                        "kind": "audit_gap",
+                        "dropped": dropped - self._gap_seen,
+                        "decision": "error",
+                        "reason": "audit queue overflow",
+                    }
+                )
+            )
+            self._gap_seen = dropped
+        pending = self._pending
+        taken = 0
+        while pending:
+            lines.append(self._seal(pending.popleft()))
+            taken += 1
+        if not lines:
+            return
+        try:
+            if self._stream is not None:
+                try:
+                    self._stream.write(b"".join(lines).decode())
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass
+            if self._file is not None:
+                for line in lines:
+                    self._file.write(line)
+                self._file.flush()
+        finally:
+            self._written += taken
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            batch: list[dict[str, Any]] = []
-            while True:
-                if item is _STOP:
-                    stop = True
-                    break
-                assert isinstance(item, dict)
-                batch.append(item)
-                if len(batch) >= 512:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch or self._dropped:
-                try:
-                    self._write(batch)
-                except OSError as exc:
-                    print(f"agentfleet guard: audit write failed: {exc}", file=sys.stderr)
+        while True:
+            stopping = self._stop.wait(self.FLUSH_INTERVAL)
+            try:
+                self._write_pending()
+            except OSError as exc:
+                print(f"agentfleet guard: audit write failed: {exc}", file=sys.stderr)
+            if stopping:
+                return
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, then stop the writer (blocking; call from a thread)."""
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._stop.set()
             self._thread.join(timeout)
             self._thread = None
         if self._file is not None:

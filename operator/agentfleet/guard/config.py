@@ -12,7 +12,6 @@ CRD does not grow fields that nobody should need to change.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,14 +22,13 @@ import yaml
 from pydantic import ValidationError
 
 from agentfleet.api.guardconfig import GuardConfig
+from agentfleet.policy.units import parse_duration as exact_duration
 
 TASK_HEADER = "X-Agentfleet-Task"
 """Request header naming the task a call belongs to."""
 TOOL_CALL_ID_HEADER = "X-Agentfleet-Tool-Call-Id"
 """Optional header on ``/tools/NAME``: the id of the model tool call being executed."""
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MILLION = Decimal(1_000_000)
 
 
@@ -39,16 +37,11 @@ class ConfigError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration ("500ms", "30s", "1h30m")."""
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ConfigError(f"invalid duration {text!r}: expected e.g. 500ms, 30s, 5m, 1h30m")
-    return total
+    """Seconds in a Go-style duration ("500ms", "30s", "1h30m"), as the policy code reads it."""
+    try:
+        return float(exact_duration(text))
+    except ValueError:
+        raise ConfigError(f"invalid duration {text!r}: expected e.g. 500ms, 30s, 5m, 1h30m") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +115,12 @@ class Limits:
 
     @classmethod
     def from_config(cls, cfg: GuardConfig) -> Limits:
-        """Derive limits; the allowlist is ``allowed_tools`` if set, else every declared tool."""
+        """Derive limits. The allowlist is the declared tools, narrowed by ``allowed_tools`` if set:
+        a tool that is not declared is never allowed."""
         tools = {t.name: ToolInfo(t.name, t.endpoint, t.max_calls_per_task) for t in cfg.tools}
-        allowed = frozenset(cfg.allowed_tools) if cfg.allowed_tools is not None else frozenset(tools)
+        allowed = frozenset(tools)
+        if cfg.allowed_tools is not None:
+            allowed &= frozenset(cfg.allowed_tools)
         b = cfg.budgets
         return cls(
             tokens_per_hour=b.tokens_per_hour,

@@ -32,7 +32,7 @@ class Code(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     INVALID_REQUEST = "invalid_request"
     OVERLOADED = "overloaded"
-    SHUTTING_DOWN = "shutting_down"
+    INTERNAL_ERROR = "internal_error"
 
 
 _TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
@@ -68,7 +68,7 @@ class GuardError(Exception):
     @property
     def is_rejection(self) -> bool:
         """Policy refusals (outcome ``rejected``) as opposed to upstream failures (``error``)."""
-        return self.code not in {Code.UPSTREAM_UNAVAILABLE, Code.TOOL_UNAVAILABLE}
+        return self.code not in {Code.UPSTREAM_UNAVAILABLE, Code.TOOL_UNAVAILABLE, Code.INTERNAL_ERROR}
 
     def body(self) -> dict[str, dict[str, str]]:
         """The OpenAI error object."""

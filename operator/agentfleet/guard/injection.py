@@ -44,8 +44,11 @@ _PATTERNS: tuple[tuple[str, int, re.Pattern[str]], ...] = (
     (
         "role_reassignment",
         2,
-        re.compile(r"\byou are now\b|\bfrom now on,? you\b|\bpretend (to be|you are)\b|\bact as (an? )?(unrestricted|"
-                   r"jailbroken|evil|dan)\b", _I),
+        re.compile(
+            r"\byou are now\b|\bfrom now on,? you\b|\bpretend (to be|you are)\b|\bact as (an? )?(unrestricted|"
+            r"jailbroken|evil|dan)\b",
+            _I,
+        ),
     ),
     (
         "address_the_model",
@@ -60,8 +63,9 @@ _PATTERNS: tuple[tuple[str, int, re.Pattern[str]], ...] = (
         "reveal_secrets",
         2,
         re.compile(
-            r"\b(reveal|print|show|output|repeat|leak|disclose|dump)\b[^.\n]{0,30}?\b(system prompt|hidden instructions|"
-            r"instructions above|api[ _-]?keys?|secrets?|passwords?|credentials|tokens?|environment variables)\b",
+            r"\b(reveal|print|show|output|repeat|leak|disclose|dump)\b[^.\n]{0,30}?\b(system prompt|"
+            r"hidden instructions|instructions above|api[ _-]?keys?|secrets?|passwords?|credentials|tokens?|"
+            r"environment variables)\b",
             _I,
         ),
     ),
@@ -78,14 +82,20 @@ _PATTERNS: tuple[tuple[str, int, re.Pattern[str]], ...] = (
     (
         "conceal_from_user",
         2,
-        re.compile(r"\b(do not|don't|never|without)\b[^.\n]{0,20}?\b(tell|inform|telling|informing|mention|alert|"
-                   r"notify)(ing)?\b[^.\n]{0,20}?\bthe (user|human|operator)\b", _I),
+        re.compile(
+            r"\b(do not|don't|never|without)\b[^.\n]{0,20}?\b(tell|inform|telling|informing|mention|alert|"
+            r"notify)(ing)?\b[^.\n]{0,20}?\bthe (user|human|operator)\b",
+            _I,
+        ),
     ),
     (
         "urgent_tool_use",
         1,
-        re.compile(r"\b(immediately|now|must)\b[^.\n]{0,20}?\b(call|invoke|run|execute|use)\b[^.\n]{0,20}?\b(the )?"
-                   r"(tool|function|command)\b", _I),
+        re.compile(
+            r"\b(immediately|now|must)\b[^.\n]{0,20}?\b(call|invoke|run|execute|use)\b[^.\n]{0,20}?\b(the )?"
+            r"(tool|function|command)\b",
+            _I,
+        ),
     ),
 )
 

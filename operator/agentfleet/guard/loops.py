@@ -45,11 +45,12 @@ def call_signature(tool: str, arguments: Any) -> str:
     return _digest("call", tool, canonical_arguments(arguments))
 
 
-def _text(content: Any) -> str:
+def text_of(content: Any) -> str:
+    """Plain text of a message content (a string, or a list of parts with ``text``)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
 
 
@@ -60,7 +61,7 @@ def tool_error_text(content: Any) -> str | None:
     ``isError`` true, or ``ok``/``success`` false), and text starting with error, exception,
     traceback, failed, failure or fatal.
     """
-    text = _text(content)
+    text = text_of(content)
     stripped = text.lstrip()
     if stripped.startswith("{"):
         try:

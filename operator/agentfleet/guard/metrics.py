@@ -25,8 +25,17 @@ BUDGETS = (
     "concurrency",
     "tool_calls_per_tool",
 )
-UPSTREAM_REASONS = ("connect", "timeout", "reset", "truncated", "http_429", "http_5xx", "http_4xx", "invalid_response",
-                    "breaker_open")
+UPSTREAM_REASONS = (
+    "connect",
+    "timeout",
+    "reset",
+    "truncated",
+    "http_429",
+    "http_5xx",
+    "http_4xx",
+    "invalid_response",
+    "breaker_open",
+)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -38,31 +47,48 @@ class GuardMetrics:
         r = self.registry
         base = (namespace, agent, revision, model)
         self._tools = frozenset(tools)
-        self.requests = Counter("agentfleet_requests", "LLM API requests by outcome (ok, error, rejected).",
-                                [*BASE, "outcome"], registry=r)
-        self.tokens = Counter("agentfleet_tokens", "Tokens used, by kind (input, output).", [*BASE, "kind"],
-                              registry=r)
-        self.cost = Counter("agentfleet_cost_dollars", "Cost in US dollars at the configured price.", BASE,
-                            registry=r)
+        self.requests = Counter(
+            "agentfleet_requests", "LLM API requests by outcome (ok, error, rejected).", [*BASE, "outcome"], registry=r
+        )
+        self.tokens = Counter("agentfleet_tokens", "Tokens used, by kind (input, output).", [*BASE, "kind"], registry=r)
+        self.cost = Counter("agentfleet_cost_dollars", "Cost in US dollars at the configured price.", BASE, registry=r)
         self.tasks = Counter("agentfleet_tasks", "Tasks started.", BASE, registry=r)
-        self.tool_calls = Counter("agentfleet_tool_calls", "Tool calls by tool and outcome (allowed, refused, error).",
-                                  [*BASE, "tool", "outcome"], registry=r)
-        self.loops = Counter("agentfleet_loop_detections", "Tasks ended because a loop was detected.", BASE,
-                             registry=r)
-        self.budget_rejections = Counter("agentfleet_budget_rejections", "Requests rejected by a budget or cap.",
-                                         [*BASE, "budget"], registry=r)
-        self.injections = Counter("agentfleet_injection_suspicions",
-                                  "Tool results (or user messages) that look like prompt injection.", BASE, registry=r)
-        self.duration = Histogram("agentfleet_request_duration_seconds",
-                                  "Duration of LLM API requests through the guard, seconds.", BASE,
-                                  buckets=DURATION_BUCKETS, registry=r)
-        self.upstream_errors = Counter("agentfleet_upstream_errors", "Failed upstream attempts by reason.",
-                                       [*BASE, "reason"], registry=r)
-        self.breaker = Gauge("agentfleet_breaker_state", "Upstream circuit breaker: 0 closed, 1 half-open, 2 open.",
-                             BASE, registry=r)
+        self.tool_calls = Counter(
+            "agentfleet_tool_calls",
+            "Tool calls by tool and outcome (allowed, refused, error).",
+            [*BASE, "tool", "outcome"],
+            registry=r,
+        )
+        self.loops = Counter("agentfleet_loop_detections", "Tasks ended because a loop was detected.", BASE, registry=r)
+        self.budget_rejections = Counter(
+            "agentfleet_budget_rejections", "Requests rejected by a budget or cap.", [*BASE, "budget"], registry=r
+        )
+        self.injections = Counter(
+            "agentfleet_injection_suspicions",
+            "Tool results (or user messages) that look like prompt injection.",
+            BASE,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "agentfleet_request_duration_seconds",
+            "Duration of LLM API requests through the guard, seconds.",
+            BASE,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "agentfleet_upstream_errors", "Failed upstream attempts by reason.", [*BASE, "reason"], registry=r
+        )
+        self.breaker = Gauge(
+            "agentfleet_breaker_state", "Upstream circuit breaker: 0 closed, 1 half-open, 2 open.", BASE, registry=r
+        )
         self.inflight = Gauge("agentfleet_inflight_requests", "Requests being handled now.", BASE, registry=r)
-        self.audit_dropped = Counter("agentfleet_audit_dropped_records",
-                                     "Audit records dropped because the writer fell behind.", BASE, registry=r)
+        self.audit_dropped = Counter(
+            "agentfleet_audit_dropped_records",
+            "Audit records dropped because the writer fell behind.",
+            BASE,
+            registry=r,
+        )
 
         self.req = {o: self.requests.labels(*base, o) for o in ("ok", "error", "rejected")}
         self.tok_in = self.tokens.labels(*base, "input")

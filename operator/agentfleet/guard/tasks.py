@@ -87,9 +87,13 @@ class Task:
         """Whether a tool call id came from a model response the guard already counted."""
         return call_id in self.issued_ids
 
-    def first_result(self, call_id: str) -> bool:
-        """True the first time a tool result id is seen."""
-        return _remember(self.result_ids, call_id)
+    def saw_result(self, call_id: str) -> bool:
+        """Whether a tool result id was already inspected in an earlier request."""
+        return call_id in self.result_ids
+
+    def mark_result(self, call_id: str) -> None:
+        """Remember that a tool result id has been inspected."""
+        _remember(self.result_ids, call_id)
 
 
 def tool_names_by_call_id(messages: list[Any]) -> dict[str, str]:
@@ -125,7 +129,11 @@ def task_from_history(messages: list[Any], now: float) -> Task:
 
 
 class TaskTable:
-    """Named tasks, bounded by count (LRU) and idle time, plus the in-flight task count."""
+    """Named tasks, bounded by count (LRU) and idle time, plus the in-flight task count.
+
+    Tasks with requests in flight are never dropped, so the table can exceed ``max_tasks`` by
+    the number of busy tasks (itself bounded by the guard's in-flight request limit); it shrinks
+    back as they finish."""
 
     def __init__(self, max_tasks: int, idle_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_tasks = max_tasks
@@ -175,3 +183,5 @@ class TaskTable:
         task.inflight -= 1
         if task.inflight == 0:
             self.active -= 1
+            if len(self._tasks) > self.max_tasks:  # grew past the bound while everything was busy
+                self._evict(self._clock())

@@ -1,0 +1,1 @@
+"""Tests of the guard sidecar (``agentfleet.guard``); none of them needs a cluster."""
