@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import EVALUATION_INTERVAL, HACK, Kube, OperatorProcess, Prometheus, poll
-from tests.integration.test_dataplane import BIG_BUDGETS, DataplaneProcess, dataplane, fake_llm  # noqa: F401
+from tests.integration.conftest import BIG_BUDGETS
 from tests.integration.test_reconcile import agent, condition, status, wait_reconciled
+from tests.support.dataplane.harness import DataplaneProcess
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +44,8 @@ def events(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
 
 
 def test_looping_agent_is_suspended_with_its_reason_and_latency_is_printed(
-        operator: OperatorProcess, kube: Kube, prometheus: Prometheus, namespace: str, fake_llm: str,  # noqa: F811
-        dataplane: DataplaneProcess) -> None:  # noqa: F811
+        operator: OperatorProcess, kube: Kube, prometheus: Prometheus, namespace: str, fake_llm: str,
+        dataplane: DataplaneProcess) -> None:
     ns = namespace
     kube.apply([guarded(ns, "looper", fake_llm, "Triage tickets. [[sim:loop]]", [LOOP_RULE]),
                 guarded(ns, "healthy", fake_llm, "Triage tickets.", [LOOP_RULE])])
@@ -90,8 +91,8 @@ def test_looping_agent_is_suspended_with_its_reason_and_latency_is_printed(
 
 
 def test_bad_prompt_rollout_is_rolled_back_to_the_exact_stable_revision(
-        operator: OperatorProcess, kube: Kube, prometheus: Prometheus, namespace: str, fake_llm: str,  # noqa: F811
-        dataplane: DataplaneProcess) -> None:  # noqa: F811
+        operator: OperatorProcess, kube: Kube, prometheus: Prometheus, namespace: str, fake_llm: str,
+        dataplane: DataplaneProcess) -> None:
     ns = namespace
     analysis = {"stabilizationWindow": "6s"}
     kube.apply(guarded(ns, "support", fake_llm, "Answer politely.", [ERROR_RULE], analysis=analysis))
@@ -121,8 +122,8 @@ def test_bad_prompt_rollout_is_rolled_back_to_the_exact_stable_revision(
 
 
 def test_expensive_agent_exceeds_its_budget_and_is_suspended(
-        operator: OperatorProcess, kube: Kube, namespace: str, fake_llm: str,  # noqa: F811
-        dataplane: DataplaneProcess) -> None:  # noqa: F811
+        operator: OperatorProcess, kube: Kube, namespace: str, fake_llm: str,
+        dataplane: DataplaneProcess) -> None:
     ns = namespace
     body = guarded(ns, "spender", fake_llm, "Write essays. [[sim:expensive]]", [],
                    budgets={"costPerDay": "0.50", "tokensPerHour": 100_000_000})
@@ -171,8 +172,8 @@ def test_prometheus_down_holds_or_fails_closed_and_recovers(
 
 
 def test_operator_killed_mid_action_acts_once_and_converges(
-        operator: OperatorProcess, kube: Kube, namespace: str, fake_llm: str,  # noqa: F811
-        dataplane: DataplaneProcess) -> None:  # noqa: F811
+        operator: OperatorProcess, kube: Kube, namespace: str, fake_llm: str,
+        dataplane: DataplaneProcess) -> None:
     ns = namespace
     kube.apply(guarded(ns, "crasher", fake_llm, "Loop. [[sim:loop]]", [LOOP_RULE], replicas=2))
     wait_reconciled(kube, ns, "crasher")
@@ -196,8 +197,8 @@ def test_operator_killed_mid_action_acts_once_and_converges(
 
 
 def test_two_hundred_agents_one_misbehaving_and_queries_stay_flat(
-        operator: OperatorProcess, kube: Kube, prometheus: Prometheus, namespace: str, fake_llm: str,  # noqa: F811
-        dataplane: DataplaneProcess) -> None:  # noqa: F811
+        operator: OperatorProcess, kube: Kube, prometheus: Prometheus, namespace: str, fake_llm: str,
+        dataplane: DataplaneProcess) -> None:
     """Only the simulated namespace has traffic; the other agents have pods (on KWOK) and rules
     but no traffic, which must not count as a breach."""
     ns = namespace
