@@ -23,9 +23,12 @@ pytestmark = pytest.mark.integration
 SCRAPE_INTERVAL = 2.0  # hack/cluster's Prometheus
 
 
+FAST_FAILING = {**BIG_BUDGETS, "latency": {"perCallDeadline": "2s"}}  # errors surface in seconds, not a minute
+
+
 def guarded(namespace: str, name: str, llm: str, prompt: str, rules: list[dict[str, Any]], replicas: int = 1,
             **spec: Any) -> dict[str, Any]:
-    body = agent(name, namespace, replicas=replicas, budgets=spec.pop("budgets", BIG_BUDGETS), **spec)
+    body = agent(name, namespace, replicas=replicas, budgets=spec.pop("budgets", FAST_FAILING), **spec)
     body["spec"]["agent"]["model"]["endpoint"] = llm
     body["spec"]["agent"]["systemPrompt"] = {"inline": prompt}
     body["spec"]["guardrails"] = rules
@@ -35,6 +38,16 @@ def guarded(namespace: str, name: str, llm: str, prompt: str, rules: list[dict[s
 LOOP_RULE = {"name": "stop-loops", "metric": "loopDetections", "threshold": "0", "action": "Suspend",
              "cooldown": "10m"}
 ERROR_RULE = {"name": "errors", "metric": "errorRate", "threshold": "0.3", "for": "4s", "action": "Rollback"}
+
+
+def contained(expected: Any, actual: Any) -> bool:
+    """``expected`` is ``actual`` minus fields the API server defaulted."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(k in actual and contained(v, actual[k]) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(expected) == len(actual) and all(
+            contained(e, a) for e, a in zip(expected, actual, strict=True))
+    return bool(expected == actual)
 
 
 def events(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -87,7 +100,8 @@ def test_looping_agent_is_suspended_with_its_reason_and_latency_is_printed(
     kube.kubectl("annotate", "agd", "looper", "-n", ns, "agentfleet.dev/resume=now", "--overwrite")
     poll(lambda: apps.read_namespaced_deployment("looper", ns, _request_timeout=5).spec.replicas == 1, timeout=30,
          what="the resume to restore replicas")
-    assert condition(status(kube, ns, "looper"), "Suspended")["reason"] == "Resumed"
+    assert condition(status(kube, ns, "looper"), "Suspended")["status"] == "False"
+    assert any(e["reason"] == "Resumed" for e in events(kube, ns, "looper"))
 
 
 def test_bad_prompt_rollout_is_rolled_back_to_the_exact_stable_revision(
@@ -112,8 +126,8 @@ def test_bad_prompt_rollout_is_rolled_back_to_the_exact_stable_revision(
     poll(lambda: kube.get_json("deployment", "support", "-n", ns)["spec"]["template"]["metadata"]["labels"]
          == stored["metadata"]["labels"], timeout=30, what="the Deployment to run the stable template")
     template = kube.get_json("deployment", "support", "-n", ns)["spec"]["template"]
-    for key in ("initContainers", "containers", "volumes", "securityContext", "serviceAccountName"):
-        assert json.dumps(template["spec"][key], sort_keys=True) == json.dumps(stored["spec"][key], sort_keys=True), key
+    # Exactly the stored template: every field it sets is what runs (the API server only adds defaults).
+    assert contained(stored, template), "the Deployment's pod template differs from the stable revision's"
     # A further spec change is a fresh attempt: RolledBack clears and the new revision runs.
     kube.apply(guarded(ns, "support", fake_llm, "Answer kindly.", [ERROR_RULE], analysis=analysis))
     st = poll(lambda: (s := status(kube, ns, "support")).get("currentRevision") not in {good, bad, None}
@@ -179,8 +193,8 @@ def test_operator_killed_mid_action_acts_once_and_converges(
     wait_reconciled(kube, ns, "crasher")
     try:
         # The evaluator writes Suspended to status first, then scales; kill it the moment status says so.
-        poll(lambda: condition(status(kube, ns, "crasher"), "Suspended").get("status") == "True", timeout=90,
-             interval=0.05, what="the suspension to be recorded")
+        recorded = poll(lambda: (s := status(kube, ns, "crasher")) and condition(s, "Suspended").get("status")
+                        == "True" and s, timeout=90, interval=0.05, what="the suspension to be recorded")
         operator.stop(kill=True)
     finally:
         operator.start()
@@ -192,8 +206,9 @@ def test_operator_killed_mid_action_acts_once_and_converges(
     cycles = operator.metric("agentfleet_operator_evaluation_cycle_seconds_count")
     poll(lambda: operator.metric("agentfleet_operator_evaluation_cycle_seconds_count") >= cycles + 3, timeout=60,
          what="three more evaluation cycles")
+    assert st["lastBreach"] == recorded["lastBreach"]  # the same action, not a second one
     acted = [e for e in events(kube, ns, "crasher") if e["reason"] == "loop_detected"]
-    assert len(acted) == 1, acted
+    assert len(acted) <= 1, acted  # at most the one Event (killed before it was posted: none)
 
 
 def test_two_hundred_agents_one_misbehaving_and_queries_stay_flat(

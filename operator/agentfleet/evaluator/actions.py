@@ -90,14 +90,15 @@ class Actor:
             self.record(agent, Action.ALERT, alert.rule, alert.reason, alert.message, alert.value, alert.threshold,
                         alert.revision)
         metrics.DECISIONS.labels(str(act.action) if act else "status").inc()
-        await update_status(self.kube, body, merge(fields, conds))
-        if reconcile_after:
+        await update_status(self.kube, body, merge(fields, conds))  # the durable record comes first
+        for type_, reason, message in events:
+            await self.event(body, type_, reason, message)
+        if reconcile_after:  # then the effect, through the same path as a manual suspend or rollback
             fresh = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
             if fresh is not None:
                 outcome = await reconcile(self.context(agent.namespace), fresh)
-                events += outcome.events
-        for type_, reason, message in events:
-            await self.event(body, type_, reason, message)
+                for type_, reason, message in outcome.events:
+                    await self.event(body, type_, reason, message)
 
     def record(self, agent: AgentView, action: Action, rule: str, reason: str, message: str, value: float,
                threshold: str, revision: str) -> None:
