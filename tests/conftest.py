@@ -122,6 +122,17 @@ def crds_installed(kube: Kube) -> Kube:
     kube.kubectl("apply", "--server-side", "--force-conflicts", *paths)
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                  "crd/agentdeployments.agentfleet.dev", "crd/agentpolicies.agentfleet.dev")
+    probe = json.dumps({"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment",
+                        "metadata": {"name": "admission-probe", "namespace": "default"},
+                        "spec": {"agent": {"image": "x", "model": {"name": "m", "endpoint": "http://127.0.0.1:1/v1"}},
+                                 "guardrails": [{"name": "l", "metric": "loopDetections", "threshold": "0",
+                                                 "action": "Suspend"}]}})
+
+    def admission_ready() -> bool:  # the admission policy's paramKind must be synced before tests create agents
+        res = kube.kubectl("create", "--dry-run=server", "-f", "-", input=probe, check=False)
+        return res.returncode == 0 or "not yet synced" not in res.stderr
+
+    poll(admission_ready, timeout=60, what="the admission policy to be ready")
     return kube
 
 
