@@ -659,6 +659,7 @@ def test_operator_as_chart_service_account_prunes_withdraws_and_enforces_policy(
         assert kube.get_json("deployment", "beta", "-n", ns)["spec"]["replicas"] == 0
     finally:
         kube.kubectl("delete", "agentpolicy", f"tight-{ns}", check=False)
+    poll(lambda: phase_is(kube, ns, "beta", "Running"), timeout=60, what="the violation to clear")
     assert wait_reconciled(kube, ns, "beta", sa_operator, installed.refused)["phase"] == "Running"
     assert kube.get_json("deployment", "beta", "-n", ns)["spec"]["replicas"] == 2
     kube.kubectl("delete", "agd", "beta", "-n", ns, "--wait=true", "--timeout=60s")

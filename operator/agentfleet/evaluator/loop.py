@@ -102,6 +102,7 @@ class Evaluator:
             queries[TOKENS] = TOKENS_LAST_HOUR
         if budgeted:
             queries[EXHAUSTED] = exhausted_query(self.settings.rate_window)
+        metrics.CYCLE_QUERIES.set(len(queries))
         samples = await self.fetch(queries)
         metrics.AGENTS.set(len(agents))
         phases = Counter(a.status.get("phase") or "Pending" for a in agents)

@@ -17,6 +17,9 @@ DECISIONS = Counter("agentfleet_operator_decisions_total", "Verdicts acted upon,
                     registry=REGISTRY)
 ACTIONS = Counter("agentfleet_operator_actions_total", "Suspensions, rollbacks, scalings and alerts, by action.",
                   ["action"], registry=REGISTRY)
+CYCLE_QUERIES = Gauge("agentfleet_operator_evaluation_cycle_queries",
+                      "PromQL queries the last evaluation cycle sent (flat in the number of agents).",
+                      registry=REGISTRY)
 AGENTS = Gauge("agentfleet_operator_evaluated_agents", "AgentDeployments judged in the last cycle.",
                registry=REGISTRY)
 PHASES = Gauge("agentfleet_operator_agents", "AgentDeployments by phase, as of the last evaluation cycle.",
