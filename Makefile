@@ -50,7 +50,7 @@ demo: deps build ## set everything up and run the main scenario
 	@hack/demo
 
 bench: deps build ## benchmarks (not part of make test)
-	$(PY) hack/bench_guard.py
+	$(PY) -m hack.bench
 
 clean: cluster-down
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

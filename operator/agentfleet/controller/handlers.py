@@ -7,8 +7,10 @@ extra reads, and the evaluator reads agents from the same index instead of the A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -21,9 +23,11 @@ from agentfleet.api import conditions as cond
 from agentfleet.api.types import AgentPolicy
 from agentfleet.controller import annotations as ann
 from agentfleet.controller import metrics
-from agentfleet.controller.kube import KubeError
+from agentfleet.controller.kube import Kube, KubeError
 from agentfleet.controller.reconcile import Context, reconcile
-from agentfleet.controller.status import merge, update_status
+from agentfleet.controller.status import freshest_status, merge, readiness, update_status
+
+log = logging.getLogger("agentfleet.handlers")
 
 AGD = ("agentfleet.dev", "v1alpha1", "agentdeployments")
 AGP = ("agentfleet.dev", "v1alpha1", "agentpolicies")
@@ -49,7 +53,10 @@ def namespace_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[
 @kopf.index(*AGD)
 def agent_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec),
+    # managedFields are the API server's bookkeeping, often the largest part of the object: at
+    # fleet scale they were a good share of the operator's memory, and nothing here reads them.
+    metadata = {k: v for k, v in body.metadata.items() if k != "managedFields"}
+    return {(namespace, name): {"metadata": metadata, "spec": dict(body.spec),
                                 "status": dict(body.status), "apiVersion": body.get("apiVersion")}}
 
 
@@ -76,6 +83,12 @@ async def reconcile_agent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> No
     namespace_index: kopf.Index[str, dict[str, str]] = kwargs["namespace_index"]
     ctx = Context(kube=memo.kube, settings=memo.render_settings, policies=policies_of(policy_index),
                   namespace_labels=labels_of(namespace_index, body.metadata.namespace or ""))
+    slots: asyncio.Semaphore | None = getattr(memo, "reconcile_slots", None)
+    async with slots or contextlib.nullcontext():
+        await reconcile_one(ctx, body)
+
+
+async def reconcile_one(ctx: Context, body: kopf.Body) -> None:
     started = time.perf_counter()
     try:
         outcome = await reconcile(ctx, json.loads(json.dumps(dict(body))))
@@ -99,20 +112,63 @@ async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **kwar
     if type == "DELETED":
         return
     ns, agent_name = body.metadata.namespace or "", body.metadata.labels.get(ann.AGENT)
-    agent = latest(agent_index, (ns, agent_name or ""))
+    if latest(agent_index, (ns, agent_name or "")) is None:
+        return
+    seen = (int(body.spec.get("replicas") or 0), dict(body.get("status") or {}))
+    mirror: ReadyMirror | None = getattr(memo, "ready_mirror", None)
+    if mirror is None:  # no coalescing configured: write now
+        await mirror_readiness(memo.kube, agent_index, (ns, agent_name or ""), seen)
+    else:
+        mirror.offer((ns, agent_name or ""), seen, agent_index)
+
+
+class ReadyMirror:
+    """Coalesces a Deployment's burst of status events into one write per agent.
+
+    A new Deployment reports created, scheduled, progressing and available within a second or
+    two, and each of those events used to become its own status write (and, through the watch,
+    another event for every AgentDeployment watcher). The first event of a burst schedules a
+    write ``delay`` seconds later; later events of the burst only replace what it will write.
+    """
+
+    def __init__(self, kube: Kube, delay: float = 1.0) -> None:
+        self.kube = kube
+        self.delay = delay
+        self._latest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def offer(self, key: tuple[str, str], seen: tuple[int, dict[str, Any]],
+              agent_index: kopf.Index[tuple[str, str], dict[str, Any]]) -> None:
+        scheduled = key in self._latest
+        self._latest[key] = seen
+        if not scheduled:
+            task = asyncio.create_task(self._flush(key, agent_index), name=f"ready-mirror {key[0]}/{key[1]}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, key: tuple[str, str], agent_index: kopf.Index[tuple[str, str], dict[str, Any]]) -> None:
+        await asyncio.sleep(self.delay)
+        seen = self._latest.pop(key)
+        try:
+            await mirror_readiness(self.kube, agent_index, key, seen)
+        except Exception:  # as from a kopf event handler: logged, and the next event tries again
+            log.exception("mirroring the readiness of %s/%s failed", *key)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def mirror_readiness(kube: Kube, agent_index: kopf.Index[tuple[str, str], dict[str, Any]],
+                           key: tuple[str, str], seen: tuple[int, dict[str, Any]]) -> None:
+    agent = latest(agent_index, key)
     if agent is None:
         return
-    status = agent["status"]
-    dep_status = body.get("status") or {}
-    desired = int(body.spec.get("replicas") or 0)
-    replicas, ready = int(dep_status.get("replicas") or 0), int(dep_status.get("readyReplicas") or 0)
-    updated = int(dep_status.get("updatedReplicas") or 0)
-    if desired == 0:
-        is_ready, reason, message = False, "ScaledToZero", "no replicas are running"
-    elif ready >= desired and updated >= desired:
-        is_ready, reason, message = True, "ReplicasReady", f"{ready}/{desired} replicas ready"
-    else:
-        is_ready, reason, message = False, "ReplicasNotReady", f"{ready}/{desired} replicas ready"
+    status = freshest_status(kube, agent)  # the index lags our own writes by a watch event
+    desired, dep_status = seen
+    fields, is_ready, reason, message = readiness({"spec": {"replicas": desired}, "status": dep_status})
+    replicas, ready = fields["replicas"], fields["readyReplicas"]
     current = cond.get(status.get("conditions"), cond.READY)
     if (status.get("replicas"), status.get("readyReplicas"), status.get("ready")) == (
             replicas, ready, f"{ready}/{desired}") and current and \
@@ -121,9 +177,7 @@ async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **kwar
     conditions = cond.set_condition(status.get("conditions"), cond.READY, is_ready, reason, message,
                                     agent["metadata"].get("generation"), cond.now_rfc3339())
     try:
-        await update_status(memo.kube, agent, merge(
-            {"replicas": replicas, "readyReplicas": ready, "ready": f"{ready}/{desired}"},
-            [c for c in conditions if c["type"] == cond.READY]))
+        await update_status(kube, agent, merge(fields, [c for c in conditions if c["type"] == cond.READY]))
     except KubeError as exc:
         if exc.status != 404:
             raise

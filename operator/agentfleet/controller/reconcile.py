@@ -18,7 +18,7 @@ from agentfleet.api import conditions as cond
 from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy
 from agentfleet.controller import annotations as ann
 from agentfleet.controller.kube import Kube, KubeError
-from agentfleet.controller.status import merge, update_status
+from agentfleet.controller.status import merge, update_status, with_first_readiness
 from agentfleet.render import Rendered, RenderError, RenderSettings, render, render_controller_revision, selector
 
 log = logging.getLogger("agentfleet.reconcile")
@@ -153,9 +153,12 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     if pinned:  # exact: the template recorded with the revision, not today's rendering of it
         rendered = with_template(rendered, pinned["data"]["template"])
 
+    deployment: dict[str, Any] = {}
     try:
         for obj in rendered.objects:
-            await ctx.kube.apply(obj)
+            applied = await ctx.kube.apply(obj)
+            if obj["kind"] == "Deployment":
+                deployment = applied
     except KubeError as exc:
         if exc.status not in {403, 422}:
             raise  # transient: kopf retries
@@ -183,12 +186,13 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     conditions = cond.set_condition(conditions, cond.PROGRESSING, True, "RevisionApplied",
                                     f"revision {rendered.revision} applied", generation, now)
     out.revision = rendered.revision
-    await update_status(ctx.kube, body, merge({
+    mutate = merge({
         "observedGeneration": generation,
         "selector": selector_string(name),
         "currentRevision": rendered.revision,
         "revisionStartedAt": status.get("revisionStartedAt", now),
-    }, [c for c in conditions if c["type"] in OWNED]))
+    }, [c for c in conditions if c["type"] in OWNED])
+    await update_status(ctx.kube, body, with_first_readiness(mutate, deployment, generation, now))
     if consumed:  # after the status write, so the event this causes carries the new status
         await ctx.kube.merge_patch("AgentDeployment", ns, name, {"metadata": {"annotations": consumed}})
     return out

@@ -5,11 +5,19 @@ describes its change as a function of the current status; ``update_status`` appl
 freshest status it has and writes with the resourceVersion it read (optimistic concurrency).
 On a conflict it re-reads and re-applies the change, so nobody overwrites newer state, and
 ``phase`` -- a summary of everything -- is always recomputed from the merged result.
+
+The writers run in one process, so each successful write is remembered (``Written``): a writer
+holding an older copy of the object (kopf's index lags the API server by a watch event) starts
+from the newest status this process wrote instead, which avoids a 409, a re-read and a retry per
+stale write at fleet scale. The resourceVersion precondition stays, so a wrong guess costs one
+conflict, never a lost update.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -52,11 +60,106 @@ def merge(fields: Status, conditions: cond.Conditions | None = None) -> Mutation
     return mutate
 
 
+def readiness(deployment: dict[str, Any]) -> tuple[Status, bool, str, str]:
+    """What a Deployment says about readiness: status fields, and the Ready condition's
+    status, reason and message."""
+    desired = int((deployment.get("spec") or {}).get("replicas") or 0)
+    dep_status = deployment.get("status") or {}
+    replicas, ready = int(dep_status.get("replicas") or 0), int(dep_status.get("readyReplicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+    if desired == 0:
+        is_ready, reason, message = False, "ScaledToZero", "no replicas are running"
+    elif ready >= desired and updated >= desired:
+        is_ready, reason, message = True, "ReplicasReady", f"{ready}/{desired} replicas ready"
+    else:
+        is_ready, reason, message = False, "ReplicasNotReady", f"{ready}/{desired} replicas ready"
+    return {"replicas": replicas, "readyReplicas": ready, "ready": f"{ready}/{desired}"}, is_ready, reason, message
+
+
+def with_first_readiness(mutate: Mutation, deployment: dict[str, Any], generation: int | None, now: str) -> Mutation:
+    """``mutate``, and, while the status has no Ready condition yet (a new agent), readiness as
+    the just-applied Deployment reports it -- so the Deployment watcher's first write, which
+    would say the same, is not needed. A Ready condition already there is left alone."""
+    def mutated(status: Status) -> Status:
+        out = mutate(status)
+        if cond.get(out.get("conditions"), cond.READY) is not None:
+            return out
+        fields, is_ready, reason, message = readiness(deployment)
+        ready = cond.set_condition(out.get("conditions"), cond.READY, is_ready, reason, message, generation, now)
+        return {**out, **fields, "conditions": ready}
+    return mutated
+
+
+def _version(body: dict[str, Any]) -> int | None:
+    rv = (body.get("metadata") or {}).get("resourceVersion")
+    return int(rv) if isinstance(rv, str) and rv.isdigit() else None
+
+
+class Written:
+    """The newest AgentDeployment this process wrote, per object (bounded, least recent evicted).
+
+    Only what ``update_status`` reads is kept: resourceVersion, spec.replicas/suspended, status.
+    resourceVersions are compared as integers (etcd revisions); when either is not a number the
+    caller's copy is used, which is the behaviour without this memory.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+
+    def freshest(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body``, or the copy this process wrote last if that one is newer."""
+        meta = body["metadata"]
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        known = self._items.get(key)
+        if known is None:
+            return body
+        mine, theirs = _version(known), _version(body)
+        if mine is not None and theirs is not None and mine > theirs:
+            return known
+        del self._items[key]  # the caller's copy has caught up: forget ours
+        return body
+
+    def remember(self, obj: dict[str, Any]) -> None:
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        self._items[key] = {
+            "metadata": {"namespace": key[0], "name": key[1], "resourceVersion": meta.get("resourceVersion"),
+                         "generation": meta.get("generation")},
+            "spec": {"replicas": spec.get("replicas"), "suspended": spec.get("suspended")},
+            "status": obj.get("status") or {},
+        }
+        self._items.move_to_end(key)
+        while len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._items.pop((namespace, name), None)
+
+
+_WRITTEN: weakref.WeakKeyDictionary[Kube, Written] = weakref.WeakKeyDictionary()
+
+
+def written(kube: Kube) -> Written:
+    """The memory of writes made through ``kube``, the client every writer in a process shares."""
+    memory = _WRITTEN.get(kube)
+    if memory is None:
+        memory = _WRITTEN[kube] = Written()
+    return memory
+
+
+def freshest_status(kube: Kube, body: dict[str, Any]) -> Status:
+    """The newest status known for ``body``'s object: its own, or what this process wrote since."""
+    status: Status = written(kube).freshest(body).get("status") or {}
+    return status
+
+
 async def update_status(kube: Kube, body: dict[str, Any], mutate: Mutation, attempts: int = 5) -> Status | None:
     """Apply ``mutate`` to the status and write it; returns the written status (None if gone)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    current = body
+    memory = written(kube)
+    current = memory.freshest(body)
     for _ in range(attempts):
         old = current.get("status") or {}
         new = mutate(copy.deepcopy(old))
@@ -70,15 +173,18 @@ async def update_status(kube: Kube, body: dict[str, Any], mutate: Mutation, atte
             patch["metadata"] = {"resourceVersion": current["metadata"]["resourceVersion"]}
         try:
             out = await kube.merge_patch("AgentDeployment", ns, name, patch, subresource="status")
+            memory.remember(out)
             status: Status = out.get("status") or {}
             return status
         except KubeError as exc:
             if exc.status == 404:
+                memory.forget(ns, name)
                 return None
             if exc.status != 409:
                 raise
         fresh = await kube.get("AgentDeployment", ns, name)
         if fresh is None:
+            memory.forget(ns, name)
             return None
         current = fresh
     raise KubeError(409, f"status of {ns}/{name} kept changing; will retry", "Conflict")

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentfleet.api.types import AgentDeploymentSpec, Metric
+from agentfleet.controller.status import written
 from agentfleet.evaluator import metrics
 from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.prom import PromError, Prometheus
@@ -68,6 +69,8 @@ class Evaluator:
     def views(self) -> list[AgentView]:
         """Agents with parsed specs, parsing only what changed since the last cycle."""
         out, seen = [], set()
+        kube = getattr(self.actor, "kube", None)
+        memory = written(kube) if kube is not None else None
         for body in self.agents():
             meta = body["metadata"]
             uid, generation = meta.get("uid", ""), int(meta.get("generation") or 0)
@@ -80,8 +83,11 @@ class Evaluator:
                     cached = (generation, None)  # the reconciler reports it; nothing to judge
                 self._specs[uid] = cached
             if cached[1] is not None:
-                out.append(AgentView(meta["namespace"], meta["name"], generation, cached[1], body.get("status") or {},
-                                     meta.get("resourceVersion")))
+                # The index lags this process's own status writes by a watch event: judge (and
+                # write from) the newest status known, or the same agent is re-decided and re-written.
+                fresh = memory.freshest(body) if memory is not None else body
+                out.append(AgentView(meta["namespace"], meta["name"], generation, cached[1], fresh.get("status") or {},
+                                     fresh["metadata"].get("resourceVersion")))
         for uid in set(self._specs) - seen:
             del self._specs[uid]
         return out
