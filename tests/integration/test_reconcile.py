@@ -351,6 +351,8 @@ def test_fleet_kill_switch_suspends_and_lifting_it_resumes(
         assert condition(st, "Suspended")["reason"] == "FleetKillSwitch"
         assert kube.get_json("deployment", "theta", "-n", namespace)["spec"]["replicas"] == 0
         kube.kubectl("patch", "agentpolicy", name, "--type=merge", "-p", '{"spec":{"suspendAll":false}}')
+        poll(lambda: condition(status(kube, namespace, "theta"), "Suspended").get("status") == "False", timeout=60,
+             what="lifting the kill switch to resume the agent")
         st = wait_reconciled(kube, namespace, "theta")
         assert condition(st, "Suspended")["status"] == "False"
         assert kube.get_json("deployment", "theta", "-n", namespace)["spec"]["replicas"] == 2

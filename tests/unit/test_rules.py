@@ -133,11 +133,12 @@ def test_metrics_unavailable(mode: str, suspends: bool) -> None:
 
 def test_stable_after_quiet_window_but_not_after_a_recent_breach() -> None:
     agent = view([rule(threshold="10")], revisionStartedAt="2026-11-21T11:50:00Z")
-    assert judge(agent, Samples()).promote_stable == REV
+    assert judge(agent, Samples()).promote_stable is None  # silence is not evidence: no data yet
+    assert judge(agent, loops(0)).promote_stable == REV
     young = view([rule()], revisionStartedAt="2026-11-21T11:58:00Z")
-    assert judge(young, Samples()).promote_stable is None
+    assert judge(young, loops(0)).promote_stable is None
     memory = Memory(breach_seen={("ns", "a", REV): T0 - timedelta(minutes=1)})
-    assert judge(agent, Samples(), memory).promote_stable is None
+    assert judge(agent, loops(0), memory).promote_stable is None
     assert judge(view([rule()], stableRevision=REV), Samples()).promote_stable is None
 
 

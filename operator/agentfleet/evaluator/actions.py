@@ -22,7 +22,7 @@ from agentfleet.controller.kube import Kube
 from agentfleet.controller.reconcile import Context, reconcile
 from agentfleet.controller.status import merge, update_status
 from agentfleet.evaluator import metrics
-from agentfleet.evaluator.rules import AgentView, Memory, Samples, Verdict
+from agentfleet.evaluator.rules import Act, AgentView, Memory, Samples, Verdict, make_act
 from agentfleet.guard.audit import AuditLog
 
 
@@ -35,9 +35,20 @@ class Actor:
         self.audit = audit
 
     async def apply(self, agent: AgentView, v: Verdict) -> None:
-        body = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
+        if v.act is None and not v.resume_budget:
+            # Status-only (metrics availability, budgets flag, stable revision): write from the
+            # view; update_status re-reads only if the object changed since the view was taken.
+            body: dict[str, Any] | None = {
+                "apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment",
+                "metadata": {"namespace": agent.namespace, "name": agent.name, "generation": agent.generation,
+                             "resourceVersion": agent.resource_version},
+                "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended}, "status": agent.status}
+        else:  # an action: judge it against the object as it is now
+            body = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
         if body is None:
             return
+        if v.act is not None:  # the view may lag: decide the action again on the object as it is now
+            v.act = rejudge(agent, body.get("status") or {}, v.act)
         generation = body["metadata"].get("generation")
         now = cond.now_rfc3339()
         conds: cond.Conditions = []
@@ -143,6 +154,21 @@ class Actor:
                 await update_status(self.kube, body, merge({"usage": {**usage, "updatedAt": now}}))
 
         await asyncio.gather(*(one(a) for a in agents))
+
+
+def rejudge(agent: AgentView, status: dict[str, Any], act: Act) -> Act | None:
+    """``act`` against the current status: nothing if its effect is already in place, and a
+    Rollback rule re-resolved against the current stable revision."""
+    conditions = status.get("conditions")
+    if cond.is_true(conditions, cond.SUSPENDED):
+        return None
+    if act.action == Action.ROLLBACK and cond.is_true(conditions, cond.ROLLED_BACK):
+        return None
+    rule = next((r for r in agent.spec.guardrails or [] if r.name == act.rule), None)
+    if rule is None or rule.action != Action.ROLLBACK:
+        return act
+    current = AgentView(agent.namespace, agent.name, agent.generation, agent.spec, status, agent.resource_version)
+    return make_act(current, rule, act.value, act.revision)
 
 
 def fmt_value(value: float) -> str:

@@ -122,6 +122,8 @@ class Evaluator:
             async with sem:
                 await self.actor.apply(by_key[verdict.key], verdict)
 
+        # Actions first: a suspension must not queue behind a fleet's worth of status-only writes.
+        verdicts.sort(key=lambda v: v.act is None and not v.resume_budget)
         await asyncio.gather(*(act(v) for v in verdicts))
         if usage_cycle and SPEND not in samples.failed:
             await self.actor.refresh_usage(agents, samples, sem)

@@ -69,6 +69,7 @@ class Memory:
 
     pending: dict[tuple[str, str, str, str], datetime] = field(default_factory=dict)  # ns, name, rule, rev
     breach_seen: dict[SeriesKey, datetime] = field(default_factory=dict)
+    data_seen: dict[SeriesKey, datetime] = field(default_factory=dict)  # a revision is judged on data, not silence
     acted: dict[tuple[str, str, str], datetime] = field(default_factory=dict)  # ns, name, rule
 
 
@@ -163,6 +164,8 @@ def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: date
     for rule in rules:
         pkey = (agent.namespace, agent.name, rule.name, revision)
         value = sample_for(rule, agent, samples, revision)
+        if value is not None:
+            memory.data_seen.setdefault((agent.namespace, agent.name, revision), now)
         if value is None or not breached(value, rule.comparison, Decimal(rule.threshold)):
             memory.pending.pop(pkey, None)
             continue
@@ -184,7 +187,8 @@ def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: date
         v.act = budget_act
 
     stable = status.get("stableRevision")
-    if revision != stable and not suspended and not rolled_back and not missing and v.act is None:
+    judged = not rules or (agent.namespace, agent.name, revision) in memory.data_seen
+    if revision != stable and judged and not suspended and not rolled_back and not missing and v.act is None:
         started = parse_time(status.get("revisionStartedAt")) or now
         last_breach = memory.breach_seen.get((agent.namespace, agent.name, revision))
         quiet_since = max(started, last_breach) if last_breach else started
@@ -288,6 +292,7 @@ def evaluate(agents: list[AgentView], samples: Samples, memory: Memory, now: dat
     memory.pending = {k: t for k, t in memory.pending.items() if (k[0], k[1]) in live}
     memory.acted = {k: t for k, t in memory.acted.items() if (k[0], k[1]) in live}
     memory.breach_seen = {k: t for k, t in memory.breach_seen.items() if (k[0], k[1]) in live}
+    memory.data_seen = {k: t for k, t in memory.data_seen.items() if (k[0], k[1]) in live}
     out = []
     for agent in agents:
         verdict = evaluate_agent(agent, samples, memory, now)
