@@ -88,6 +88,9 @@ def test_status_table_json_yaml_wide_and_all_namespaces(operator: OperatorProces
     calm = wait_reconciled(kube, namespace, "calm")
     tripped = wait_breach(kube, namespace, "tripped")
     set_usage(kube, namespace, "calm", "1.25", 4321)
+    # Readiness is mirrored from the Deployment a moment after it scales to zero.
+    poll(lambda: (kube.get_json("agd", "tripped", "-n", namespace).get("status") or {}).get("readyReplicas") == 0,
+         timeout=30, what="the suspended agent's readiness to reach 0")
 
     table = ok(plugin(kube, "status", "-n", namespace))
     assert table.splitlines()[0].split() == ["NAME", "READY", "PHASE", "REVISION", "STABLE", "SPEND-TODAY",
