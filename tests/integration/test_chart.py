@@ -28,6 +28,8 @@ import pytest
 import yaml
 
 from tests.conftest import HACK, ROOT, VERSIONS, Kube, OperatorProcess, free_port, poll
+from tests.integration.test_reconcile import agent, condition, status
+from tests.integration.test_reconcile import wait_reconciled as reconciled
 
 pytestmark = pytest.mark.integration
 
@@ -196,66 +198,20 @@ def permission_problems(op: OperatorProcess, skip_namespaces: set[str]) -> list[
 # ----------------------------------------------------------------------------- agents
 
 
-def agent(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "agentfleet.dev/v1alpha1",
-        "kind": "AgentDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "agent": {
-                "image": "registry.invalid/agent:1",
-                "model": {"name": "gpt-4o-mini", "endpoint": "http://10.1.2.3:8000/v1",
-                          "apiKeySecretRef": {"name": "llm-key"},
-                          "pricing": {"inputPerMillion": "0.15", "outputPerMillion": "0.60"}},
-                "systemPrompt": {"inline": "You are helpful."},
-                "tools": [{"name": "search", "maxCallsPerTask": 3}],
-            },
-            "budgets": {"tokensPerHour": 10000, "costPerDay": "1.50"},
-            "permissions": {"tools": ["search"]},
-        },
-    }
-    body["spec"].update(spec)
-    return body
-
-
-def status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    return dict(kube.get_json("agd", name, "-n", namespace).get("status") or {})
-
-
-def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
-
-
 def exists(kube: Kube, kind: str, name: str, namespace: str) -> bool:
     return kube.kubectl("get", kind, name, "-n", namespace, "-o", "name", check=False).returncode == 0
 
 
 def wait_reconciled(kube: Kube, namespace: str, name: str, op: OperatorProcess | None = None,
                     skip: set[str] | None = None, timeout: float = 60) -> dict[str, Any]:
-    """Status describes the current generation and the Deployment has what it asks for. With
-    ``op``, a permission problem in its log fails at once instead of at the deadline."""
+    """test_reconcile's wait; with ``op``, a permission problem in its log fails at once."""
 
-    def done() -> dict[str, Any] | None:
+    def no_permission_problems() -> None:
         if op is not None:
             problems = permission_problems(op, skip or set())
             assert not problems, "the chart's RBAC is not enough:\n" + "\n".join(problems)
-        obj = kube.get_json("agd", name, "-n", namespace)
-        st = obj.get("status") or {}
-        if st.get("observedGeneration") != obj["metadata"]["generation"] or not st.get("currentRevision"):
-            return None
-        dep = kube.kubectl("get", "deployment", name, "-n", namespace, "-o", "json", check=False)
-        if dep.returncode != 0:
-            return None
-        d = json.loads(dep.stdout)
-        want, got = d["spec"]["replicas"], d.get("status", {})
-        ready = got.get("readyReplicas", 0) or 0
-        if ready != want or (want and (got.get("updatedReplicas") or 0) != want) or st.get("readyReplicas", 0) != ready:
-            return None
-        return dict(st)
 
-    result: dict[str, Any] = poll(done, timeout=timeout, what=f"agd {namespace}/{name} to be reconciled")
-    return result
+    return reconciled(kube, namespace, name, timeout=timeout, check=no_permission_problems)
 
 
 def phase_is(kube: Kube, namespace: str, name: str, phase: str) -> dict[str, Any] | None:

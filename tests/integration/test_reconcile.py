@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,14 @@ def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
 
 
-def wait_reconciled(kube: Kube, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
-    """Status describes the current generation and the Deployment is ready."""
+def wait_reconciled(kube: Kube, namespace: str, name: str, timeout: float = 60,
+                    check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Status describes the current generation and the Deployment is ready; ``check`` runs on
+    every poll, to fail fast on something the caller watches (an operator's log, say)."""
 
     def done() -> dict[str, Any] | None:
+        if check is not None:
+            check()
         obj = kube.get_json("agd", name, "-n", namespace)
         st = obj.get("status") or {}
         if st.get("observedGeneration") != obj["metadata"]["generation"] or not st.get("currentRevision"):
