@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY    := .venv/bin/python
 export PATH := $(HOME)/.cache/agentfleet/bin/kubernetes-$(shell sed -n 's/^KUBERNETES_VERSION=//p' hack/versions.env):$(HOME)/.cache/agentfleet/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' hack/versions.env):$(PATH)
 
-.PHONY: help deps build cluster-up cluster-down cluster-status lint typecheck unit integration test demo bench crds docs clean
+.PHONY: help deps build cluster-up cluster-down cluster-status lint typecheck unit integration test demo bench crds generate docs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -40,9 +40,9 @@ test: deps build lint typecheck ## everything: lint, types, unit and integration
 	.venv/bin/pytest -q
 
 crds: deps ## regenerate crds/, the chart's CRDs, the admission policy and docs/api.md
-	$(PY) -m agentfleet.api.crdgen --write crds
-	$(PY) -m agentfleet.api.admission --write
-	$(PY) -m agentfleet.api.docgen --write
+	$(PY) -m agentfleet.gen.crds --write crds
+	$(PY) -m agentfleet.gen.admission --write
+	$(PY) -m agentfleet.gen.docs --write
 	cp crds/agentfleet.dev_*.yaml charts/agentfleet/crds/
 	cp crds/admission/agentpolicy-admission.yaml charts/agentfleet/files/
 

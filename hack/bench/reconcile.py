@@ -50,7 +50,8 @@ from hack.bench.fleet import manifest, revision_of
 
 from agentfleet.api import conditions as cond
 from agentfleet.api.types import AgentDeployment
-from agentfleet.render import RenderSettings, apply_patch_body, render, render_controller_revision, selector
+from agentfleet.kube.wire import apply_patch_body
+from agentfleet.render import RenderSettings, render, render_controller_revision, selector
 
 NS = "bench"
 AGD_PATH = f"/apis/agentfleet.dev/v1alpha1/namespaces/{NS}/agentdeployments"

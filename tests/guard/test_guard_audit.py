@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentfleet.api.guardconfig import AuditSink
-from agentfleet.guard.audit import GENESIS, AuditLog, main, verify
+from agentfleet.audit import GENESIS, AuditLog, main, verify
 
 pytestmark = pytest.mark.unit
 
@@ -107,7 +107,7 @@ def test_verify_detects_a_reorder(tmp_path: Path) -> None:
 
 def test_verify_detects_a_forged_recomputed_record(tmp_path: Path) -> None:
     """Rewriting one record with a correct own hash still breaks the next record's link."""
-    from agentfleet.guard.audit import record_hash
+    from agentfleet.audit import record_hash
 
     path = tmp_path / "a.jsonl"
     write(path, 4)

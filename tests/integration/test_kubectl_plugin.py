@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from agentfleet.api.guardconfig import AuditSink
-from agentfleet.guard.audit import AuditLog
+from agentfleet.audit import AuditLog
 from tests.conftest import ROOT, Kube, OperatorProcess, poll
 from tests.integration.test_reconcile import agent, condition, status, wait_reconciled
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
 
-from agentfleet.render import apply_patch_body, render, render_controller_revision
+from agentfleet.kube.wire import apply_patch_body
+from agentfleet.render import render, render_controller_revision
 from tests.conftest import Kube
 from tests.support.strategies import agent_deployments, manifest
 

@@ -10,33 +10,29 @@ from typing import Any
 import pytest
 import yaml
 
-from agentfleet.api import admission, crdgen, docgen
 from agentfleet.api.types import AgentDeploymentSpec, AgentPolicySpec
 from agentfleet.cli import main as cli
+from agentfleet.gen import admission, generate
+from agentfleet.gen import crds as crdgen
+from agentfleet.gen import docs as docgen
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-REGENERATE = (
-    "regenerate with: agentfleet crds --write crds && python -m agentfleet.api.admission --write "
-    "&& python -m agentfleet.api.docgen --write"
-)
+REGENERATE = "regenerate with: agentfleet generate (make generate)"
 
 
-@pytest.mark.parametrize(
-    ("directory", "generated"),
-    [("crds", crdgen.files()), ("crds/admission", admission.files())],
-    ids=["crds", "admission"],
-)
-def test_committed_manifests_match_the_types(directory: str, generated: dict[str, str]) -> None:
-    for name, text in generated.items():
-        path = ROOT / directory / name
-        assert path.exists(), f"{path} is missing; {REGENERATE}"
-        assert path.read_text() == text, f"{path} drifted from the types; {REGENERATE}"
+def test_committed_generated_files_match_the_types() -> None:
+    """CRDs, admission policy, docs/api.md and the chart's copies: nothing drifted."""
+    assert generate.drifted(ROOT) == [], REGENERATE
 
 
-def test_committed_api_docs_match_the_types() -> None:
-    assert (ROOT / docgen.PATH).read_text() == docgen.render(), f"docs/api.md drifted; {REGENERATE}"
+def test_generate_check_names_a_drifted_file(tmp_path: Path) -> None:
+    assert generate.main(["--root", str(tmp_path)]) == 0
+    assert generate.main(["--check", "--root", str(tmp_path)]) == 0
+    (tmp_path / "charts/agentfleet/crds/agentfleet.dev_agentpolicies.yaml").write_text("edited by hand\n")
+    assert generate.drifted(tmp_path) == [Path("charts/agentfleet/crds/agentfleet.dev_agentpolicies.yaml")]
+    assert generate.main(["--check", "--root", str(tmp_path)]) == 1
 
 
 def _schemas() -> dict[str, dict[str, Any]]:

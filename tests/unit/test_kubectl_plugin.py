@@ -4,18 +4,20 @@ summaries, audit-log parsing, argument errors. No cluster: the integration suite
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agentfleet.api import types
 from agentfleet.api.guardconfig import AuditSink
 from agentfleet.api.types import AgentDeployment
-from agentfleet.cli import kubectl_plugin
-from agentfleet.cli.plugin_audit import GUARD_CONTAINER, audit_lines, guard_container_of, verify_files, verify_log
-from agentfleet.cli.plugin_fleet import (
+from agentfleet.audit import AuditLog
+from agentfleet.cli.kubectl import main as kubectl_plugin
+from agentfleet.cli.kubectl.audit import GUARD_CONTAINER, audit_lines, guard_container_of, verify_files, verify_log
+from agentfleet.cli.kubectl.fleet import (
     AgentStatus,
     Census,
     Revision,
@@ -33,9 +35,15 @@ from agentfleet.cli.plugin_fleet import (
     status_table,
     tool_set,
 )
-from agentfleet.cli.plugin_format import age, dump, human_duration, parse_duration, shorten, table
-from agentfleet.cli.plugin_kube import GROUP, VERSION, NotFound, PluginError, api_error, kubeconfig_path, network_reason
-from agentfleet.guard.audit import AuditLog
+from agentfleet.cli.kubectl.format import age, dump, human_duration, parse_duration, shorten, table
+from agentfleet.cli.kubectl.kube import (
+    GROUP,
+    NotFound,
+    PluginError,
+    api_error,
+    kubeconfig_path,
+    network_reason,
+)
 from agentfleet.render import render
 
 pytestmark = pytest.mark.unit
@@ -449,8 +457,11 @@ def test_a_broken_kubeconfig_is_named(capsys: pytest.CaptureFixture[str], tmp_pa
     assert f"error: invalid kubeconfig {empty}" in capsys.readouterr().err
 
 
-def test_api_coordinates_match_the_types() -> None:
-    assert (GROUP, VERSION) == (types.GROUP, types.VERSION)
+def test_plugin_reads_names_without_loading_the_api_models() -> None:
+    """The plugin takes the API's names from ``api.names`` and never pays for pydantic."""
+    code = "import sys, agentfleet.cli.kubectl.main as m; print('pydantic' in sys.modules, m.RESOURCE)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", f"agentdeployments.{GROUP}"]
 
 
 def test_network_reason_drops_the_pool_preamble() -> None:

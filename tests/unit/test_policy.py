@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentfleet.api.types import AgentDeployment, AgentPolicy, KubernetesRule
+from agentfleet.api.units import parse_duration
 from agentfleet.policy import covers, effective_pricing, suspend_all, violations
 from agentfleet.policy.rules import describe_rule, rule_covered
-from agentfleet.policy.units import parse_duration
 
 pytestmark = pytest.mark.unit
 
@@ -368,7 +368,7 @@ def test_parse_duration(h: int, m: int, s: int, ms: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "5", "m", "5x", "1h 2m", "-1s", "1h-"])
 def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="not a duration"):
+    with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
 
 

@@ -14,11 +14,11 @@ from pydantic import ValidationError
 
 from agentfleet.api.guardconfig import GuardConfig
 from agentfleet.api.types import AgentDeployment, Pricing
+from agentfleet.kube.wire import apply_patch_body
 from agentfleet.render import (
     CHILD_KINDS,
     RenderError,
     RenderSettings,
-    apply_patch_body,
     child_names,
     label_selector,
     labels,

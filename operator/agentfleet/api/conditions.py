@@ -9,13 +9,31 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-READY = "Ready"
-PROGRESSING = "Progressing"
-SUSPENDED = "Suspended"
-ROLLED_BACK = "RolledBack"
-BUDGET_EXCEEDED = "BudgetExceeded"
-METRICS_AVAILABLE = "MetricsAvailable"
-POLICY_VIOLATION = "PolicyViolation"
+# Condition types, re-exported: ``cond.READY`` reads well where conditions are set.
+from agentfleet.api.names import (
+    BUDGET_EXCEEDED,
+    METRICS_AVAILABLE,
+    POLICY_VIOLATION,
+    PROGRESSING,
+    READY,
+    ROLLED_BACK,
+    SUSPENDED,
+)
+
+__all__ = [
+    "BUDGET_EXCEEDED",
+    "METRICS_AVAILABLE",
+    "POLICY_VIOLATION",
+    "PROGRESSING",
+    "READY",
+    "ROLLED_BACK",
+    "SUSPENDED",
+    "Conditions",
+    "get",
+    "is_true",
+    "now_rfc3339",
+    "set_condition",
+]
 
 Conditions = list[dict[str, Any]]
 

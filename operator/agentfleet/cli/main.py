@@ -7,10 +7,11 @@ import importlib
 import sys
 
 COMMANDS = {
-    "operator": ("agentfleet.controller.main", "Run the operator (kopf) against the current kubeconfig."),
+    "operator": ("agentfleet.manager", "Run the operator (kopf) against the current kubeconfig."),
     "guard": ("agentfleet.guard.cli", "Run the guard sidecar (OpenAI-compatible enforcing proxy)."),
-    "crds": ("agentfleet.api.crdgen", "Print the CustomResourceDefinitions generated from the API types."),
-    "audit": ("agentfleet.guard.audit", "Audit trail tools: `agentfleet audit verify FILE`."),
+    "crds": ("agentfleet.gen.crds", "Print the CustomResourceDefinitions generated from the API types."),
+    "generate": ("agentfleet.gen.generate", "Write (or --check) every file generated from the API types."),
+    "audit": ("agentfleet.audit", "Audit trail tools: `agentfleet audit verify FILE`."),
 }
 
 

@@ -20,17 +20,17 @@ from pydantic import ValidationError
 
 from agentfleet import policy as policy_core
 from agentfleet.api import conditions as cond
+from agentfleet.api import names
 from agentfleet.api.types import AgentPolicy
-from agentfleet.controller import annotations as ann
 from agentfleet.controller import metrics
-from agentfleet.controller.kube import Kube, KubeError
 from agentfleet.controller.reconcile import Context, reconcile
-from agentfleet.controller.status import freshest_status, merge, readiness, update_status
+from agentfleet.kube.client import Kube, KubeError
+from agentfleet.kube.status import freshest_status, merge, readiness, update_status
 
 log = logging.getLogger("agentfleet.handlers")
 
-AGD = ("agentfleet.dev", "v1alpha1", "agentdeployments")
-AGP = ("agentfleet.dev", "v1alpha1", "agentpolicies")
+AGD = (names.GROUP, names.VERSION, names.AGENT_PLURAL)
+AGP = (names.GROUP, names.VERSION, names.POLICY_PLURAL)
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -105,13 +105,13 @@ async def reconcile_one(ctx: Context, body: kopf.Body) -> None:
 # ----------------------------------------------------------------------------- Deployment status
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={ann.MANAGED_BY: "agentfleet"})
+@kopf.on.event("apps", "v1", "deployments", labels={names.MANAGED_BY: names.MANAGER})
 async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Mirror the Deployment's replica counts and readiness onto the AgentDeployment."""
     agent_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["agent_index"]
     if type == "DELETED":
         return
-    ns, agent_name = body.metadata.namespace or "", body.metadata.labels.get(ann.AGENT)
+    ns, agent_name = body.metadata.namespace or "", body.metadata.labels.get(names.AGENT)
     if latest(agent_index, (ns, agent_name or "")) is None:
         return
     seen = (int(body.spec.get("replicas") or 0), dict(body.get("status") or {}))
@@ -204,7 +204,7 @@ async def policy_changed(memo: kopf.Memo, **kwargs: Any) -> None:
     for (ns, name), store in list(agent_index.items()):
         for agent in store:
             want = covering_hash(policies, ns, labels_of(namespace_index, ns))
-            if (agent["metadata"].get("annotations") or {}).get(ann.POLICY_HASH) != want:
+            if (agent["metadata"].get("annotations") or {}).get(names.POLICY_HASH) != want:
                 touches.append((ns, name, want))
     sem = asyncio.Semaphore(16)
 
@@ -212,7 +212,7 @@ async def policy_changed(memo: kopf.Memo, **kwargs: Any) -> None:
         async with sem:
             try:
                 await memo.kube.merge_patch("AgentDeployment", ns, name,
-                                            {"metadata": {"annotations": {ann.POLICY_HASH: value}}})
+                                            {"metadata": {"annotations": {names.POLICY_HASH: value}}})
             except KubeError as exc:
                 if exc.status != 404:
                     raise

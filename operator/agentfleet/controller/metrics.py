@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 
-REGISTRY = CollectorRegistry()
+from agentfleet.registry import REGISTRY
+
 RECONCILES = Counter("agentfleet_operator_reconciles_total", "AgentDeployment reconciles completed.",
                      registry=REGISTRY)
 RECONCILE_ERRORS = Counter("agentfleet_operator_reconcile_errors_total",

@@ -15,10 +15,10 @@ from pydantic import ValidationError
 
 from agentfleet import policy as policy_core
 from agentfleet.api import conditions as cond
+from agentfleet.api import names
 from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy
-from agentfleet.controller import annotations as ann
-from agentfleet.controller.kube import Kube, KubeError
-from agentfleet.controller.status import merge, update_status, with_first_readiness
+from agentfleet.kube.client import Kube, KubeError
+from agentfleet.kube.status import merge, update_status, with_first_readiness
 from agentfleet.render import Rendered, RenderError, RenderSettings, render, render_controller_revision, selector
 
 log = logging.getLogger("agentfleet.reconcile")
@@ -77,7 +77,7 @@ def pinned_revision(body: dict[str, Any]) -> str | None:
 
 async def revisions(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     """ControllerRevisions of an agent, oldest first."""
-    items = await kube.list("ControllerRevision", namespace, f"agentfleet.dev/agent={name}")
+    items = await kube.list("ControllerRevision", namespace, f"{names.AGENT}={name}")
     return sorted(items, key=lambda r: int(r.get("revision", 0)))
 
 
@@ -110,39 +110,39 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
                                     "all covering AgentPolicies allow this agent", generation, now)
 
     all_revisions = await revisions(ctx.kube, ns, name) if status.get("currentRevision") else []
-    rollback_to = (meta.get("annotations") or {}).get(ann.ROLLBACK_TO)
+    rollback_to = (meta.get("annotations") or {}).get(names.ROLLBACK_TO)
     consumed: dict[str, None] = {}  # request annotations, removed only once status records the result
     pin = pinned_revision(body)
     pinned: dict[str, Any] | None = None
     if rollback_to:
         pinned = next((r for r in all_revisions if rollback_to in {str(r.get("revision")),
-                                                                   r["metadata"]["labels"].get(ann.REVISION)}), None)
+                                                                   r["metadata"]["labels"].get(names.REVISION)}), None)
         if pinned is None:
             out.events.append(("Warning", "RollbackFailed",
                                f"no revision {rollback_to!r}; see `kubectl agentfleet history {name}`"))
         else:
-            pin = pinned["metadata"]["labels"][ann.REVISION]
+            pin = pinned["metadata"]["labels"][names.REVISION]
             conditions = cond.set_condition(conditions, cond.ROLLED_BACK, True, "ManualRollback",
                                             f"rolled back by request to revision {pinned.get('revision')} ({pin})",
                                             generation, now)
             out.events.append(("Normal", "RolledBack", f"manual rollback to revision {pinned.get('revision')} "
                                                        f"({pin})"))
-        consumed[ann.ROLLBACK_TO] = None
+        consumed[names.ROLLBACK_TO] = None
     elif pin:
-        pinned = next((r for r in all_revisions if r["metadata"]["labels"].get(ann.REVISION) == pin), None)
+        pinned = next((r for r in all_revisions if r["metadata"]["labels"].get(names.REVISION) == pin), None)
     if not pin or pinned is None:
         conditions = cond.set_condition(conditions, cond.ROLLED_BACK, False, "NewGeneration" if cond.get(
             conditions, cond.ROLLED_BACK) else "NotRolledBack", "running the revision the spec describes",
             generation, now)
 
     resumed = False
-    if ann.RESUME in (meta.get("annotations") or {}):
+    if names.RESUME in (meta.get("annotations") or {}):
         if cond.is_true(conditions, cond.SUSPENDED):
             resumed = True
             conditions = cond.set_condition(conditions, cond.SUSPENDED, False, "Resumed",
                                             "resumed by request", generation, now)
             status["conditions"] = conditions
-        consumed[ann.RESUME] = None
+        consumed[names.RESUME] = None
     replicas, zero_reason = desired_replicas(agent, status, ctx.policies, ctx.namespace_labels)
     pricing = policy_core.effective_pricing(agent, ctx.policies, ctx.namespace_labels)
     source = snapshot_agent(agent, pinned) if pinned else agent
@@ -217,7 +217,7 @@ def with_template(rendered: Rendered, template: dict[str, Any]) -> Rendered:
 async def record_revision(ctx: Context, agent: AgentDeployment, rendered: Rendered,
                           existing: list[dict[str, Any]]) -> int:
     """Store the revision as a ControllerRevision (numbered like Deployments do)."""
-    same = next((r for r in existing if r["metadata"]["labels"].get(ann.REVISION) == rendered.revision), None)
+    same = next((r for r in existing if r["metadata"]["labels"].get(names.REVISION) == rendered.revision), None)
     if same is not None:
         return int(same.get("revision", 0))
     number = max((int(r.get("revision", 0)) for r in existing), default=0) + 1
@@ -236,10 +236,10 @@ async def prune(ctx: Context, agent: AgentDeployment, rendered: Rendered, existi
         if (kind, f"{name}-agent") not in desired:
             await ctx.kube.delete(kind, ns, f"{name}-agent")
     keep = {rendered.revision, status.get("stableRevision"), status.get("currentRevision")}
-    old = [r for r in existing if r["metadata"]["labels"].get(ann.REVISION) not in keep]
+    old = [r for r in existing if r["metadata"]["labels"].get(names.REVISION) not in keep]
     excess = len(old) - agent.spec.revision_history_limit
     for rev in old[:max(excess, 0)]:
-        rev_hash = rev["metadata"]["labels"].get(ann.REVISION)
+        rev_hash = rev["metadata"]["labels"].get(names.REVISION)
         await ctx.kube.delete("ControllerRevision", ns, rev["metadata"]["name"])
         await ctx.kube.delete("ConfigMap", ns, f"{name}-guard-{rev_hash}")
 

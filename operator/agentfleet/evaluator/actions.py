@@ -11,26 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from agentfleet.api import conditions as cond
+from agentfleet.api import names
 from agentfleet.api.types import Action
-from agentfleet.controller.kube import Kube
-from agentfleet.controller.reconcile import Context, reconcile
-from agentfleet.controller.status import merge, update_status
+from agentfleet.audit import AuditLog
 from agentfleet.evaluator import metrics
 from agentfleet.evaluator.rules import Act, AgentView, Memory, Samples, Verdict, make_act
-from agentfleet.guard.audit import AuditLog
+from agentfleet.kube.client import Kube
+from agentfleet.kube.events import post_event
+from agentfleet.kube.status import merge, update_status
+
+Event = tuple[str, str, str]
+CarryOut = Callable[[dict[str, Any]], Awaitable[list[Event]]]
+"""Reconcile an AgentDeployment now (its freshest body), returning the Events to post. The
+manager hands the controller's reconcile in, so the evaluator never imports the controller."""
 
 
 class Actor:
-    def __init__(self, kube: Kube, context: Callable[[str], Context], memory: Callable[[], Memory],
+    def __init__(self, kube: Kube, carry_out: CarryOut, memory: Callable[[], Memory],
                  audit: AuditLog | None = None) -> None:
         self.kube = kube
-        self.context = context
+        self.carry_out = carry_out
         self.memory = memory
         self.audit = audit
 
@@ -39,7 +45,7 @@ class Actor:
             # Status-only (metrics availability, budgets flag, stable revision): write from the
             # view; update_status re-reads only if the object changed since the view was taken.
             body: dict[str, Any] | None = {
-                "apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment",
+                "apiVersion": names.API_VERSION, "kind": names.AGENT_KIND,
                 "metadata": {"namespace": agent.namespace, "name": agent.name, "generation": agent.generation,
                              "resourceVersion": agent.resource_version},
                 "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended}, "status": agent.status}
@@ -107,8 +113,7 @@ class Actor:
         if reconcile_after:  # then the effect, through the same path as a manual suspend or rollback
             fresh = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
             if fresh is not None:
-                outcome = await reconcile(self.context(agent.namespace), fresh)
-                for type_, reason, message in outcome.events:
+                for type_, reason, message in await self.carry_out(fresh):
                     await self.event(body, type_, reason, message)
 
     def record(self, agent: AgentView, action: Action, rule: str, reason: str, message: str, value: float,
@@ -119,18 +124,7 @@ class Actor:
                               threshold=threshold, message=message)
 
     async def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        meta = body["metadata"]
-        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        await self.kube.create({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": body["apiVersion"], "kind": "AgentDeployment", "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": type_, "reason": reason[:128], "message": message[:1024],
-            "source": {"component": "agentfleet-evaluator"}, "reportingComponent": "agentfleet.dev/evaluator",
-            "reportingInstance": "agentfleet-operator", "action": "Evaluate",
-            "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z", "eventTime": now, "count": 1,
-        })
+        await post_event(self.kube, body, type_, reason, message)
 
     async def refresh_usage(self, agents: list[AgentView], samples: Samples, sem: asyncio.Semaphore) -> None:
         """Write spend today and tokens in the last hour where they changed."""
@@ -146,7 +140,7 @@ class Actor:
             old = agent.status.get("usage") or {}
             if {k: old.get(k) for k in usage} == usage:
                 return
-            body = {"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment",
+            body = {"apiVersion": names.API_VERSION, "kind": names.AGENT_KIND,
                     "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended},
                     "metadata": {"namespace": agent.namespace, "name": agent.name,
                                  "resourceVersion": agent.resource_version}, "status": agent.status}

@@ -20,12 +20,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentfleet.api.types import AgentDeploymentSpec, Metric
-from agentfleet.controller.status import written
 from agentfleet.evaluator import metrics
 from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.prom import PromError, Prometheus
 from agentfleet.evaluator.queries import TOKENS_LAST_HOUR, builtin_query, exhausted_query, spend_today_query
 from agentfleet.evaluator.rules import AgentView, Memory, Samples, evaluate, query_name
+from agentfleet.kube.status import written
 
 log = logging.getLogger("agentfleet.evaluator")
 

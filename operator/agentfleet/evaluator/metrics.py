@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from agentfleet.controller.metrics import REGISTRY
+from agentfleet.registry import REGISTRY
 
 CYCLE_SECONDS = Histogram("agentfleet_operator_evaluation_cycle_seconds", "Duration of one fleet evaluation cycle.",
                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)

@@ -25,8 +25,8 @@ from typing import Any
 
 from agentfleet.api import conditions as cond
 from agentfleet.api.types import Action, AgentDeploymentSpec, Comparison, GuardrailRule, Metric, OnMetricsUnavailable
+from agentfleet.api.units import parse_duration
 from agentfleet.evaluator.queries import REASONS, UNITS, custom_query, is_fleet_wide
-from agentfleet.policy.units import parse_duration
 
 Key = tuple[str, str]  # (namespace, name)
 SeriesKey = tuple[str, str, str]  # (namespace, agent, revision)

@@ -25,8 +25,8 @@ from typing import IO, Any
 from aiohttp import web
 
 from agentfleet.api.guardconfig import GuardConfig
+from agentfleet.audit import AuditLog
 from agentfleet.guard import proxy, toolproxy
-from agentfleet.guard.audit import AuditLog
 from agentfleet.guard.breaker import BreakerState, CircuitBreaker
 from agentfleet.guard.budgets import Ledger
 from agentfleet.guard.config import Limits, Tuning

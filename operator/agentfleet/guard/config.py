@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from agentfleet.api.guardconfig import GuardConfig
-from agentfleet.policy.units import parse_duration as exact_duration
+from agentfleet.api.units import duration_seconds
 
 TASK_HEADER = "X-Agentfleet-Task"
 """Request header naming the task a call belongs to."""
@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 def parse_duration(text: str) -> float:
     """Seconds in a Go-style duration ("500ms", "30s", "1h30m"), as the policy code reads it."""
     try:
-        return float(exact_duration(text))
+        return duration_seconds(text)
     except ValueError:
         raise ConfigError(f"invalid duration {text!r}: expected e.g. 500ms, 30s, 5m, 1h30m") from None
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from agentfleet.api import units
 from agentfleet.api.guardconfig import GuardConfig
 
 
@@ -44,13 +44,9 @@ class Rendered:
     guard_config: GuardConfig
 
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def duration_seconds(value: str) -> float:
     """Seconds in a Go-style duration ("1h30m"); the API validates the format."""
-    parts = _DURATION_PART.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        raise RenderError(f"{value!r} is not a duration such as 30s, 5m or 1h30m")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    try:
+        return units.duration_seconds(value)
+    except ValueError as exc:
+        raise RenderError(str(exc)) from None

@@ -9,7 +9,7 @@ from typing import Any
 from agentfleet.api.types import AgentDeployment, Pricing
 from agentfleet.render import guard, network, rbac, workload
 from agentfleet.render.base import Rendered, RenderError, RenderSettings
-from agentfleet.render.names import Owner, child_names
+from agentfleet.render.children import Owner, child_names
 from agentfleet.render.revision import pod_relevant_spec, revision_hash, short_hash
 
 DEFAULT_SETTINGS = RenderSettings()

@@ -9,7 +9,7 @@ import yaml
 from agentfleet.api.guardconfig import AuditSink, GuardConfig
 from agentfleet.api.types import AgentDeploymentSpec, Pricing
 from agentfleet.render.base import RenderSettings
-from agentfleet.render.names import ChildNames, Owner
+from agentfleet.render.children import ChildNames, Owner
 
 CONFIG_DIR = "/etc/agentfleet"
 CONFIG_KEY = "guard.yaml"

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from agentfleet.api import names as api_names
 from agentfleet.api.types import AgentDeploymentSpec
 from agentfleet.render.base import RenderError, RenderSettings
-from agentfleet.render.names import AGENT_LABEL, MANAGED_BY_LABEL, MANAGER, ChildNames, Owner, selector
+from agentfleet.render.children import ChildNames, Owner, selector
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 DNS_PORT = 53
@@ -106,9 +107,9 @@ def network_policy(
         egress.append(allowed)
     if spec.permissions.sub_agents:
         sub_agents = {
-            "matchLabels": {MANAGED_BY_LABEL: MANAGER},
+            "matchLabels": {api_names.MANAGED_BY: api_names.MANAGER},
             "matchExpressions": [
-                {"key": AGENT_LABEL, "operator": "In", "values": sorted(set(spec.permissions.sub_agents))}
+                {"key": api_names.AGENT, "operator": "In", "values": sorted(set(spec.permissions.sub_agents))}
             ],
         }
         egress.append({"to": [{"podSelector": sub_agents}], "ports": _tcp([settings.guard_port])})

@@ -6,7 +6,7 @@ from typing import Any
 
 from agentfleet.api.types import KubernetesRule
 from agentfleet.render.base import RenderError
-from agentfleet.render.names import ChildNames, Owner
+from agentfleet.render.children import ChildNames, Owner
 
 RBAC_API = "rbac.authorization.k8s.io"
 

@@ -5,18 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from agentfleet.api.names import AGENT_CONTAINER, CONFIG_HASH_ANNOTATION, GUARD_CONTAINER, REVISION_ANNOTATION
+from agentfleet.api.names import METRICS as METRICS_LABEL
 from agentfleet.api.types import AgentDeploymentSpec, EnvVar
 from agentfleet.render.base import RenderError, RenderSettings, duration_seconds
+from agentfleet.render.children import ChildNames, Owner, labels, selector
 from agentfleet.render.guard import AUDIT_DIR, CONFIG_DIR, CONFIG_PATH, UPSTREAM_KEY_DIR
-from agentfleet.render.names import (
-    CONFIG_HASH_ANNOTATION,
-    METRICS_LABEL,
-    REVISION_ANNOTATION,
-    ChildNames,
-    Owner,
-    labels,
-    selector,
-)
 
 NONROOT_ID = 65532
 GUARD_PORT_NAME = "guard"
@@ -105,7 +99,7 @@ def agent_env(owner: Owner, spec: AgentDeploymentSpec, revision: str, port: int)
 
 def agent_container(owner: Owner, spec: AgentDeploymentSpec, revision: str, port: int) -> dict[str, Any]:
     agent = spec.agent
-    container: dict[str, Any] = {"name": "agent", "image": agent.image}
+    container: dict[str, Any] = {"name": AGENT_CONTAINER, "image": agent.image}
     if agent.command is not None:
         container["command"] = list(agent.command)
     if agent.args is not None:
@@ -129,7 +123,7 @@ def guard_container(spec: AgentDeploymentSpec, settings: RenderSettings) -> dict
     if spec.agent.model.api_key_secret_ref:
         mounts.insert(1, {"name": "upstream-key", "mountPath": UPSTREAM_KEY_DIR, "readOnly": True})
     return {
-        "name": "guard",
+        "name": GUARD_CONTAINER,
         "image": settings.guard_image,
         "args": ["guard", "--config", CONFIG_PATH],
         "restartPolicy": "Always",

@@ -20,11 +20,12 @@ from typing import Any
 
 import yaml
 
-from agentfleet.api.types import API_VERSION, GROUP, VERSION, AgentDeployment, AgentPolicy, Model
+from agentfleet.api.names import API_VERSION, GROUP, VERSION
+from agentfleet.api.types import AgentDeployment, AgentPolicy, Model
 
 Schema = dict[str, Any]
 
-HEADER = "# Generated from operator/agentfleet/api/types.py by `agentfleet crds --write crds`. Do not edit.\n"
+HEADER = "# Generated from operator/agentfleet/api/types.py by `agentfleet generate`. Do not edit.\n"
 CATEGORIES = ["agentfleet"]
 
 # Children are named after the agent (plus short suffixes) and the name is a label value:

@@ -2,7 +2,7 @@
 
 One section per named type (pydantic's ``$defs``), so the reference reads like the Kubernetes API
 docs; constraints come from the structural schema the API server enforces, so what the page
-promises is what admission checks. ``python -m agentfleet.api.docgen --write`` regenerates it.
+promises is what admission checks. ``python -m agentfleet.gen.docs --write`` regenerates it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from agentfleet.api.crdgen import AGENT_NAME, prose, structural
-from agentfleet.api.types import API_VERSION, AgentDeployment, AgentPolicy, Model
+from agentfleet.api.names import API_VERSION
+from agentfleet.api.types import AgentDeployment, AgentPolicy, Model
+from agentfleet.gen.crds import AGENT_NAME, prose, structural
 
 PATH = "docs/api.md"
 
 INTRO = f"""\
-<!-- Generated from operator/agentfleet/api/types.py by `python -m agentfleet.api.docgen --write`. \
+<!-- Generated from operator/agentfleet/api/types.py by `agentfleet generate`. \
 Do not edit. -->
 # API reference: `{API_VERSION}`
 
@@ -191,7 +192,7 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the reference, or ``--write [FILE]`` it (default docs/api.md)."""
-    parser = argparse.ArgumentParser(prog="python -m agentfleet.api.docgen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agentfleet.gen.docs", description=__doc__.splitlines()[0])
     parser.add_argument("--write", nargs="?", const=PATH, metavar="FILE", help="write the page to FILE")
     args = parser.parse_args(argv)
     if args.write:

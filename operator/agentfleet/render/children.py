@@ -11,16 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agentfleet.api.types import API_VERSION, AgentDeployment
+from agentfleet.api import names
+from agentfleet.api.names import API_VERSION
+from agentfleet.api.types import AgentDeployment
 from agentfleet.render.base import RenderError
-
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGER = "agentfleet"
-AGENT_LABEL = "agentfleet.dev/agent"
-REVISION_LABEL = "agentfleet.dev/revision"
-METRICS_LABEL = "agentfleet.dev/metrics"
-REVISION_ANNOTATION = "agentfleet.dev/revision"
-CONFIG_HASH_ANNOTATION = "agentfleet.dev/guard-config-hash"
 
 CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ServiceAccount"),
@@ -40,14 +34,14 @@ _MAX_LABEL = 63
 
 def selector(agent_name: str) -> dict[str, str]:
     """Pod selector of the Deployment and Service. No revision: selectors are immutable."""
-    return {MANAGED_BY_LABEL: MANAGER, AGENT_LABEL: agent_name}
+    return {names.MANAGED_BY: names.MANAGER, names.AGENT: agent_name}
 
 
 def labels(agent_name: str, revision: str | None = None) -> dict[str, str]:
     """Labels of a child; revision-specific children pass their revision."""
     result = selector(agent_name)
     if revision is not None:
-        result[REVISION_LABEL] = revision
+        result[names.REVISION] = revision
     return result
 
 

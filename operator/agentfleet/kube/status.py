@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentfleet.api import conditions as cond
-from agentfleet.controller.kube import Kube, KubeError
+from agentfleet.kube.client import Kube, KubeError
 
 Status = dict[str, Any]
 Mutation = Callable[[Status], Status]

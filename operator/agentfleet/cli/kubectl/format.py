@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
+
+from agentfleet.api.units import cli_duration_seconds
 
 OUTPUT_FORMATS = ("wide", "json", "yaml")
 """Values of ``-o/--output``; without it the output is a table."""
@@ -106,17 +107,10 @@ def dump(value: Any, fmt: str) -> str:
     raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-
-
 def parse_duration(text: str) -> float:
     """Seconds in a kubectl-style duration: "30s", "2m", "1h30m", "500ms", or a bare number of
     seconds ("45"). Raises ValueError with a readable message otherwise."""
-    value = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    parts = _DURATION_PART.findall(value)
-    if not value or "".join(n + u for n, u in parts) != value:
-        raise ValueError(f"invalid duration {text!r}: use a number of seconds or units such as 30s, 2m, 1h30m")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        return cli_duration_seconds(text)
+    except ValueError:
+        raise ValueError(f"invalid duration {text!r}: a number of seconds, or units: 30s, 2m, 1h30m") from None

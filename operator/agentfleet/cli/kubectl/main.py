@@ -27,8 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agentfleet.cli.plugin_audit import AuditReport, guard_container_of, verify_files, verify_log
-from agentfleet.cli.plugin_fleet import (
+from agentfleet.api.names import AGENT as AGENT_LABEL
+from agentfleet.api.names import RESUME, ROLLBACK_TO
+from agentfleet.cli.kubectl.audit import AuditReport, guard_container_of, verify_files, verify_log
+from agentfleet.cli.kubectl.fleet import (
     AgentStatus,
     Census,
     Revision,
@@ -42,14 +44,11 @@ from agentfleet.cli.plugin_fleet import (
     spec_revision,
     status_table,
 )
-from agentfleet.cli.plugin_format import NONE, OUTPUT_FORMATS, cell, dump, parse_duration, table
-from agentfleet.cli.plugin_kube import RESOURCE, Cluster, NotFound, PluginError, connect
+from agentfleet.cli.kubectl.format import NONE, OUTPUT_FORMATS, cell, dump, parse_duration, table
+from agentfleet.cli.kubectl.kube import RESOURCE, Cluster, NotFound, PluginError, connect
 
 PROG = "kubectl agentfleet"
 KIND = f"agentdeployment.{RESOURCE.split('.', 1)[1]}"
-ROLLBACK_TO = "agentfleet.dev/rollback-to"
-RESUME = "agentfleet.dev/resume"
-AGENT_LABEL = "agentfleet.dev/agent"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_ROLLBACK_TIMEOUT = 120.0
 

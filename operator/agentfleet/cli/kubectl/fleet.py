@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agentfleet.cli.plugin_format import NONE, age, cell, shorten, table
+from agentfleet.api.names import REVISION as REVISION_LABEL
+from agentfleet.cli.kubectl.format import NONE, age, cell, shorten, table
 
-REVISION_LABEL = "agentfleet.dev/revision"
 DEFAULT_PROVIDER = "openai"
 NO_PROMPT = "(none)"
 NO_TOOLS = "(none)"

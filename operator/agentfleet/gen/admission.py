@@ -6,7 +6,7 @@ message naming the violated ceiling. A second, small policy keeps ``kubectl scal
 subresource) within ``ceilings.maxReplicas``. The rules and messages mirror
 :mod:`agentfleet.policy.rules` exactly; ``tests/integration/test_admission.py`` holds them to it.
 
-``python -m agentfleet.api.admission --write`` regenerates ``crds/admission/``.
+``python -m agentfleet.gen.admission --write`` regenerates ``crds/admission/``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agentfleet.api.crdgen import dump, write
-from agentfleet.api.types import GROUP, VERSION
+from agentfleet.api.names import GROUP, VERSION
+from agentfleet.gen.crds import dump, write
 from agentfleet.policy.rules import CEILINGS, Ceiling
 
 NAME = "agentfleet-agentpolicy"
@@ -232,8 +232,8 @@ def documents() -> list[Doc]:
 
 
 HEADER = (
-    "# Generated from operator/agentfleet/api/admission.py by "
-    "`python -m agentfleet.api.admission --write`. Do not edit.\n"
+    "# Generated from operator/agentfleet/gen/admission.py by "
+    "`agentfleet generate`. Do not edit.\n"
 )
 
 
@@ -244,7 +244,7 @@ def files() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the admission manifests, or ``--write [DIR]`` them (default crds/admission)."""
-    parser = argparse.ArgumentParser(prog="python -m agentfleet.api.admission", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agentfleet.gen.admission", description=__doc__.splitlines()[0])
     parser.add_argument("--write", nargs="?", const="crds/admission", metavar="DIR", help="write files into DIR")
     args = parser.parse_args(argv)
     if args.write:

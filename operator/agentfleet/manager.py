@@ -17,14 +17,14 @@ import kopf
 from prometheus_client import start_http_server
 
 from agentfleet.api.guardconfig import AuditSink
-from agentfleet.controller import metrics
+from agentfleet.audit import AuditLog
 from agentfleet.controller.handlers import ReadyMirror, labels_of, policies_of
-from agentfleet.controller.kube import Kube
-from agentfleet.controller.reconcile import Context
+from agentfleet.controller.reconcile import Context, reconcile
 from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.loop import Evaluator, EvaluatorSettings
 from agentfleet.evaluator.prom import Prometheus
-from agentfleet.guard.audit import AuditLog
+from agentfleet.kube.client import Kube
+from agentfleet.registry import REGISTRY
 from agentfleet.render import RenderSettings
 
 
@@ -114,9 +114,11 @@ def start_evaluator(args: argparse.Namespace, memo: kopf.Memo,
     agent_index, policy_index, namespace_index = (indexes["agent_index"], indexes["policy_index"],
                                                   indexes["namespace_index"])
 
-    def context(namespace: str) -> Context:
-        return Context(kube=memo.kube, settings=memo.render_settings, policies=policies_of(policy_index),
-                       namespace_labels=labels_of(namespace_index, namespace))
+    async def carry_out(body: dict[str, Any]) -> list[tuple[str, str, str]]:
+        namespace = body["metadata"]["namespace"]
+        ctx = Context(kube=memo.kube, settings=memo.render_settings, policies=policies_of(policy_index),
+                      namespace_labels=labels_of(namespace_index, namespace))
+        return (await reconcile(ctx, body)).events
 
     def agents() -> list[dict[str, Any]]:
         return [body for store in list(agent_index.values()) for body in store]
@@ -124,7 +126,7 @@ def start_evaluator(args: argparse.Namespace, memo: kopf.Memo,
     prom = Prometheus(args.prometheus_url, query_timeout=args.query_timeout)
     audit = AuditLog(AuditSink(stdout=True, file=args.audit_file or None), {"component": "agentfleet-operator"})
     audit.start()
-    evaluator = Evaluator(prom, Actor(memo.kube, context, lambda: evaluator.memory, audit), agents,
+    evaluator = Evaluator(prom, Actor(memo.kube, carry_out, lambda: evaluator.memory, audit), agents,
                           EvaluatorSettings(interval=args.evaluation_interval, rate_window=args.rate_window))
     return asyncio.create_task(evaluator.run(), name="fleet-evaluator"), prom, audit
 
@@ -133,7 +135,7 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     configure(args)
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.metrics_address, registry=metrics.REGISTRY)
+        start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
     try:
         import uvloop
 

@@ -18,13 +18,10 @@ from typing import Any
 
 import yaml
 
-GROUP = "agentfleet.dev"
-VERSION = "v1alpha1"
-"""As in ``agentfleet.api.types`` (a unit test keeps them equal); not imported from there so
-that commands which never validate a spec do not pay for loading the pydantic models."""
-PLURAL = "agentdeployments"
+from agentfleet.api.names import AGENT, GROUP, MANAGED_SELECTOR, VERSION
+from agentfleet.api.names import AGENT_PLURAL as PLURAL
+
 RESOURCE = f"{PLURAL}.{GROUP}"
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=agentfleet"
 PAGE_SIZE = 500
 DEFAULT_KUBECONFIG = "~/.kube/config"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -223,7 +220,7 @@ class Cluster:
 
     def revisions(self, namespace: str | None, agent: str | None = None) -> list[dict[str, Any]]:
         """ControllerRevisions of one agent, or of every agent in ``namespace`` (None: all)."""
-        selector = MANAGED_SELECTOR + (f",agentfleet.dev/agent={agent}" if agent else "")
+        selector = MANAGED_SELECTOR + (f",{AGENT}={agent}" if agent else "")
         if namespace is None:
             return list(self._pages(self.apps.list_controller_revision_for_all_namespaces,
                                     label_selector=selector, what="list controllerrevisions in all namespaces"))
@@ -237,7 +234,7 @@ class Cluster:
 
     def pods(self, namespace: str, agent: str) -> list[dict[str, Any]]:
         return list(self._pages(self.core.list_namespaced_pod, namespace,
-                                label_selector=f"{MANAGED_SELECTOR},agentfleet.dev/agent={agent}",
+                                label_selector=f"{MANAGED_SELECTOR},{AGENT}={agent}",
                                 what=f"list pods of agent {namespace}/{agent}"))
 
     def pod_log(self, namespace: str, pod: str, container: str, previous: bool = False) -> str:

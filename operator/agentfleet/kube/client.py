@@ -18,7 +18,8 @@ from typing import Any
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
-from agentfleet.render.wire import apply_patch_body
+from agentfleet.api import names
+from agentfleet.kube.wire import apply_patch_body
 
 FIELD_MANAGER = "agentfleet"
 
@@ -55,8 +56,8 @@ RESOURCES: dict[str, Resource] = {
     "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
     "Deployment": Resource("apps/v1", "deployments"),
     "ControllerRevision": Resource("apps/v1", "controllerrevisions"),
-    "AgentDeployment": Resource("agentfleet.dev/v1alpha1", "agentdeployments"),
-    "AgentPolicy": Resource("agentfleet.dev/v1alpha1", "agentpolicies", namespaced=False),
+    names.AGENT_KIND: Resource(names.API_VERSION, names.AGENT_PLURAL),
+    names.POLICY_KIND: Resource(names.API_VERSION, names.POLICY_PLURAL, namespaced=False),
 }
 
 

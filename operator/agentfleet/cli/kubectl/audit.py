@@ -1,5 +1,5 @@
 """``kubectl agentfleet audit``: check a guard's hash-chained audit trail with the guard's own
-verifier (``agentfleet.guard.audit.verify``), from the guard container's logs or from files.
+verifier (``agentfleet.audit.verify``), from the guard container's logs or from files.
 
 The guard writes every audit record as one canonical JSON line to stdout (and to a file in the
 pod). Its container log also carries the guard's own log lines (JSON on stderr, without a
@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GUARD_CONTAINER = "guard"
-"""Name of the guard sidecar in agent pods (``agentfleet.render.workload.guard_container``);
-``guard_container_of`` finds it by its command when a pod spec is at hand."""
+from agentfleet.api.names import GUARD_CONTAINER  # ``guard_container_of`` also finds it by its command
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ def _span(lines: Sequence[str]) -> _Span:
 
 def verify_files(paths: Sequence[Path]) -> AuditReport:
     """Verify files that form one chain, oldest first (``audit.jsonl.2 audit.jsonl.1 audit.jsonl``)."""
-    from agentfleet.guard.audit import verify
+    from agentfleet.audit import verify
 
     lines: list[str] = []
     for path in paths:
@@ -105,7 +103,7 @@ def verify_files(paths: Sequence[Path]) -> AuditReport:
 
 def verify_log(source: str, log: str) -> AuditReport:
     """Verify the audit records found in a guard container's log."""
-    from agentfleet.guard.audit import verify
+    from agentfleet.audit import verify
 
     picked = audit_lines(log)
     span = _span([line for _, line in picked])

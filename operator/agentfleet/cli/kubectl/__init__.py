@@ -1,0 +1,1 @@
+"""``kubectl agentfleet``: the kubectl plugin (stdlib + PyYAML only, so it runs anywhere kubectl does)."""

@@ -1,0 +1,1 @@
+"""Shared asynchronous Kubernetes I/O: the client, status writes with optimistic concurrency, Events."""
