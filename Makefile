@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY    := .venv/bin/python
 export PATH := $(HOME)/.cache/agentfleet/bin/kubernetes-$(shell sed -n 's/^KUBERNETES_VERSION=//p' hack/versions.env):$(HOME)/.cache/agentfleet/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' hack/versions.env):$(PATH)
 
-.PHONY: help deps build cluster-up cluster-down cluster-status lint typecheck unit integration test demo bench crds generate docs clean
+.PHONY: format help deps build cluster-up cluster-down cluster-status lint typecheck unit integration test demo bench crds generate docs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -24,8 +24,14 @@ cluster-down: ## stop the local control plane and remove its state
 cluster-status:
 	@hack/cluster status
 
-lint: deps ## ruff
-	.venv/bin/ruff check operator tests hack/*.py hack/cluster hack/demo
+LINTED := operator tests hack/*.py hack/bench hack/cluster hack/demo
+
+lint: deps ## ruff check and ruff format --check
+	.venv/bin/ruff check $(LINTED)
+	.venv/bin/ruff format --check $(LINTED)
+
+format: deps ## apply ruff format
+	.venv/bin/ruff format $(LINTED)
 
 typecheck: deps ## mypy --strict on operator/
 	.venv/bin/mypy

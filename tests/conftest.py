@@ -58,10 +58,17 @@ class Kube:
     kubeconfig: str
     kubectl_bin: str
 
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args], input=input, check=False,
-                             capture_output=True, text=True, timeout=timeout)
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and res.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
         return res
@@ -71,8 +78,9 @@ class Kube:
 
     def apply(self, obj: dict[str, Any] | list[dict[str, Any]], *extra: str) -> subprocess.CompletedProcess[str]:
         items = obj if isinstance(obj, list) else [obj]
-        return self.kubectl("apply", *extra, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                            "items": items}))
+        return self.kubectl(
+            "apply", *extra, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        )
 
     def api_client(self) -> Any:
         from kubernetes import config
@@ -106,8 +114,10 @@ def kube(cluster_env: dict[str, str]) -> Iterator[Kube]:
     if started:
         res = subprocess.run([str(HACK / "cluster"), "up"], text=True, check=False)
         if res.returncode != 0:
-            pytest.fail("hack/cluster up failed (see its output above); the integration suite needs the real "
-                        "control plane", pytrace=False)
+            pytest.fail(
+                "hack/cluster up failed (see its output above); the integration suite needs the real control plane",
+                pytrace=False,
+            )
     yield Kube(cluster_env["KUBECONFIG"], kubectl_bin)
     if started and os.environ.get("AGENTFLEET_KEEP_CLUSTER") != "1":
         subprocess.run([str(HACK / "cluster"), "down"], check=False)
@@ -120,13 +130,24 @@ def crds_installed(kube: Kube) -> Kube:
     if (ROOT / "crds" / "admission").exists():
         paths += ["-f", str(ROOT / "crds" / "admission")]
     kube.kubectl("apply", "--server-side", "--force-conflicts", *paths)
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/agentdeployments.agentfleet.dev", "crd/agentpolicies.agentfleet.dev")
-    probe = json.dumps({"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment",
-                        "metadata": {"name": "admission-probe", "namespace": "default"},
-                        "spec": {"agent": {"image": "x", "model": {"name": "m", "endpoint": "http://127.0.0.1:1/v1"}},
-                                 "guardrails": [{"name": "l", "metric": "loopDetections", "threshold": "0",
-                                                 "action": "Suspend"}]}})
+    kube.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/agentdeployments.agentfleet.dev",
+        "crd/agentpolicies.agentfleet.dev",
+    )
+    probe = json.dumps(
+        {
+            "apiVersion": "agentfleet.dev/v1alpha1",
+            "kind": "AgentDeployment",
+            "metadata": {"name": "admission-probe", "namespace": "default"},
+            "spec": {
+                "agent": {"image": "x", "model": {"name": "m", "endpoint": "http://127.0.0.1:1/v1"}},
+                "guardrails": [{"name": "l", "metric": "loopDetections", "threshold": "0", "action": "Suspend"}],
+            },
+        }
+    )
 
     def admission_ready() -> bool:  # the admission policy's paramKind must be synced before tests create agents
         res = kube.kubectl("create", "--dry-run=server", "-f", "-", input=probe, check=False)
@@ -208,10 +229,18 @@ class OperatorProcess:
         health = free_port()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "agentfleet"), "operator", f"--metrics-port={self.metrics_port}",
-             "--metrics-address=127.0.0.1", f"--liveness=http://127.0.0.1:{health}/healthz",
-             "--guard-image=ghcr.io/agentfleet/agentfleet:test", *self.extra],
-            env={**os.environ, "KUBECONFIG": self.kubeconfig}, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(ROOT / ".venv" / "bin" / "agentfleet"),
+                "operator",
+                f"--metrics-port={self.metrics_port}",
+                "--metrics-address=127.0.0.1",
+                f"--liveness=http://127.0.0.1:{health}/healthz",
+                "--guard-image=ghcr.io/agentfleet/agentfleet:test",
+                *self.extra,
+            ],
+            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         poll(lambda: self._healthy(health), timeout=60, what="the operator's liveness endpoint")
 
@@ -249,13 +278,21 @@ EVALUATION_INTERVAL = 2.0
 
 
 @pytest.fixture(scope="session")
-def operator(crds_installed: Kube, prometheus: Prometheus,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    crds_installed: Kube, prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     """One operator for the session, watching the whole cluster, evaluating every 2 s."""
     logs = tmp_path_factory.mktemp("operator")
-    op = OperatorProcess(crds_installed.kubeconfig, logs / "operator.log", extra=[
-        f"--prometheus-url={prometheus.url}", f"--evaluation-interval={EVALUATION_INTERVAL}", "--rate-window=30s",
-        f"--audit-file={logs / 'audit.jsonl'}"])
+    op = OperatorProcess(
+        crds_installed.kubeconfig,
+        logs / "operator.log",
+        extra=[
+            f"--prometheus-url={prometheus.url}",
+            f"--evaluation-interval={EVALUATION_INTERVAL}",
+            "--rate-window=30s",
+            f"--audit-file={logs / 'audit.jsonl'}",
+        ],
+    )
     op.start()
     yield op
     op.stop()

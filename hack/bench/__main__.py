@@ -33,8 +33,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small N and fewer requests, for development")
     p.add_argument("--only", default="reconcile,breach,guard", help="comma-separated sections to run")
     p.add_argument("--sizes", help="reconcile sizes (default 100,1000,5000; quick: 100,300)")
-    p.add_argument("--floor-concurrency", default="32,128,256",
-                   help="raw-floor concurrencies tried (all at the smallest N; the two best next; the best after)")
+    p.add_argument(
+        "--floor-concurrency",
+        default="32,128,256",
+        help="raw-floor concurrencies tried (all at the smallest N; the two best next; the best after)",
+    )
     p.add_argument("--idle-window", type=float, help="seconds of quiet measurement (default 60; quick: 20)")
     p.add_argument("--breach-fleet", type=int, help="agents in the breach benchmark (default 1000; quick: 200)")
     p.add_argument("--breach-rounds", type=int, help="rounds of 10 looping agents (default 3; quick: 1)")
@@ -43,9 +46,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--skip-floor", action="store_true", help="measure the operator only (no raw floor)")
     p.add_argument("--operator-arg", action="append", default=[], help="extra operator flag (repeatable)")
-    p.add_argument("--operator-source", metavar="DIR",
-                   help="run the operator from another source tree's operator/ (A/B against an older commit: "
-                   "git archive REF operator | tar -x -C DIR, then pass DIR/operator)")
+    p.add_argument(
+        "--operator-source",
+        metavar="DIR",
+        help="run the operator from another source tree's operator/ (A/B against an older commit: "
+        "git archive REF operator | tar -x -C DIR, then pass DIR/operator)",
+    )
     a = p.parse_args(argv)
     a.sizes = [int(x) for x in (a.sizes or ("100,300" if a.quick else "100,1000,5000")).split(",")]
     a.idle_window = a.idle_window or (20.0 if a.quick else 60.0)
@@ -65,7 +71,7 @@ def write_doc(rows: list[table.Row], info: dict[str, str], meta: list[str]) -> N
     block = "\n".join(generated)
     text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)
@@ -89,21 +95,32 @@ def main(argv: list[str]) -> int:
         try:
             if "reconcile" in args.only:
                 t0 = time.monotonic()
-                results = reconcile.run(cluster, args.sizes, work, args.idle_window, args.floor_concurrency,
-                                        args.operator_arg, skip_floor=args.skip_floor,
-                                        operator_source=args.operator_source)
+                results = reconcile.run(
+                    cluster,
+                    args.sizes,
+                    work,
+                    args.idle_window,
+                    args.floor_concurrency,
+                    args.operator_arg,
+                    skip_floor=args.skip_floor,
+                    operator_source=args.operator_source,
+                )
                 rows += table.reconcile_rows(results)
                 timings.append(f"reconcile/evaluator/memory {time.monotonic() - t0:.0f} s")
                 for r in results:
                     meta += [f"N={r.n:,}: {note}" for note in r.notes]
                     for label, t in (("raw floor", r.floor), ("operator", r.operator)):
                         if t is not None:
-                            meta.append(f"N={r.n:,} {label}: {t.requests / r.n:.1f} API requests per agent "
-                                        f"({t.agd_requests / r.n:.1f} on AgentDeployments); CPU-seconds: "
-                                        + ", ".join(f"{k} {v:.0f}" for k, v in t.cpu.items()))
+                            meta.append(
+                                f"N={r.n:,} {label}: {t.requests / r.n:.1f} API requests per agent "
+                                f"({t.agd_requests / r.n:.1f} on AgentDeployments); CPU-seconds: "
+                                + ", ".join(f"{k} {v:.0f}" for k, v in t.cpu.items())
+                            )
                     if r.floor_trials:
-                        meta.append(f"N={r.n:,} raw floor by concurrency: " + ", ".join(
-                            f"c={c}: {t.seconds:.1f} s" for c, t in sorted(r.floor_trials.items())))
+                        meta.append(
+                            f"N={r.n:,} raw floor by concurrency: "
+                            + ", ".join(f"c={c}: {t.seconds:.1f} s" for c, t in sorted(r.floor_trials.items()))
+                        )
             if "breach" in args.only:
                 t0 = time.monotonic()
                 b = breach.run(cluster, work, fleet=args.breach_fleet, rounds=args.breach_rounds)
@@ -125,9 +142,11 @@ def main(argv: list[str]) -> int:
             cluster.down(quiet=True)
     total = time.monotonic() - started
     mode = "quick" if args.quick else "full"
-    meta.append(f"mode: {mode}; reconcile N = {', '.join(f'{n:,}' for n in args.sizes)}; "
-                f"breach fleet {args.breach_fleet:,} ({args.breach_rounds} rounds); took {total / 60:.1f} min "
-                f"({'; '.join(timings)})")
+    meta.append(
+        f"mode: {mode}; reconcile N = {', '.join(f'{n:,}' for n in args.sizes)}; "
+        f"breach fleet {args.breach_fleet:,} ({args.breach_rounds} rounds); took {total / 60:.1f} min "
+        f"({'; '.join(timings)})"
+    )
     info = machine()
     print()
     print(table.text(rows))

@@ -59,8 +59,9 @@ async def create_all(kube: RawKube, bodies: list[dict[str, object]], concurrency
     async def one(body: dict[str, object]) -> None:
         ns = body["metadata"]["namespace"]  # type: ignore[index]
         async with sem:
-            await kube.call("POST", f"/apis/agentfleet.dev/v1alpha1/namespaces/{ns}/agentdeployments",
-                            json.dumps(body).encode())
+            await kube.call(
+                "POST", f"/apis/agentfleet.dev/v1alpha1/namespaces/{ns}/agentdeployments", json.dumps(body).encode()
+            )
 
     await asyncio.gather(*(one(b) for b in bodies))
 
@@ -69,17 +70,23 @@ async def wait_reconciled(kube: RawKube, namespace: str, n: int, within: float) 
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         items = (await kube.call("GET", f"/apis/agentfleet.dev/v1alpha1/namespaces/{namespace}/agentdeployments"))[
-            "items"]
-        done = [o for o in items if (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
-                and (o.get("status") or {}).get("currentRevision")]
+            "items"
+        ]
+        done = [
+            o
+            for o in items
+            if (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
+            and (o.get("status") or {}).get("currentRevision")
+        ]
         if len(done) >= n:
             return
         await asyncio.sleep(2)
     raise RuntimeError(f"{namespace}: agents not reconciled within {within:.0f}s")
 
 
-async def one_round(cluster: Cluster, kube: RawKube, names: list[str], llm_url: str, within: float
-                    ) -> tuple[dict[str, float], dict[str, float], float]:
+async def one_round(
+    cluster: Cluster, kube: RawKube, names: list[str], llm_url: str, within: float
+) -> tuple[dict[str, float], dict[str, float], float]:
     """Create the misbehaving agents; return when each breach became visible and was acted on."""
     visible: dict[str, float] = {}
     acted: dict[str, float] = {}
@@ -91,12 +98,18 @@ async def one_round(cluster: Cluster, kube: RawKube, names: list[str], llm_url: 
         async for ev in kube.watch(path, listing["metadata"]["resourceVersion"], stop):
             obj = ev["object"]
             name = obj["metadata"]["name"]
-            if name in names and name not in acted and ev["type"] != "DELETED" and \
-                    (obj.get("spec") or {}).get("replicas") == 0:
+            if (
+                name in names
+                and name not in acted
+                and ev["type"] != "DELETED"
+                and (obj.get("spec") or {}).get("replicas") == 0
+            ):
                 acted[name] = time.perf_counter()
 
-    query = (f'sum by (namespace, agent, revision) (increase(agentfleet_loop_detections_total'
-             f'{{namespace="{LOOP}"}}[30s])) > 0')
+    query = (
+        f"sum by (namespace, agent, revision) (increase(agentfleet_loop_detections_total"
+        f'{{namespace="{LOOP}"}}[30s])) > 0'
+    )
 
     async def poll_prometheus() -> None:
         while not stop.is_set():
@@ -133,15 +146,19 @@ def run(cluster: Cluster, work: Path, fleet: int = 1000, misbehaving: int = 10, 
     result = BreachResult(fleet, misbehaving, rounds)
     cluster.up()
     llm = FakeLLMProcess.start(work / "fake-llm.log")
-    op = Operator(cluster.kubeconfig, work / "operator-breach.log", [
-        f"--prometheus-url={cluster.prometheus_url}", f"--evaluation-interval={INTERVAL}", "--rate-window=30s"])
+    op = Operator(
+        cluster.kubeconfig,
+        work / "operator-breach.log",
+        [f"--prometheus-url={cluster.prometheus_url}", f"--evaluation-interval={INTERVAL}", "--rate-window=30s"],
+    )
     exporter = None
     dp: DataplaneProcess | None = None
     try:
         for ns in (IDLE, LOOP):
             kube_create_namespace(cluster, ns)
-        dp = DataplaneProcess.start(cluster.kubeconfig, cluster.targets_dir, work / "dataplane", [LOOP],
-                                    "--llm-url", llm.url)
+        dp = DataplaneProcess.start(
+            cluster.kubeconfig, cluster.targets_dir, work / "dataplane", [LOOP], "--llm-url", llm.url
+        )
         op.start()
         idle = fleet - misbehaving
         say(f"breach: creating {idle} quiet agents")
@@ -178,18 +195,26 @@ def run(cluster: Cluster, work: Path, fleet: int = 1000, misbehaving: int = 10, 
                 result.notes.append(f"round {r}: acted before our poll saw the breach: {early}")
             result.latencies += lat
             result.detect += [visible[n] - t0 for n in names if n in visible]
-            say(f"  round {r}: breach-to-action p50 {pct(lat, 0.5):.2f}s max {max(lat, default=float('nan')):.2f}s "
-                f"({len(lat)} agents)")
+            say(
+                f"  round {r}: breach-to-action p50 {pct(lat, 0.5):.2f}s max {max(lat, default=float('nan')):.2f}s "
+                f"({len(lat)} agents)"
+            )
             cluster.kubectl("delete", "agd", "-n", LOOP, *names, "--wait=false")
             wait_until(lambda: not dp.pods(namespace=LOOP), 120, "the round's guards to stop")  # type: ignore[union-attr]
         m1 = op.metrics()
-        cycles = m1["agentfleet_operator_evaluation_cycle_seconds_count"] - \
-            m0["agentfleet_operator_evaluation_cycle_seconds_count"]
+        cycles = (
+            m1["agentfleet_operator_evaluation_cycle_seconds_count"]
+            - m0["agentfleet_operator_evaluation_cycle_seconds_count"]
+        )
         if cycles:
-            result.cycle_seconds = (m1["agentfleet_operator_evaluation_cycle_seconds_sum"]
-                                    - m0["agentfleet_operator_evaluation_cycle_seconds_sum"]) / cycles
-        say(f"breach: p50 {result.p50:.2f}s p99 {result.p99:.2f}s over {len(result.latencies)} agents; "
-            f"operator CPU so far {cpu_seconds(op.pid):.0f}s")
+            result.cycle_seconds = (
+                m1["agentfleet_operator_evaluation_cycle_seconds_sum"]
+                - m0["agentfleet_operator_evaluation_cycle_seconds_sum"]
+            ) / cycles
+        say(
+            f"breach: p50 {result.p50:.2f}s p99 {result.p99:.2f}s over {len(result.latencies)} agents; "
+            f"operator CPU so far {cpu_seconds(op.pid):.0f}s"
+        )
     finally:
         op.stop()
         if dp is not None:

@@ -104,8 +104,9 @@ class Cluster:
         self.up_seconds = 0.0
 
     def _cluster(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([str(HACK / "cluster"), *args], env=self.env, capture_output=True, text=True,
-                             check=False, timeout=600)
+        res = subprocess.run(
+            [str(HACK / "cluster"), *args], env=self.env, capture_output=True, text=True, check=False, timeout=600
+        )
         if check and res.returncode != 0:
             raise RuntimeError(f"hack/cluster {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
         return res
@@ -136,15 +137,36 @@ class Cluster:
         t0 = time.monotonic()
         self._cluster("up")
         self.up_seconds = time.monotonic() - t0
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"),
-                     "-f", str(ROOT / "crds" / "admission"))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/agentdeployments.agentfleet.dev", "crd/agentpolicies.agentfleet.dev")
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(ROOT / "crds"),
+            "-f",
+            str(ROOT / "crds" / "admission"),
+        )
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/agentdeployments.agentfleet.dev",
+            "crd/agentpolicies.agentfleet.dev",
+        )
         # The admission policy's paramKind (AgentPolicy) must be resolvable before agents can be created.
-        probe = json.dumps({"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment",
-                            "metadata": {"name": "probe", "namespace": "default"},
-                            "spec": {"agent": {"image": "x", "model": {"name": "m", "endpoint": "http://10.0.0.1/v1",
-                                                                         "apiKeySecretRef": {"name": "k"}}}}})
+        probe = json.dumps(
+            {
+                "apiVersion": "agentfleet.dev/v1alpha1",
+                "kind": "AgentDeployment",
+                "metadata": {"name": "probe", "namespace": "default"},
+                "spec": {
+                    "agent": {
+                        "image": "x",
+                        "model": {"name": "m", "endpoint": "http://10.0.0.1/v1", "apiKeySecretRef": {"name": "k"}},
+                    }
+                },
+            }
+        )
 
         def admits() -> bool:
             try:
@@ -163,8 +185,14 @@ class Cluster:
             say(f"hack/cluster down: {res.stdout.strip()} {res.stderr.strip()}")
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        res = subprocess.run([self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args], input=input,
-                             capture_output=True, text=True, timeout=300, check=False)
+        res = subprocess.run(
+            [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {res.stderr.strip()}")
         return res.stdout
@@ -197,11 +225,20 @@ class Operator:
         health = free_port()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*self.command, "operator", f"--metrics-port={self.metrics_port}",
-                 "--metrics-address=127.0.0.1", f"--liveness=http://127.0.0.1:{health}/healthz",
-                 f"--guard-image={GUARD_IMAGE}", *self.extra],
-                env={**os.environ, "KUBECONFIG": self.kubeconfig}, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=ROOT,
+                [
+                    *self.command,
+                    "operator",
+                    f"--metrics-port={self.metrics_port}",
+                    "--metrics-address=127.0.0.1",
+                    f"--liveness=http://127.0.0.1:{health}/healthz",
+                    f"--guard-image={GUARD_IMAGE}",
+                    *self.extra,
+                ],
+                env={**os.environ, "KUBECONFIG": self.kubeconfig},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
             )
         wait_until(lambda: self._healthy(health), 60, "the operator's liveness endpoint")
 
@@ -260,18 +297,29 @@ class RawKube:
         self.server, ctx = _kubeconfig_ssl(kubeconfig)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ctx, limit=limit),
-            timeout=aiohttp.ClientTimeout(total=120, sock_read=None))
+            timeout=aiohttp.ClientTimeout(total=120, sock_read=None),
+        )
 
     async def close(self) -> None:
         await self.session.close()
 
-    async def call(self, method: str, path: str, body: bytes | None = None,
-                   content_type: str = "application/json", params: dict[str, str] | None = None,
-                   ok404: bool = False) -> dict[str, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+        ok404: bool = False,
+    ) -> dict[str, Any]:
         for attempt in range(10):  # 429/5xx/conflict from an overloaded server: back off briefly
-            async with self.session.request(method, self.server + path, data=body, params=params,
-                                            headers={"Content-Type": content_type,
-                                                     "Accept": "application/json"}) as resp:
+            async with self.session.request(
+                method,
+                self.server + path,
+                data=body,
+                params=params,
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+            ) as resp:
                 data = await resp.read()
                 if resp.status < 300:
                     return dict(json.loads(data)) if data else {}
@@ -317,10 +365,22 @@ def pods_left(pids: list[int]) -> list[int]:
 
 def machine() -> dict[str, str]:
     """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
-    mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal:")), 0)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    mem = next(
+        (
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        0,
+    )
     versions = {}
     for raw in (HACK / "versions.env").read_text().splitlines():
         if "=" in raw and not raw.startswith("#"):
@@ -348,7 +408,6 @@ def machine() -> dict[str, str]:
     }
 
 
-
 async def apiserver_requests(kube: RawKube) -> dict[tuple[str, str, str, str], float]:
     """apiserver_request_total by (verb, resource, subresource, code): what a run cost the API server."""
     async with kube.session.get(kube.server + "/metrics") as resp:
@@ -358,7 +417,7 @@ async def apiserver_requests(kube: RawKube) -> dict[tuple[str, str, str, str], f
         if not line.startswith("apiserver_request_total{"):
             continue
         labels_part, _, value = line.rpartition(" ")
-        labels = dict(kv.split("=", 1) for kv in labels_part[len("apiserver_request_total{"):-1].split(","))
+        labels = dict(kv.split("=", 1) for kv in labels_part[len("apiserver_request_total{") : -1].split(","))
         key = tuple(labels.get(k, '""').strip('"') for k in ("verb", "resource", "subresource", "code"))
         out[key] = out.get(key, 0.0) + float(value)  # type: ignore[index]
     return out  # type: ignore[return-value]

@@ -30,8 +30,14 @@ sys.path.insert(0, str(ROOT))
 from tests.integration.test_reconcile import agent as base_agent  # noqa: E402
 
 GUARDRAILS = [
-    {"name": "stop-loops", "metric": "loopDetections", "threshold": "0", "for": "0s", "action": "Suspend",
-     "cooldown": "10m"},
+    {
+        "name": "stop-loops",
+        "metric": "loopDetections",
+        "threshold": "0",
+        "for": "0s",
+        "action": "Suspend",
+        "cooldown": "10m",
+    },
     {"name": "errors", "metric": "errorRate", "threshold": "0.5", "for": "30s", "action": "Rollback"},
     {"name": "tokens", "metric": "tokenRate", "threshold": "100000", "for": "1m", "action": "Suspend"},
     {"name": "cost", "metric": "costPerTask", "threshold": "5", "action": "Alert"},
@@ -39,12 +45,18 @@ GUARDRAILS = [
 ]
 
 
-def manifest(name: str, namespace: str, prompt: str = "You are helpful.", endpoint: str | None = None,
-             replicas: int = 1) -> dict[str, Any]:
-    body = base_agent(name, namespace, replicas=replicas, guardrails=copy.deepcopy(GUARDRAILS),
-                      budgets={"tokensPerHour": 100_000_000, "costPerDay": "1000"},
-                      # a one-off promotion of 5,000 revisions is not "idle"; keep it out of the window
-                      analysis={"stabilizationWindow": "1h"})
+def manifest(
+    name: str, namespace: str, prompt: str = "You are helpful.", endpoint: str | None = None, replicas: int = 1
+) -> dict[str, Any]:
+    body = base_agent(
+        name,
+        namespace,
+        replicas=replicas,
+        guardrails=copy.deepcopy(GUARDRAILS),
+        budgets={"tokensPerHour": 100_000_000, "costPerDay": "1000"},
+        # a one-off promotion of 5,000 revisions is not "idle"; keep it out of the window
+        analysis={"stabilizationWindow": "1h"},
+    )
     body["spec"]["agent"]["systemPrompt"] = {"inline": prompt}
     if endpoint:
         body["spec"]["agent"]["model"]["endpoint"] = endpoint
@@ -62,10 +74,18 @@ BUCKETS = ("0.1", "0.5", "1", "5", "+Inf")
 
 def exposition(agents: list[tuple[str, str, str]]) -> bytes:
     """Prometheus text format for quiet, healthy guards (counters stay constant)."""
-    fams: dict[str, list[str]] = {k: [] for k in (
-        "agentfleet_requests_total", "agentfleet_tool_calls_total", "agentfleet_loop_detections_total",
-        "agentfleet_tokens_total", "agentfleet_cost_dollars_total", "agentfleet_tasks_total",
-        "agentfleet_request_duration_seconds_bucket")}
+    fams: dict[str, list[str]] = {
+        k: []
+        for k in (
+            "agentfleet_requests_total",
+            "agentfleet_tool_calls_total",
+            "agentfleet_loop_detections_total",
+            "agentfleet_tokens_total",
+            "agentfleet_cost_dollars_total",
+            "agentfleet_tasks_total",
+            "agentfleet_request_duration_seconds_bucket",
+        )
+    }
     for ns, name, rev in agents:
         lb = f'namespace="{ns}",agent="{name}",revision="{rev}",pod="{name}-0"'
         fams["agentfleet_requests_total"].append(f'agentfleet_requests_total{{{lb},outcome="ok"}} 120')
@@ -77,7 +97,8 @@ def exposition(agents: list[tuple[str, str, str]]) -> bytes:
         fams["agentfleet_tasks_total"].append(f'agentfleet_tasks_total{{{lb},outcome="completed"}} 40')
         for le, count in zip(BUCKETS, (80, 118, 120, 120, 120), strict=True):
             fams["agentfleet_request_duration_seconds_bucket"].append(
-                f'agentfleet_request_duration_seconds_bucket{{{lb},le="{le}"}} {count}')
+                f'agentfleet_request_duration_seconds_bucket{{{lb},le="{le}"}} {count}'
+            )
     lines = []
     for fam, samples in fams.items():
         base = fam.removesuffix("_bucket")

@@ -41,9 +41,16 @@ BODY = {
         {"role": "system", "content": "You are a support agent. Answer briefly and cite the ticket."},
         {"role": "user", "content": "Customer 4821 asks where their refund is; the order shipped on Monday."},
     ],
-    "tools": [{"type": "function", "function": {
-        "name": "search", "description": "search tickets",
-        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "search",
+                "description": "search tickets",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ],
 }
 
 
@@ -64,8 +71,9 @@ def ensure_litellm() -> Path | None:
 
 def litellm_version() -> str:
     try:
-        out = subprocess.run([str(BENCH_VENV / "bin" / "pip"), "show", "litellm"], capture_output=True, text=True,
-                             check=False).stdout
+        out = subprocess.run(
+            [str(BENCH_VENV / "bin" / "pip"), "show", "litellm"], capture_output=True, text=True, check=False
+        ).stdout
         return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Version:")), "?")
     except OSError:
         return "?"
@@ -148,8 +156,12 @@ def ttft(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> C
         async with session.post(url + "/v1/chat/completions", data=payload, headers=headers) as r:
             async for line in r.content:
                 compact = line.replace(b" ", b"")
-                if not first and line.startswith(b"data: ") and b'"content":"' in compact \
-                        and b'"content":""' not in compact:
+                if (
+                    not first
+                    and line.startswith(b"data: ")
+                    and b'"content":"' in compact
+                    and b'"content":""' not in compact
+                ):
                     first = time.perf_counter() - t0
             if r.status != 200 or not first:
                 raise RuntimeError(f"stream from {url} failed (HTTP {r.status})")
@@ -173,9 +185,13 @@ class Scenario:
     runs: dict[str, Run]
 
 
-async def compare(n: int, concurrency: int, targets: list[Target],
-                  make: Callable[[aiohttp.ClientSession, str, dict[str, str]], Callable[[], Awaitable[float]]],
-                  rounds: int = 4) -> dict[str, Run]:
+async def compare(
+    n: int,
+    concurrency: int,
+    targets: list[Target],
+    make: Callable[[aiohttp.ClientSession, str, dict[str, str]], Callable[[], Awaitable[float]]],
+    rounds: int = 4,
+) -> dict[str, Run]:
     runs = {t.name: Run() for t in targets}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         for t in targets:  # warm-up
@@ -189,11 +205,15 @@ async def compare(n: int, concurrency: int, targets: list[Target],
     return runs
 
 
-def start(cmd: list[str], ready: Callable[[str], str | None], log: Path, env: dict[str, str] | None = None,
-          timeout: float = 120) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    cmd: list[str],
+    ready: Callable[[str], str | None],
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> tuple[subprocess.Popen[bytes], str]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in log.read_text(errors="replace").splitlines():
@@ -231,63 +251,143 @@ class GuardResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run(work: Path, requests: int, concurrencies: list[int], stream_concurrencies: list[int],
-        with_litellm: bool = True) -> GuardResult:
+def run(
+    work: Path, requests: int, concurrencies: list[int], stream_concurrencies: list[int], with_litellm: bool = True
+) -> GuardResult:
     result = GuardResult(requests=requests)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            fake, line = start([sys.executable, "tests/support/fake_llm.py", "--port", "0"],
-                               lambda s: s.rsplit(" ", 1)[1].strip() if "listening on" in s else None,
-                               work / "guard-fake.log")
+            fake, line = start(
+                [sys.executable, "tests/support/fake_llm.py", "--port", "0"],
+                lambda s: s.rsplit(" ", 1)[1].strip() if "listening on" in s else None,
+                work / "guard-fake.log",
+            )
             procs.append(fake)
             fake_url = line
-            guard, guard_url = start([
-                str(ROOT / ".venv" / "bin" / "agentfleet"), "guard", "--upstream", fake_url + "/v1", "--port", "0",
-                "--no-audit-stdout", "--audit-file", f"{tmp}/audit.jsonl", "--tokens-per-hour", str(10**12),
-                "--cost-per-day", "1000000", "--price-input", "0.15", "--price-output", "0.60",
-                "--max-concurrent-tasks", "100000", "--tool", "search",
-            ], lambda s: json.loads(s).get("url") if '"event": "listening"' in s else None, work / "guard.log")
+            guard, guard_url = start(
+                [
+                    str(ROOT / ".venv" / "bin" / "agentfleet"),
+                    "guard",
+                    "--upstream",
+                    fake_url + "/v1",
+                    "--port",
+                    "0",
+                    "--no-audit-stdout",
+                    "--audit-file",
+                    f"{tmp}/audit.jsonl",
+                    "--tokens-per-hour",
+                    str(10**12),
+                    "--cost-per-day",
+                    "1000000",
+                    "--price-input",
+                    "0.15",
+                    "--price-output",
+                    "0.60",
+                    "--max-concurrent-tasks",
+                    "100000",
+                    "--tool",
+                    "search",
+                ],
+                lambda s: json.loads(s).get("url") if '"event": "listening"' in s else None,
+                work / "guard.log",
+            )
             procs.append(guard)
-            targets = [Target("direct", fake_url, fake.pid, {"Content-Type": "application/json"}),
-                       Target("guard", guard_url, guard.pid, {"Content-Type": "application/json"})]
+            targets = [
+                Target("direct", fake_url, fake.pid, {"Content-Type": "application/json"}),
+                Target("guard", guard_url, guard.pid, {"Content-Type": "application/json"}),
+            ]
             exe = ensure_litellm() if with_litellm else None
             if exe is not None:
                 result.litellm = litellm_version()
                 port = free_port()
                 cfg = Path(tmp) / "litellm.yaml"
                 master_key = "sk-bench-" + os.urandom(16).hex()  # it refuses to start without one
-                cfg.write_text(json.dumps({
-                    "model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
-                        "model": "openai/gpt-4o-mini", "api_base": fake_url + "/v1", "api_key": "sk-fake",
-                        "rpm": 100_000_000, "tpm": 10**12}}],
-                    "router_settings": {"routing_strategy": "usage-based-routing-v2"},
-                    "litellm_settings": {"max_budget": 1_000_000, "budget_duration": "1d", "telemetry": False,
-                                         "drop_params": True},
-                    "general_settings": {"master_key": master_key},
-                }))
-                env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
-                       "LITELLM_TELEMETRY": "False", "NO_PROXY": "*", "HTTP_PROXY": "", "HTTPS_PROXY": ""}
+                cfg.write_text(
+                    json.dumps(
+                        {
+                            "model_list": [
+                                {
+                                    "model_name": "gpt-4o-mini",
+                                    "litellm_params": {
+                                        "model": "openai/gpt-4o-mini",
+                                        "api_base": fake_url + "/v1",
+                                        "api_key": "sk-fake",
+                                        "rpm": 100_000_000,
+                                        "tpm": 10**12,
+                                    },
+                                }
+                            ],
+                            "router_settings": {"routing_strategy": "usage-based-routing-v2"},
+                            "litellm_settings": {
+                                "max_budget": 1_000_000,
+                                "budget_duration": "1d",
+                                "telemetry": False,
+                                "drop_params": True,
+                            },
+                            "general_settings": {"master_key": master_key},
+                        }
+                    )
+                )
+                env = {
+                    **os.environ,
+                    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "LITELLM_LOG": "ERROR",
+                    "LITELLM_TELEMETRY": "False",
+                    "NO_PROXY": "*",
+                    "HTTP_PROXY": "",
+                    "HTTPS_PROXY": "",
+                }
                 with (work / "litellm.log").open("wb") as out:
-                    lite = subprocess.Popen([str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port",
-                                             str(port), "--num_workers", "1"], cwd=tmp, env=env, stdout=out,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                    lite = subprocess.Popen(
+                        [
+                            str(exe),
+                            "--config",
+                            str(cfg),
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(port),
+                            "--num_workers",
+                            "1",
+                        ],
+                        cwd=tmp,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
                 procs.append(lite)
                 wait_http(f"http://127.0.0.1:{port}/health/liveliness", lite, timeout=180)
-                targets.append(Target("litellm", f"http://127.0.0.1:{port}", lite.pid,
-                                      {"Content-Type": "application/json", "Authorization": f"Bearer {master_key}"}))
+                targets.append(
+                    Target(
+                        "litellm",
+                        f"http://127.0.0.1:{port}",
+                        lite.pid,
+                        {"Content-Type": "application/json", "Authorization": f"Bearer {master_key}"},
+                    )
+                )
             for c in concurrencies:
                 runs = asyncio.run(compare(requests, c, targets, chat))
                 result.scenarios.append(Scenario("chat", c, runs))
-                say(f"  chat c={c}: " + ", ".join(
-                    f"{k} p50 {pct(r.latencies, .5) * 1000:.2f} p99 {pct(r.latencies, .99) * 1000:.2f} ms "
-                    f"{r.per_core:.0f} req/s/core" for k, r in runs.items()))
+                say(
+                    f"  chat c={c}: "
+                    + ", ".join(
+                        f"{k} p50 {pct(r.latencies, 0.5) * 1000:.2f} p99 {pct(r.latencies, 0.99) * 1000:.2f} ms "
+                        f"{r.per_core:.0f} req/s/core"
+                        for k, r in runs.items()
+                    )
+                )
             for c in stream_concurrencies:
                 runs = asyncio.run(compare(max(200, requests // 2), c, targets, ttft))
                 result.scenarios.append(Scenario("ttft", c, runs))
-                say(f"  TTFT c={c}: " + ", ".join(
-                    f"{k} p50 {pct(r.latencies, .5) * 1000:.2f} p99 {pct(r.latencies, .99) * 1000:.2f} ms"
-                    for k, r in runs.items()))
+                say(
+                    f"  TTFT c={c}: "
+                    + ", ".join(
+                        f"{k} p50 {pct(r.latencies, 0.5) * 1000:.2f} p99 {pct(r.latencies, 0.99) * 1000:.2f} ms"
+                        for k, r in runs.items()
+                    )
+                )
         finally:
             for proc in procs:
                 proc.terminate()

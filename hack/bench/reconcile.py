@@ -113,11 +113,17 @@ def floor_status(body: dict[str, Any], revision: str) -> dict[str, Any]:
     ):
         conditions = cond.set_condition(conditions, type_, ok, reason, msg, gen, now)
     name = body["metadata"]["name"]
-    return {"status": {
-        "observedGeneration": gen, "currentRevision": revision, "revisionStartedAt": now, "phase": "Running",
-        "selector": ",".join(f"{k}={v}" for k, v in sorted(selector(name).items())),
-        "conditions": sorted(conditions, key=lambda c: str(c["type"])),
-    }, "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}}
+    return {
+        "status": {
+            "observedGeneration": gen,
+            "currentRevision": revision,
+            "revisionStartedAt": now,
+            "phase": "Running",
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(selector(name).items())),
+            "conditions": sorted(conditions, key=lambda c: str(c["type"])),
+        },
+        "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+    }
 
 
 async def floor_one(kube: RawKube, sem: asyncio.Semaphore, body: dict[str, Any]) -> None:
@@ -130,12 +136,24 @@ async def floor_one(kube: RawKube, sem: asyncio.Semaphore, body: dict[str, Any])
     rendered = render(agent, SETTINGS)
     objs = [*rendered.objects, render_controller_revision(agent, rendered, 1)]
     params = {"fieldManager": "agentfleet", "force": "true"}
-    await asyncio.gather(*(
-        call("PATCH", PLURALS[o["kind"]].format(ns=NS) + "/" + o["metadata"]["name"],
-             apply_patch_body(o).encode(), "application/apply-patch+yaml; charset=utf-8", params)
-        for o in objs))
-    await call("PATCH", f"{AGD_PATH}/{agent.metadata.name}/status",
-               json.dumps(floor_status(created, rendered.revision)).encode(), "application/merge-patch+json")
+    await asyncio.gather(
+        *(
+            call(
+                "PATCH",
+                PLURALS[o["kind"]].format(ns=NS) + "/" + o["metadata"]["name"],
+                apply_patch_body(o).encode(),
+                "application/apply-patch+yaml; charset=utf-8",
+                params,
+            )
+            for o in objs
+        )
+    )
+    await call(
+        "PATCH",
+        f"{AGD_PATH}/{agent.metadata.name}/status",
+        json.dumps(floor_status(created, rendered.revision)).encode(),
+        "application/merge-patch+json",
+    )
 
 
 async def create_only(kube: RawKube, sem: asyncio.Semaphore, body: dict[str, Any]) -> None:
@@ -181,8 +199,9 @@ class Watcher:
 async def count_children(kube: RawKube, n: int) -> dict[str, int]:
     out = {}
     for kind in ("ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "Deployment", "ControllerRevision"):
-        listing = await kube.call("GET", PLURALS[kind].format(ns=NS),
-                                  params={"labelSelector": "app.kubernetes.io/managed-by=agentfleet"})
+        listing = await kube.call(
+            "GET", PLURALS[kind].format(ns=NS), params={"labelSelector": "app.kubernetes.io/managed-by=agentfleet"}
+        )
         out[kind] = len(listing.get("items", []))
     return out
 
@@ -194,8 +213,9 @@ def component_pids(cluster: Cluster) -> dict[str, int]:
     return out
 
 
-async def timed_creation(cluster: Cluster, n: int, concurrency: int, floor: bool, within: float,
-                         operator_pid: int | None = None) -> Timed:
+async def timed_creation(
+    cluster: Cluster, n: int, concurrency: int, floor: bool, within: float, operator_pid: int | None = None
+) -> Timed:
     """From the first create to the last agent reconciled (and every child present)."""
     kube = RawKube(cluster.kubeconfig, limit=max(concurrency, 8))
     watcher = Watcher(kube, n)
@@ -232,22 +252,28 @@ async def timed_creation(cluster: Cluster, n: int, concurrency: int, floor: bool
         cpu["bench client"] = me1.user + me1.system - me0.user - me0.system
         cpu["other (not this benchmark)"] = max(0.0, busy1 - busy0 - sum(cpu.values()))
         delta = {k: v - req0.get(k, 0.0) for k, v in req1.items()}
-        return Timed(t_end - t0, cpu, sum(delta.values()),
-                     sum(v for k, v in delta.items() if k[1] == "agentdeployments"))
+        return Timed(
+            t_end - t0, cpu, sum(delta.values()), sum(v for k, v in delta.items() if k[1] == "agentdeployments")
+        )
     finally:
         await watcher.close()
         await kube.close()
 
 
-def start_exporter(cluster: Cluster, agents: list[tuple[str, str, str]], work: Path,
-                   tag: str) -> subprocess.Popen[bytes]:
+def start_exporter(
+    cluster: Cluster, agents: list[tuple[str, str, str]], work: Path, tag: str
+) -> subprocess.Popen[bytes]:
     """The synthetic exporter for ``agents`` [(namespace, name, revision)], registered with Prometheus."""
     agents_file = work / f"exporter-{tag}.json"
     agents_file.write_text(json.dumps(agents))
     port = free_port()
     with (work / f"exporter-{tag}.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "hack.bench.fleet", "--agents", str(agents_file),
-                                 "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hack.bench.fleet", "--agents", str(agents_file), "--port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     target = cluster.targets_dir / f"bench-exporter-{tag}.json"
     target.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {}}]))
 
@@ -263,9 +289,18 @@ def start_exporter(cluster: Cluster, agents: list[tuple[str, str, str]], work: P
 def kube_create_namespace(cluster: Cluster, namespace: str = NS) -> None:
     cluster.kubectl("create", "namespace", namespace)
     # the controller-manager makes the default ServiceAccount; Deployments' pods need it
-    wait_until(lambda: subprocess.run([cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "sa",
-                                       "default", "-n", namespace], capture_output=True, check=False).returncode == 0,
-               30, "the default ServiceAccount")
+    wait_until(
+        lambda: (
+            subprocess.run(
+                [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "sa", "default", "-n", namespace],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        ),
+        30,
+        "the default ServiceAccount",
+    )
 
 
 def run_floor(cluster: Cluster, n: int, concurrencies: list[int], result: ReconcileResult) -> None:
@@ -274,8 +309,10 @@ def run_floor(cluster: Cluster, n: int, concurrencies: list[int], result: Reconc
         kube_create_namespace(cluster)
         timed = asyncio.run(timed_creation(cluster, n, c, floor=True, within=max(120, n * 0.5)))
         result.floor_trials[c] = timed
-        say(f"  floor N={n} concurrency={c}: {timed.seconds:.2f}s ({n / timed.seconds:.0f} agents/s); "
-            f"{timed.requests / n:.1f} API requests/agent; CPU s: {fmt_cpu(timed.cpu)}")
+        say(
+            f"  floor N={n} concurrency={c}: {timed.seconds:.2f}s ({n / timed.seconds:.0f} agents/s); "
+            f"{timed.requests / n:.1f} API requests/agent; CPU s: {fmt_cpu(timed.cpu)}"
+        )
     best = min(result.floor_trials, key=lambda k: result.floor_trials[k].seconds)
     result.floor_concurrency, result.floor = best, result.floor_trials[best]
 
@@ -309,16 +346,30 @@ def cycle_boundary(op: Operator, within: float = 30.0) -> dict[str, float]:
     return op.metrics()
 
 
-def run_operator(cluster: Cluster, n: int, concurrency: int, work: Path, result: ReconcileResult,
-                 idle_window: float, operator_args: list[str], operator_source: str | None = None) -> None:
+def run_operator(
+    cluster: Cluster,
+    n: int,
+    concurrency: int,
+    work: Path,
+    result: ReconcileResult,
+    idle_window: float,
+    operator_args: list[str],
+    operator_source: str | None = None,
+) -> None:
     cluster.up()
     exporter: subprocess.Popen[bytes] | None = None
-    op = Operator(cluster.kubeconfig, work / f"operator-{n}.log", [
-        f"--prometheus-url={cluster.prometheus_url}", "--evaluation-interval=5", "--rate-window=30s",
-        *operator_args])
+    op = Operator(
+        cluster.kubeconfig,
+        work / f"operator-{n}.log",
+        [f"--prometheus-url={cluster.prometheus_url}", "--evaluation-interval=5", "--rate-window=30s", *operator_args],
+    )
     if operator_source:  # A/B: the same harness, the operator's code from another tree
-        op.command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {operator_source!r}); "
-                      "from agentfleet.cli.main import main; sys.exit(main())"]
+        op.command = [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {operator_source!r}); "
+            "from agentfleet.cli.main import main; sys.exit(main())",
+        ]
     try:
         kube_create_namespace(cluster)
         op.start()
@@ -327,12 +378,15 @@ def run_operator(cluster: Cluster, n: int, concurrency: int, work: Path, result:
         time.sleep(10)
         result.idle_cpu_start = (cpu_seconds(op.pid) - c0) / (time.monotonic() - t0)
         result.rss_start_mb = rss_mb(op.pid)
-        timed = asyncio.run(timed_creation(cluster, n, concurrency, floor=False, within=max(180, n * 1.0),
-                                           operator_pid=op.pid))
+        timed = asyncio.run(
+            timed_creation(cluster, n, concurrency, floor=False, within=max(180, n * 1.0), operator_pid=op.pid)
+        )
         result.operator = timed
-        say(f"  operator N={n}: {timed.seconds:.2f}s ({n / timed.seconds:.0f} agents/s); "
+        say(
+            f"  operator N={n}: {timed.seconds:.2f}s ({n / timed.seconds:.0f} agents/s); "
             f"{timed.requests / n:.1f} API requests/agent ({timed.agd_requests / n:.1f} on AgentDeployments); "
-            f"CPU s: {fmt_cpu(timed.cpu)}")
+            f"CPU s: {fmt_cpu(timed.cpu)}"
+        )
         # New agents have no metrics yet; from now on, the synthetic guards' series are scraped.
         rev = revision_of(manifest("x", NS))
         exporter = start_exporter(cluster, [(NS, name, rev) for name in names(n)], work, f"reconcile-{n}")
@@ -347,23 +401,30 @@ def run_operator(cluster: Cluster, n: int, concurrency: int, work: Path, result:
         time.sleep(idle_window)
         m1 = cycle_boundary(op)
         c1, t1 = cpu_seconds(op.pid), time.monotonic()
-        cycles = m1["agentfleet_operator_evaluation_cycle_seconds_count"] - \
-            m0["agentfleet_operator_evaluation_cycle_seconds_count"]
+        cycles = (
+            m1["agentfleet_operator_evaluation_cycle_seconds_count"]
+            - m0["agentfleet_operator_evaluation_cycle_seconds_count"]
+        )
         result.cycles = int(cycles)
         if cycles:
-            result.queries_per_cycle = (m1["agentfleet_operator_prometheus_queries_total"]
-                                        - m0["agentfleet_operator_prometheus_queries_total"]) / cycles
-            result.cycle_seconds = (m1["agentfleet_operator_evaluation_cycle_seconds_sum"]
-                                    - m0["agentfleet_operator_evaluation_cycle_seconds_sum"]) / cycles
+            result.queries_per_cycle = (
+                m1["agentfleet_operator_prometheus_queries_total"] - m0["agentfleet_operator_prometheus_queries_total"]
+            ) / cycles
+            result.cycle_seconds = (
+                m1["agentfleet_operator_evaluation_cycle_seconds_sum"]
+                - m0["agentfleet_operator_evaluation_cycle_seconds_sum"]
+            ) / cycles
         result.idle_cpu = (c1 - c0) / (t1 - t0)
         result.idle_window = t1 - t0
         result.rss_mb = rss_mb(op.pid)
         evaluated = m1.get("agentfleet_operator_evaluated_agents", 0)
         if evaluated != n:
             result.notes.append(f"evaluator saw {evaluated:.0f} agents")
-        say(f"  N={n}: {result.queries_per_cycle:.1f} queries/cycle, {result.cycle_seconds * 1000:.0f} ms/cycle, "
+        say(
+            f"  N={n}: {result.queries_per_cycle:.1f} queries/cycle, {result.cycle_seconds * 1000:.0f} ms/cycle, "
             f"RSS {result.rss_mb:.0f} MB (start {result.rss_start_mb:.0f}), idle CPU {result.idle_cpu:.1%} "
-            f"(settled after {result.settle_seconds:.0f}s)")
+            f"(settled after {result.settle_seconds:.0f}s)"
+        )
     finally:
         op.stop()
         if exporter is not None:
@@ -371,9 +432,16 @@ def run_operator(cluster: Cluster, n: int, concurrency: int, work: Path, result:
             exporter.wait(timeout=10)
 
 
-def run(cluster: Cluster, sizes: list[int], work: Path, idle_window: float, floor_concurrencies: list[int],
-        operator_args: list[str], skip_floor: bool = False, operator_source: str | None = None
-        ) -> list[ReconcileResult]:
+def run(
+    cluster: Cluster,
+    sizes: list[int],
+    work: Path,
+    idle_window: float,
+    floor_concurrencies: list[int],
+    operator_args: list[str],
+    skip_floor: bool = False,
+    operator_source: str | None = None,
+) -> list[ReconcileResult]:
     """Floor concurrencies: all of them at the smallest N, the two best at the next, then the best."""
     results = []
     candidates = list(floor_concurrencies)
@@ -384,7 +452,8 @@ def run(cluster: Cluster, sizes: list[int], work: Path, idle_window: float, floo
             run_floor(cluster, n, candidates, res)
             ranked = sorted(res.floor_trials, key=lambda c: res.floor_trials[c].seconds)
             candidates = ranked[:2] if len(candidates) > 2 else ranked[:1]
-        run_operator(cluster, n, res.floor_concurrency or candidates[0], work, res, idle_window, operator_args,
-                     operator_source)
+        run_operator(
+            cluster, n, res.floor_concurrency or candidates[0], work, res, idle_window, operator_args, operator_source
+        )
         results.append(res)
     return results

@@ -47,11 +47,20 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="agentfleet operator", description=__doc__)
-    p.add_argument("-n", "--namespace", action="append", default=[],
-                   help="watch only these namespaces (repeatable); default: the whole cluster")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only these namespaces (repeatable); default: the whole cluster",
+    )
     p.add_argument("--guard-image", default=RenderSettings.guard_image, help="image of the guard sidecar")
-    p.add_argument("--upstream-cidr", action="append", default=[],
-                   help="egress CIDRs for hostname LLM endpoints (NetworkPolicy cannot match names)")
+    p.add_argument(
+        "--upstream-cidr",
+        action="append",
+        default=[],
+        help="egress CIDRs for hostname LLM endpoints (NetworkPolicy cannot match names)",
+    )
     p.add_argument("--metrics-port", type=int, default=8080, help="port for /metrics (0 disables)")
     p.add_argument("--metrics-address", default="0.0.0.0")
     p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL")
@@ -61,8 +70,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--evaluation-interval", type=float, default=5.0, help="seconds between fleet evaluations")
     p.add_argument("--rate-window", default="1m", help="PromQL range for rates and increases")
     p.add_argument("--query-timeout", type=float, default=5.0, help="seconds per PromQL query")
-    p.add_argument("--ready-coalesce", type=float, default=1.0, metavar="SECONDS",
-                   help="mirror a Deployment's readiness onto status at most this late, coalescing its bursts")
+    p.add_argument(
+        "--ready-coalesce",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="mirror a Deployment's readiness onto status at most this late, coalescing its bursts",
+    )
     p.add_argument("--audit-file", default="", help="also append the operator's audit trail to this file")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -86,7 +100,8 @@ def configure(args: argparse.Namespace) -> None:
         settings.networking.request_timeout = 30
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.agentfleet.dev")
         settings.persistence.diffbase_storage = LeanDiffBaseStorage(
-            prefix="kopf.agentfleet.dev", key="last-handled-configuration")
+            prefix="kopf.agentfleet.dev", key="last-handled-configuration"
+        )
         settings.persistence.finalizer = "agentfleet.dev/finalizer"
         memo.kube = await Kube.connect(concurrency=args.api_concurrency)
         memo.ready_mirror = ReadyMirror(memo.kube, delay=args.ready_coalesce)
@@ -108,16 +123,24 @@ def configure(args: argparse.Namespace) -> None:
         await memo.kube.close()
 
 
-def start_evaluator(args: argparse.Namespace, memo: kopf.Memo,
-                    indexes: dict[str, Any]) -> tuple[asyncio.Task[None], Prometheus, AuditLog]:
+def start_evaluator(
+    args: argparse.Namespace, memo: kopf.Memo, indexes: dict[str, Any]
+) -> tuple[asyncio.Task[None], Prometheus, AuditLog]:
     """One fleet-wide evaluation loop, reading the same in-memory indexes as the handlers."""
-    agent_index, policy_index, namespace_index = (indexes["agent_index"], indexes["policy_index"],
-                                                  indexes["namespace_index"])
+    agent_index, policy_index, namespace_index = (
+        indexes["agent_index"],
+        indexes["policy_index"],
+        indexes["namespace_index"],
+    )
 
     async def carry_out(body: dict[str, Any]) -> list[tuple[str, str, str]]:
         namespace = body["metadata"]["namespace"]
-        ctx = Context(kube=memo.kube, settings=memo.render_settings, policies=policies_of(policy_index),
-                      namespace_labels=labels_of(namespace_index, namespace))
+        ctx = Context(
+            kube=memo.kube,
+            settings=memo.render_settings,
+            policies=policies_of(policy_index),
+            namespace_labels=labels_of(namespace_index, namespace),
+        )
         return (await reconcile(ctx, body)).events
 
     def agents() -> list[dict[str, Any]]:
@@ -126,8 +149,12 @@ def start_evaluator(args: argparse.Namespace, memo: kopf.Memo,
     prom = Prometheus(args.prometheus_url, query_timeout=args.query_timeout)
     audit = AuditLog(AuditSink(stdout=True, file=args.audit_file or None), {"component": "agentfleet-operator"})
     audit.start()
-    evaluator = Evaluator(prom, Actor(memo.kube, carry_out, lambda: evaluator.memory, audit), agents,
-                          EvaluatorSettings(interval=args.evaluation_interval, rate_window=args.rate_window))
+    evaluator = Evaluator(
+        prom,
+        Actor(memo.kube, carry_out, lambda: evaluator.memory, audit),
+        agents,
+        EvaluatorSettings(interval=args.evaluation_interval, rate_window=args.rate_window),
+    )
     return asyncio.create_task(evaluator.run(), name="fleet-evaluator"), prom, audit
 
 
@@ -145,8 +172,12 @@ def main(argv: list[str]) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON)
     if not args.verbose:  # per-object "Handler succeeded" lines are noise at fleet scale
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    asyncio.run(kopf.operator(
-        clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
-        liveness_endpoint=args.liveness or None,
-    ))
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=True,
+            liveness_endpoint=args.liveness or None,
+        )
+    )
     return 0

@@ -28,8 +28,9 @@ def fake_llm(tmp_path: Path) -> Iterator[str]:
 def dataplane(kube: Kube, prometheus: Prometheus, namespace: str, tmp_path: Path) -> Iterator[DataplaneProcess]:
     """The simulator for this test's namespace; on teardown it must exit cleanly on SIGTERM,
     leaving no process and no target file behind (``DataplaneProcess.stop`` checks)."""
-    dp = DataplaneProcess.start(kube.kubeconfig, prometheus.targets_dir, tmp_path / "dataplane", [namespace],
-                                "--tasks-per-second", "2")
+    dp = DataplaneProcess.start(
+        kube.kubeconfig, prometheus.targets_dir, tmp_path / "dataplane", [namespace], "--tasks-per-second", "2"
+    )
     try:
         yield dp
     finally:

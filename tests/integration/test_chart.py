@@ -40,10 +40,17 @@ SA = FULLNAME
 K8S_VERSION = VERSIONS["KUBERNETES_VERSION"]
 PORT_BASE = "18400"
 DASHBOARD_METRICS = (
-    "agentfleet_requests_total", "agentfleet_tokens_total", "agentfleet_cost_dollars_total",
-    "agentfleet_tool_calls_total", "agentfleet_loop_detections_total", "agentfleet_budget_rejections_total",
-    "agentfleet_injection_suspicions_total", "agentfleet_request_duration_seconds_bucket",
-    "agentfleet_breaker_state", "agentfleet_operator_actions_total", "agentfleet_operator_agents",
+    "agentfleet_requests_total",
+    "agentfleet_tokens_total",
+    "agentfleet_cost_dollars_total",
+    "agentfleet_tool_calls_total",
+    "agentfleet_loop_detections_total",
+    "agentfleet_budget_rejections_total",
+    "agentfleet_injection_suspicions_total",
+    "agentfleet_request_duration_seconds_bucket",
+    "agentfleet_breaker_state",
+    "agentfleet_operator_actions_total",
+    "agentfleet_operator_agents",
 )
 # What a permission problem looks like in the operator's log: the API server's 403 (our client
 # and kopf's), and kopf's warnings when it may not list or watch something.
@@ -62,14 +69,19 @@ BINS = _bins()
 def helm_env() -> dict[str, str]:
     """Helm with its own (empty) config, cache and data directories, and no ambient KUBECONFIG."""
     home = Path(os.environ.get("AGENTFLEET_HELM_HOME", "/tmp/agentfleet-chart-test-helm"))
-    env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_DATA_HOME": str(home / "data")}
+    env = {
+        **os.environ,
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
     env.pop("KUBECONFIG", None)
     return env
 
 
-def helm(*args: str, kubeconfig: str | None = None, check: bool = True,
-         timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def helm(
+    *args: str, kubeconfig: str | None = None, check: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     cmd = [str(BINS["helm"]), *args] + ([f"--kubeconfig={kubeconfig}"] if kubeconfig else [])
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=helm_env())
     if check and res.returncode != 0:
@@ -123,17 +135,23 @@ def ensure_namespace(kube: Kube, name: str) -> None:
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
     run_dir = tmp_path_factory.mktemp("chart-cluster") / "run"
-    env = {**os.environ, "AGENTFLEET_PORT_BASE": PORT_BASE, "AGENTFLEET_RUN_DIR": str(run_dir),
-           "AGENTFLEET_NODES": "1"}
-    up = subprocess.run([str(HACK / "cluster"), "up", "--no-prometheus"], env=env, capture_output=True, text=True,
-                        timeout=240, check=False)
+    env = {**os.environ, "AGENTFLEET_PORT_BASE": PORT_BASE, "AGENTFLEET_RUN_DIR": str(run_dir), "AGENTFLEET_NODES": "1"}
+    up = subprocess.run(
+        [str(HACK / "cluster"), "up", "--no-prometheus"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     try:
         if up.returncode != 0:
             pytest.fail(f"private cluster for the chart tests did not start:\n{up.stdout}\n{up.stderr}", pytrace=False)
         yield Private(Kube(str(run_dir / "kubeconfig"), str(BINS["kubectl"])), env, run_dir)
     finally:
-        subprocess.run([str(HACK / "cluster"), "down"], env=env, capture_output=True, text=True, timeout=120,
-                       check=False)
+        subprocess.run(
+            [str(HACK / "cluster"), "down"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +159,13 @@ def installed(private: Private) -> Private:
     """The chart installed with its defaults, as a platform engineer would."""
     ensure_namespace(private.kube, RELEASE_NS)
     private.helm("install", RELEASE, str(CHART), "-n", RELEASE_NS, "--wait", "--timeout=120s")
-    private.kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         "crd/agentdeployments.agentfleet.dev", "crd/agentpolicies.agentfleet.dev")
+    private.kube.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/agentdeployments.agentfleet.dev",
+        "crd/agentpolicies.agentfleet.dev",
+    )
     return private
 
 
@@ -153,13 +176,26 @@ def sa_kubeconfig(installed: Private) -> str:
     admin = yaml.safe_load(Path(installed.kube.kubeconfig).read_text())
     cluster = admin["clusters"][0]["cluster"]
     path = installed.run_dir.parent / "operator-sa.kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "chart-sa",
-        "clusters": [{"name": "private", "cluster": {"server": cluster["server"],
-                                                     "certificate-authority": cluster["certificate-authority"]}}],
-        "users": [{"name": "chart-sa", "user": {"token": token}}],
-        "contexts": [{"name": "chart-sa", "context": {"cluster": "private", "user": "chart-sa"}}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "chart-sa",
+                "clusters": [
+                    {
+                        "name": "private",
+                        "cluster": {
+                            "server": cluster["server"],
+                            "certificate-authority": cluster["certificate-authority"],
+                        },
+                    }
+                ],
+                "users": [{"name": "chart-sa", "user": {"token": token}}],
+                "contexts": [{"name": "chart-sa", "context": {"cluster": "private", "user": "chart-sa"}}],
+            }
+        )
+    )
     path.chmod(0o600)
     who = Kube(str(path), str(BINS["kubectl"])).kubectl("auth", "whoami", "-o", "json").stdout
     assert json.loads(who)["status"]["userInfo"]["username"] == f"system:serviceaccount:{RELEASE_NS}:{SA}"
@@ -167,13 +203,17 @@ def sa_kubeconfig(installed: Private) -> str:
 
 
 @pytest.fixture(scope="module")
-def sa_operator(installed: Private, sa_kubeconfig: str,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def sa_operator(
+    installed: Private, sa_kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     """``agentfleet operator`` with only the chart's RBAC. Its fleet evaluator points at a port
     where nothing listens, so agents that fail closed on missing metrics get suspended by it."""
     log = tmp_path_factory.mktemp("chart-operator") / "operator.log"
-    op = OperatorProcess(sa_kubeconfig, log, extra=[
-        f"--prometheus-url=http://127.0.0.1:{free_port()}", "--evaluation-interval=1", "--query-timeout=1"])
+    op = OperatorProcess(
+        sa_kubeconfig,
+        log,
+        extra=[f"--prometheus-url=http://127.0.0.1:{free_port()}", "--evaluation-interval=1", "--query-timeout=1"],
+    )
     op.start()
     yield op
     op.stop()
@@ -202,8 +242,14 @@ def exists(kube: Kube, kind: str, name: str, namespace: str) -> bool:
     return kube.kubectl("get", kind, name, "-n", namespace, "-o", "name", check=False).returncode == 0
 
 
-def wait_reconciled(kube: Kube, namespace: str, name: str, op: OperatorProcess | None = None,
-                    skip: set[str] | None = None, timeout: float = 60) -> dict[str, Any]:
+def wait_reconciled(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    op: OperatorProcess | None = None,
+    skip: set[str] | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
     """test_reconcile's wait; with ``op``, a permission problem in its log fails at once."""
 
     def no_permission_problems() -> None:
@@ -230,7 +276,8 @@ def test_helm_lint_is_clean_with_defaults_and_with_every_option(tmp_path: Path) 
         "operator": {"watchNamespaces": ["team-a", "team-b"], "upstreamCIDRs": ["203.0.113.0/24"], "verbose": True},
         "evaluator": {"prometheusURL": "http://prometheus.monitoring.svc:9090", "interval": 2.5},
         "agentPermissionsCeiling": {"namespaces": ["team-a"]},
-        "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+        "serviceMonitor": {"enabled": True},
+        "podMonitor": {"enabled": True},
         "dashboard": {"namespace": "monitoring"},
     }
     res = helm("lint", "--strict", str(CHART), f"--kube-version={K8S_VERSION}", "-f", values_file(tmp_path, everything))
@@ -249,10 +296,12 @@ def test_chart_crds_are_byte_identical_to_the_generated_ones() -> None:
 def test_admission_policy_template_is_the_generated_policy(tmp_path: Path) -> None:
     source = ROOT / "crds" / "admission" / "agentpolicy-admission.yaml"
     copy_in_chart = CHART / "files" / "agentpolicy-admission.yaml"
-    assert copy_in_chart.read_bytes() == source.read_bytes(), \
+    assert copy_in_chart.read_bytes() == source.read_bytes(), (
         "copy crds/admission/agentpolicy-admission.yaml to charts/agentfleet/files/"
+    )
     generated = [d for d in yaml.safe_load_all(source.read_text()) if d]
     rendered = [d for d in render(tmp_path, None, "-s", "templates/admission-policy.yaml")]
+
     def key(doc: dict[str, Any]) -> tuple[str, str]:
         return doc["kind"], doc["metadata"]["name"]
 
@@ -285,8 +334,15 @@ def test_values_schema_rejects_unsafe_or_mistyped_values(tmp_path: Path) -> None
         ({"operator": {"metricsPort": 70000}}, "/operator/metricsPort"),
     ]
     for values, where in bad:
-        res = helm("template", RELEASE, str(CHART), f"--kube-version={K8S_VERSION}", "-f",
-                   values_file(tmp_path, values), check=False)
+        res = helm(
+            "template",
+            RELEASE,
+            str(CHART),
+            f"--kube-version={K8S_VERSION}",
+            "-f",
+            values_file(tmp_path, values),
+            check=False,
+        )
         assert res.returncode != 0, f"accepted {values}"
         assert "schema" in res.stderr and where in res.stderr, (values, res.stderr)
 
@@ -320,7 +376,10 @@ def test_rendered_rbac_is_least_privilege_and_the_pod_is_hardened(tmp_path: Path
     (container,) = pod["containers"]
     sc = container["securityContext"]
     assert (sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"], sc["capabilities"]) == (
-        True, False, {"drop": ["ALL"]})
+        True,
+        False,
+        {"drop": ["ALL"]},
+    )
     assert container["image"] == "ghcr.io/agentfleet/agentfleet:0.1.0"
     assert container["args"][0] == "operator"
     assert "--guard-image=ghcr.io/agentfleet/agentfleet:0.1.0" in container["args"]
@@ -331,8 +390,14 @@ def test_rendered_rbac_is_least_privilege_and_the_pod_is_hardened(tmp_path: Path
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert not find(docs, "ServiceMonitor") and not find(docs, "PodMonitor")  # off by default
 
-    monitored = render(tmp_path, {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
-                                  "evaluator": {"prometheusURL": "http://prom:9090"}})
+    monitored = render(
+        tmp_path,
+        {
+            "serviceMonitor": {"enabled": True},
+            "podMonitor": {"enabled": True},
+            "evaluator": {"prometheusURL": "http://prom:9090"},
+        },
+    )
     (sm,) = find(monitored, "ServiceMonitor")
     svc = find(monitored, "Service", f"{FULLNAME}-metrics")[0]
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
@@ -341,7 +406,12 @@ def test_rendered_rbac_is_least_privilege_and_the_pod_is_hardened(tmp_path: Path
     assert pm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "agentfleet"}
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert pm["spec"]["podMetricsEndpoints"][0] | {"interval": None, "scrapeTimeout": None} == {
-        "port": "guard", "path": "/metrics", "honorLabels": True, "interval": None, "scrapeTimeout": None}
+        "port": "guard",
+        "path": "/metrics",
+        "honorLabels": True,
+        "interval": None,
+        "scrapeTimeout": None,
+    }
     args = find(monitored, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--prometheus-url=http://prom:9090" in args
 
@@ -363,13 +433,18 @@ def test_dashboard_shows_the_fleet_with_valid_promql(tmp_path: Path) -> None:
     # Every query parses: promtool checks them as recording rules (Grafana variables substituted).
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: run hack/deps (Debian package prometheus)"
-    rules = [{"record": f"dashboard:panel_{pid}_{ref}",
-              "expr": e.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$agent", ".*")}
-             for (pid, ref), e in sorted(exprs.items())]
+    rules = [
+        {
+            "record": f"dashboard:panel_{pid}_{ref}",
+            "expr": e.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$agent", ".*"),
+        }
+        for (pid, ref), e in sorted(exprs.items())
+    ]
     path = tmp_path / "dashboard-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    res = subprocess.run([promtool, "check", "rules", str(path)], check=False, capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [promtool, "check", "rules", str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(rules)} rules found" in res.stdout
 
@@ -383,9 +458,14 @@ def test_rendered_manifests_pass_server_side_validation(private: Private, tmp_pa
         ensure_namespace(kube, ns)
     variants: list[dict[str, Any]] = [
         {},
-        {"agentPermissionsCeiling": {"namespaces": ["dry-team-a"]}, "operator": {"watchNamespaces": ["dry-team-a"]},
-         "evaluator": {"prometheusURL": "http://prometheus:9090"}, "admissionPolicy": {"enabled": False},
-         "dashboard": {"enabled": False}, "tests": {"enabled": False}},
+        {
+            "agentPermissionsCeiling": {"namespaces": ["dry-team-a"]},
+            "operator": {"watchNamespaces": ["dry-team-a"]},
+            "evaluator": {"prometheusURL": "http://prometheus:9090"},
+            "admissionPolicy": {"enabled": False},
+            "dashboard": {"enabled": False},
+            "tests": {"enabled": False},
+        },
     ]
     for values in variants:
         args = ["template", RELEASE, str(CHART), "-n", RELEASE_NS, f"--kube-version={K8S_VERSION}", "--include-crds"]
@@ -408,18 +488,32 @@ def test_install_upgrade_uninstall_leaves_nothing_behind(private: Private, tmp_p
     base = ["--set", "admissionPolicy.enabled=false", "--wait", "--timeout=120s"]
     private.helm("install", name, str(CHART), "-n", ns, *base)
     assert json.loads(private.helm("status", name, "-n", ns, "-o", "json").stdout)["info"]["status"] == "deployed"
-    for kind, obj in (("deployment", full), ("serviceaccount", full), ("service", f"{full}-metrics"),
-                      ("configmap", f"{full}-dashboard")):
+    for kind, obj in (
+        ("deployment", full),
+        ("serviceaccount", full),
+        ("service", f"{full}-metrics"),
+        ("configmap", f"{full}-dashboard"),
+    ):
         assert exists(kube, kind, obj, ns), (kind, obj)
-    for kind, obj in (("clusterrole", full), ("clusterrole", f"{full}-agent-ceiling"),
-                      ("clusterrolebinding", full), ("clusterrolebinding", f"{full}-agent-ceiling")):
+    for kind, obj in (
+        ("clusterrole", full),
+        ("clusterrole", f"{full}-agent-ceiling"),
+        ("clusterrolebinding", full),
+        ("clusterrolebinding", f"{full}-agent-ceiling"),
+    ):
         assert exists(kube, kind, obj, "default"), (kind, obj)
     assert kube.get_json("deployment", full, "-n", ns)["status"]["readyReplicas"] == 1  # KWOK "runs" it
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agentdeployments.agentfleet.dev")
 
     # Upgrade with changed values: new args roll the pod (Recreate), objects follow the values.
-    changed = values_file(tmp_path, {"operator": {"workers": 8}, "dashboard": {"enabled": False},
-                                     "agentPermissionsCeiling": {"namespaces": [team]}})
+    changed = values_file(
+        tmp_path,
+        {
+            "operator": {"workers": 8},
+            "dashboard": {"enabled": False},
+            "agentPermissionsCeiling": {"namespaces": [team]},
+        },
+    )
     private.helm("upgrade", name, str(CHART), "-n", ns, "-f", changed, *base)
     info = json.loads(private.helm("status", name, "-n", ns, "-o", "json").stdout)
     assert (info["version"], info["info"]["status"]) == (2, "deployed")
@@ -439,8 +533,14 @@ def test_install_upgrade_uninstall_leaves_nothing_behind(private: Private, tmp_p
         found = []
         for where in (ns, team):
             found += kube.kubectl("get", types, "-n", where, "-l", selector, "-o", "name").stdout.split()
-        found += kube.kubectl("get", "clusterroles,clusterrolebindings,validatingadmissionpolicies,"
-                              "validatingadmissionpolicybindings", "-l", selector, "-o", "name").stdout.split()
+        found += kube.kubectl(
+            "get",
+            "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings",
+            "-l",
+            selector,
+            "-o",
+            "name",
+        ).stdout.split()
         found += kube.kubectl("get", "secrets", "-n", ns, "-l", f"owner=helm,name={name}", "-o", "name").stdout.split()
         return found
 
@@ -456,8 +556,12 @@ def test_chart_admission_policy_rejects_agents_over_a_ceiling(installed: Private
     vap = kube.get_json("validatingadmissionpolicy", "agentfleet-agentpolicy")
     assert vap["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
     ns = installed.namespace("admission")
-    policy = {"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": f"cap-{ns}"},
-              "spec": {"namespaces": [ns], "ceilings": {"tokensPerHour": 5000}}}
+    policy = {
+        "apiVersion": "agentfleet.dev/v1alpha1",
+        "kind": "AgentPolicy",
+        "metadata": {"name": f"cap-{ns}"},
+        "spec": {"namespaces": [ns], "ceilings": {"tokensPerHour": 5000}},
+    }
     kube.apply(policy)
     try:
         over = agent("greedy-tokens", ns)
@@ -480,7 +584,8 @@ def test_chart_admission_policy_rejects_agents_over_a_ceiling(installed: Private
 
 
 def test_chart_identity_cannot_read_secrets_create_cluster_roles_or_escalate(
-        installed: Private, sa_kubeconfig: str) -> None:
+    installed: Private, sa_kubeconfig: str
+) -> None:
     kube = installed.kube
     ns = installed.namespace("no-secrets")
     kube.kubectl("create", "secret", "generic", "llm-key", "-n", ns, "--from-literal=api-key=sk-do-not-read")
@@ -492,18 +597,33 @@ def test_chart_identity_cannot_read_secrets_create_cluster_roles_or_escalate(
         return res.stdout.strip() == "yes"
 
     denied = [
-        ("get", "secrets", "-n", ns), ("list", "secrets", "-n", ns), ("watch", "secrets", "-n", ns),
-        ("list", "secrets", "-A"), ("get", "secrets/llm-key", "-n", ns), ("create", "secrets", "-n", ns),
-        ("create", "clusterroles"), ("create", "clusterrolebindings"), ("patch", "clusterroles"),
-        ("escalate", "roles", "-n", ns), ("bind", "roles", "-n", ns), ("escalate", "clusterroles"),
-        ("bind", "clusterroles"), ("impersonate", "users"), ("impersonate", "serviceaccounts", "-n", ns),
-        ("create", "pods", "-n", ns), ("delete", "deployments", "-n", ns), ("update", "agentpolicies"),
-        ("create", "serviceaccounts", "--subresource=token", "-n", ns), ("*", "*", "-n", ns),
+        ("get", "secrets", "-n", ns),
+        ("list", "secrets", "-n", ns),
+        ("watch", "secrets", "-n", ns),
+        ("list", "secrets", "-A"),
+        ("get", "secrets/llm-key", "-n", ns),
+        ("create", "secrets", "-n", ns),
+        ("create", "clusterroles"),
+        ("create", "clusterrolebindings"),
+        ("patch", "clusterroles"),
+        ("escalate", "roles", "-n", ns),
+        ("bind", "roles", "-n", ns),
+        ("escalate", "clusterroles"),
+        ("bind", "clusterroles"),
+        ("impersonate", "users"),
+        ("impersonate", "serviceaccounts", "-n", ns),
+        ("create", "pods", "-n", ns),
+        ("delete", "deployments", "-n", ns),
+        ("update", "agentpolicies"),
+        ("create", "serviceaccounts", "--subresource=token", "-n", ns),
+        ("*", "*", "-n", ns),
     ]
     allowed = [
         ("patch", "agentdeployments.agentfleet.dev", "--subresource=status", "-n", ns),
         ("patch", "agentdeployments.agentfleet.dev", "--subresource=scale", "-n", ns),
-        ("create", "roles", "-n", ns), ("create", "rolebindings", "-n", ns), ("create", "events", "-n", ns),
+        ("create", "roles", "-n", ns),
+        ("create", "rolebindings", "-n", ns),
+        ("create", "events", "-n", ns),
         ("list", "pods", "-n", ns),  # within the ceiling, to delegate it
     ]
     assert [a for a in denied if can(*a)] == []
@@ -515,31 +635,44 @@ def test_chart_identity_cannot_read_secrets_create_cluster_roles_or_escalate(
         res = as_sa.kubectl(*args, "-o", "json", check=False)
         assert res.returncode != 0 and "forbidden" in res.stderr.lower(), (args, res.stdout[:200], res.stderr)
         assert "sk-do-not-read" not in res.stdout and "c2stZG8tbm90LXJlYWQ" not in res.stdout
-    cluster_role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                    "metadata": {"name": f"sneaky-{ns}"}, "rules": []}
+    cluster_role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": f"sneaky-{ns}"},
+        "rules": [],
+    }
     res = as_sa.kubectl("create", "-f", "-", input=json.dumps(cluster_role), check=False)
     assert res.returncode != 0 and "forbidden" in res.stderr.lower(), res.stderr
     # Escalation: a Role reading Secrets, or a binding to cluster-admin, is refused.
-    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "read-secrets", "namespace": ns},
-            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "read-secrets", "namespace": ns},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    }
     res = as_sa.kubectl("create", "-f", "-", input=json.dumps(role), check=False)
     assert res.returncode != 0 and "attempting to grant RBAC permissions not currently held" in res.stderr, res.stderr
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "admin-me", "namespace": ns},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-               "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": RELEASE_NS}]}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "admin-me", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": RELEASE_NS}],
+    }
     res = as_sa.kubectl("create", "-f", "-", input=json.dumps(binding), check=False)
     assert res.returncode != 0 and "forbidden" in res.stderr.lower(), res.stderr
     assert not exists(kube, "role", "read-secrets", ns) and not exists(kube, "rolebinding", "admin-me", ns)
 
 
 def test_operator_as_chart_service_account_reconciles_suspends_and_resumes(
-        installed: Private, sa_operator: OperatorProcess) -> None:
+    installed: Private, sa_operator: OperatorProcess
+) -> None:
     kube = installed.kube
     ns = installed.namespace("chart-agent")
-    rules = [{"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]},
-             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}]
+    rules = [
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
+    ]
     body = agent("alpha", ns)
     body["spec"]["permissions"]["kubernetes"] = rules
     kube.apply(body)
@@ -547,28 +680,45 @@ def test_operator_as_chart_service_account_reconciles_suspends_and_resumes(
     assert st["phase"] == "Running" and condition(st, "Ready")["status"] == "True"
     rev = st["currentRevision"]
     uid = kube.get_json("agd", "alpha", "-n", ns)["metadata"]["uid"]
-    for kind, name in (("serviceaccount", "alpha-agent"), ("configmap", f"alpha-guard-{rev}"),
-                       ("service", "alpha-metrics"), ("networkpolicy", "alpha"), ("deployment", "alpha"),
-                       ("controllerrevision", f"alpha-{rev}"), ("role", "alpha-agent"),
-                       ("rolebinding", "alpha-agent")):
+    for kind, name in (
+        ("serviceaccount", "alpha-agent"),
+        ("configmap", f"alpha-guard-{rev}"),
+        ("service", "alpha-metrics"),
+        ("networkpolicy", "alpha"),
+        ("deployment", "alpha"),
+        ("controllerrevision", f"alpha-{rev}"),
+        ("role", "alpha-agent"),
+        ("rolebinding", "alpha-agent"),
+    ):
         obj = kube.get_json(kind, name, "-n", ns)
         assert obj["metadata"]["ownerReferences"][0]["uid"] == uid, (kind, name)
     # The operator, holding the ceiling, delegated exactly the requested subset of it.
     role = kube.get_json("role", "alpha-agent", "-n", ns)
     assert [{k: r[k] for k in ("apiGroups", "resources", "verbs")} for r in role["rules"]] == rules
-    fields = json.loads(kube.kubectl("get", "role", "alpha-agent", "-n", ns, "--show-managed-fields",
-                                     "-o", "json").stdout)["metadata"]["managedFields"]
+    fields = json.loads(
+        kube.kubectl("get", "role", "alpha-agent", "-n", ns, "--show-managed-fields", "-o", "json").stdout
+    )["metadata"]["managedFields"]
     assert {m["manager"] for m in fields} == {"agentfleet"}  # written by the operator, as the chart's identity
-    poll(lambda: kube.kubectl("auth", "can-i", "list", "pods", "-n", ns,
-                              f"--as=system:serviceaccount:{ns}:alpha-agent", check=False).returncode == 0,
-         timeout=30, what="the agent's delegated Role to take effect")
+    poll(
+        lambda: (
+            kube.kubectl(
+                "auth", "can-i", "list", "pods", "-n", ns, f"--as=system:serviceaccount:{ns}:alpha-agent", check=False
+            ).returncode
+            == 0
+        ),
+        timeout=30,
+        what="the agent's delegated Role to take effect",
+    )
 
     kube.kubectl("patch", "agd", "alpha", "-n", ns, "--type=merge", "-p", '{"spec":{"suspended":true}}')
     st = poll(lambda: phase_is(kube, ns, "alpha", "Suspended"), timeout=60, what="phase Suspended")
     assert condition(st, "Suspended")["reason"] == "ManualSuspend"
     assert kube.get_json("deployment", "alpha", "-n", ns)["spec"]["replicas"] == 0
-    poll(lambda: not kube.get_json("pods", "-n", ns, "-l", "agentfleet.dev/agent=alpha")["items"],
-         timeout=60, what="the agent's pods to go away")
+    poll(
+        lambda: not kube.get_json("pods", "-n", ns, "-l", "agentfleet.dev/agent=alpha")["items"],
+        timeout=60,
+        what="the agent's pods to go away",
+    )
 
     kube.kubectl("patch", "agd", "alpha", "-n", ns, "--type=merge", "-p", '{"spec":{"suspended":false}}')
     st = wait_reconciled(kube, ns, "alpha", sa_operator, installed.refused)
@@ -580,7 +730,8 @@ def test_operator_as_chart_service_account_reconciles_suspends_and_resumes(
 
 
 def test_operator_as_chart_service_account_prunes_withdraws_and_enforces_policy(
-        installed: Private, sa_operator: OperatorProcess) -> None:
+    installed: Private, sa_operator: OperatorProcess
+) -> None:
     """The less common writes: deleting old revisions and their ConfigMaps, withdrawing a Role,
     scaling to zero on a policy violation, touching agents when a policy changes."""
     kube = installed.kube
@@ -594,20 +745,40 @@ def test_operator_as_chart_service_account_prunes_withdraws_and_enforces_policy(
     for prompt in ("Second.", "Third."):
         body["spec"]["agent"]["systemPrompt"] = {"inline": prompt}
         kube.apply(body)
-        seen.append(poll(lambda: (r := wait_reconciled(kube, ns, "beta", sa_operator, installed.refused)[
-            "currentRevision"]) not in seen and r,
-                         timeout=60, what=f"the revision for {prompt!r}"))
-    poll(lambda: not exists(kube, "controllerrevision", f"beta-{first}", ns)
-         and not exists(kube, "configmap", f"beta-guard-{first}", ns),
-         timeout=60, what="the oldest revision and its guard ConfigMap to be pruned")
+        seen.append(
+            poll(
+                lambda: (
+                    (r := wait_reconciled(kube, ns, "beta", sa_operator, installed.refused)["currentRevision"])
+                    not in seen
+                    and r
+                ),
+                timeout=60,
+                what=f"the revision for {prompt!r}",
+            )
+        )
+    poll(
+        lambda: (
+            not exists(kube, "controllerrevision", f"beta-{first}", ns)
+            and not exists(kube, "configmap", f"beta-guard-{first}", ns)
+        ),
+        timeout=60,
+        what="the oldest revision and its guard ConfigMap to be pruned",
+    )
 
     body["spec"]["permissions"].pop("kubernetes")
     kube.apply(body)
-    poll(lambda: not exists(kube, "role", "beta-agent", ns) and not exists(kube, "rolebinding", "beta-agent", ns),
-         timeout=60, what="the Role and RoleBinding to be withdrawn")
+    poll(
+        lambda: not exists(kube, "role", "beta-agent", ns) and not exists(kube, "rolebinding", "beta-agent", ns),
+        timeout=60,
+        what="the Role and RoleBinding to be withdrawn",
+    )
 
-    policy = {"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": f"tight-{ns}"},
-              "spec": {"namespaces": [ns], "ceilings": {"tokensPerHour": 5000}}}
+    policy = {
+        "apiVersion": "agentfleet.dev/v1alpha1",
+        "kind": "AgentPolicy",
+        "metadata": {"name": f"tight-{ns}"},
+        "spec": {"namespaces": [ns], "ceilings": {"tokensPerHour": 5000}},
+    }
     kube.apply(policy)
     try:
         st = poll(lambda: phase_is(kube, ns, "beta", "PolicyViolation"), timeout=60, what="PolicyViolation")
@@ -623,23 +794,40 @@ def test_operator_as_chart_service_account_prunes_withdraws_and_enforces_policy(
 
 
 def test_evaluator_as_chart_service_account_suspends_when_metrics_are_unavailable(
-        installed: Private, sa_operator: OperatorProcess) -> None:
+    installed: Private, sa_operator: OperatorProcess
+) -> None:
     """The evaluator's writes (status, Events, the reconcile it triggers) with the chart's RBAC:
     Prometheus is unreachable and the agent says fail closed."""
     kube = installed.kube
     ns = installed.namespace("chart-eval")
-    kube.apply(agent("gamma", ns, analysis={"onMetricsUnavailable": "Suspend"},
-                     guardrails=[{"name": "loops", "metric": "loopDetections", "threshold": "0",
-                                  "action": "Suspend"}]))
+    kube.apply(
+        agent(
+            "gamma",
+            ns,
+            analysis={"onMetricsUnavailable": "Suspend"},
+            guardrails=[{"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Suspend"}],
+        )
+    )
     st = poll(lambda: phase_is(kube, ns, "gamma", "Suspended"), timeout=60, what="the evaluator to suspend")
     assert condition(st, "MetricsAvailable")["status"] == "False"
     assert condition(st, "Suspended")["reason"] != "ManualSuspend"
-    poll(lambda: kube.get_json("deployment", "gamma", "-n", ns)["spec"]["replicas"] == 0, timeout=60,
-         what="the Deployment to be scaled to zero")
+    poll(
+        lambda: kube.get_json("deployment", "gamma", "-n", ns)["spec"]["replicas"] == 0,
+        timeout=60,
+        what="the Deployment to be scaled to zero",
+    )
     # Posted by the evaluator after its status write and reconcile: poll for them.
-    poll(lambda: "MetricsUnavailable" in {e["reason"] for e in kube.get_json(
-        "events", "-n", ns, "--field-selector", "involvedObject.name=gamma")["items"]},
-         timeout=30, what="the evaluator's Events")
+    poll(
+        lambda: (
+            "MetricsUnavailable"
+            in {
+                e["reason"]
+                for e in kube.get_json("events", "-n", ns, "--field-selector", "involvedObject.name=gamma")["items"]
+            }
+        ),
+        timeout=30,
+        what="the evaluator's Events",
+    )
     assert permission_problems(sa_operator, installed.refused) == []
 
 
@@ -654,8 +842,9 @@ def test_agent_asking_beyond_the_ceiling_is_refused_safely(installed: Private, s
     kube.apply(body)
 
     def refusal() -> str | None:
-        progressing = next((c for c in (status(kube, ns, "greedy").get("conditions") or [])
-                            if c["type"] == "Progressing"), {})
+        progressing = next(
+            (c for c in (status(kube, ns, "greedy").get("conditions") or []) if c["type"] == "Progressing"), {}
+        )
         return str(progressing["message"]) if progressing.get("reason") == "Refused" else None
 
     message = poll(refusal, timeout=60, what="the refused Role on the agent's status")
@@ -683,8 +872,9 @@ def test_helm_test_hook_checks_the_operator_metrics(installed: Private, sa_opera
     (pod,) = [h for h in hooks if h["kind"] == "Pod"]
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     (container,) = pod["spec"]["containers"]
-    operator_image = installed.kube.get_json("deployment", FULLNAME, "-n", RELEASE_NS)[
-        "spec"]["template"]["spec"]["containers"][0]["image"]
+    operator_image = installed.kube.get_json("deployment", FULLNAME, "-n", RELEASE_NS)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["image"]
     assert container["image"] == operator_image
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     python, flag, script, url = container["command"]
@@ -695,27 +885,68 @@ def test_helm_test_hook_checks_the_operator_metrics(installed: Private, sa_opera
     metrics = f"http://127.0.0.1:{sa_operator.metrics_port}/metrics"
     with urllib.request.urlopen(metrics, timeout=5) as resp:
         assert b"agentfleet_operator_reconciles_total" in resp.read()
-    ok = subprocess.run([sys.executable, "-c", script, metrics, "20"], capture_output=True, text=True, timeout=60,
-                        check=False)
+    ok = subprocess.run(
+        [sys.executable, "-c", script, metrics, "20"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stdout + ok.stderr
-    bad = subprocess.run([sys.executable, "-c", script, f"http://127.0.0.1:{free_port()}/metrics", "1"],
-                         capture_output=True, text=True, timeout=60, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-c", script, f"http://127.0.0.1:{free_port()}/metrics", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 1 and "FAIL" in bad.stderr, bad.stdout + bad.stderr
 
     # `helm test` itself: KWOK runs no containers, so we report the exit code of the same check,
     # run above, as the kubelet would (pod phase Succeeded), and Helm must take it from there.
     kube, pod_name = installed.kube, pod["metadata"]["name"]
-    proc = subprocess.Popen([str(BINS["helm"]), "test", RELEASE, "-n", RELEASE_NS, "--timeout=90s",
-                             f"--kubeconfig={kube.kubeconfig}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=helm_env())
+    proc = subprocess.Popen(
+        [str(BINS["helm"]), "test", RELEASE, "-n", RELEASE_NS, "--timeout=90s", f"--kubeconfig={kube.kubeconfig}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=helm_env(),
+    )
     try:
-        poll(lambda: kube.kubectl("get", "pod", pod_name, "-n", RELEASE_NS, "-o", "jsonpath={.status.phase}",
-                                  check=False).stdout == "Running", timeout=60, what="the test pod to start")
+        poll(
+            lambda: (
+                kube.kubectl(
+                    "get", "pod", pod_name, "-n", RELEASE_NS, "-o", "jsonpath={.status.phase}", check=False
+                ).stdout
+                == "Running"
+            ),
+            timeout=60,
+            what="the test pod to start",
+        )
         terminated = {"terminated": {"exitCode": ok.returncode, "reason": "Completed"}}
-        kube.kubectl("patch", "pod", pod_name, "-n", RELEASE_NS, "--subresource=status", "--type=merge", "-p",
-                     json.dumps({"status": {"phase": "Succeeded", "containerStatuses": [{
-                         "name": container["name"], "image": container["image"], "imageID": "", "ready": False,
-                         "restartCount": 0, "state": terminated}]}}))
+        kube.kubectl(
+            "patch",
+            "pod",
+            pod_name,
+            "-n",
+            RELEASE_NS,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(
+                {
+                    "status": {
+                        "phase": "Succeeded",
+                        "containerStatuses": [
+                            {
+                                "name": container["name"],
+                                "image": container["image"],
+                                "imageID": "",
+                                "ready": False,
+                                "restartCount": 0,
+                                "state": terminated,
+                            }
+                        ],
+                    }
+                }
+            ),
+        )
         out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
@@ -723,8 +954,11 @@ def test_helm_test_hook_checks_the_operator_metrics(installed: Private, sa_opera
             proc.wait(timeout=10)
     assert proc.returncode == 0, out + err
     assert re.search(rf"TEST SUITE:\s+{pod_name}\n.*\n.*\nPhase:\s+Succeeded", out), out
-    poll(lambda: not exists(kube, "pod", pod_name, RELEASE_NS), timeout=60,
-         what="the succeeded test pod to be deleted (hook-delete-policy)")
+    poll(
+        lambda: not exists(kube, "pod", pod_name, RELEASE_NS),
+        timeout=60,
+        what="the succeeded test pod to be deleted (hook-delete-policy)",
+    )
 
 
 def test_no_permission_problems_in_the_whole_operator_log(installed: Private, sa_operator: OperatorProcess) -> None:
@@ -732,5 +966,7 @@ def test_no_permission_problems_in_the_whole_operator_log(installed: Private, sa
     refused on purpose."""
     assert sa_operator.proc is not None and sa_operator.proc.poll() is None
     assert permission_problems(sa_operator, installed.refused) == []
-    assert "agentfleet_operator_reconciles_total" in urllib.request.urlopen(
-        f"http://127.0.0.1:{sa_operator.metrics_port}/metrics", timeout=5).read().decode()
+    assert (
+        "agentfleet_operator_reconciles_total"
+        in urllib.request.urlopen(f"http://127.0.0.1:{sa_operator.metrics_port}/metrics", timeout=5).read().decode()
+    )

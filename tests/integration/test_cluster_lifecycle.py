@@ -16,8 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(HACK / "cluster"), *args], env=env, capture_output=True, text=True, timeout=180,
-                          check=False)
+    return subprocess.run(
+        [str(HACK / "cluster"), *args], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
 
 
 def alive(pid: int) -> bool:
@@ -35,8 +36,12 @@ def listening(port: int) -> bool:
 
 
 def test_up_twice_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
-    env = {**os.environ, "AGENTFLEET_PORT_BASE": "17400", "AGENTFLEET_RUN_DIR": str(tmp_path / "run"),
-           "AGENTFLEET_NODES": "1"}
+    env = {
+        **os.environ,
+        "AGENTFLEET_PORT_BASE": "17400",
+        "AGENTFLEET_RUN_DIR": str(tmp_path / "run"),
+        "AGENTFLEET_NODES": "1",
+    }
     ports = json.loads(run(env, "ports").stdout)
     try:
         first = run(env, "up", "--no-prometheus")

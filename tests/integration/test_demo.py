@@ -14,16 +14,25 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_its_story_end_to_end(tmp_path: Path) -> None:
-    env = {**os.environ, "AGENTFLEET_PORT_BASE": "20400", "AGENTFLEET_RUN_DIR": str(tmp_path / "run"),
-           "AGENTFLEET_NODES": "2"}
+    env = {
+        **os.environ,
+        "AGENTFLEET_PORT_BASE": "20400",
+        "AGENTFLEET_RUN_DIR": str(tmp_path / "run"),
+        "AGENTFLEET_NODES": "2",
+    }
     try:
-        demo = subprocess.run([str(HACK / "demo")], env=env, capture_output=True, text=True, timeout=900,
-                              check=False)
+        demo = subprocess.run([str(HACK / "demo")], env=env, capture_output=True, text=True, timeout=900, check=False)
         out = demo.stdout
         assert demo.returncode == 0, f"{out[-4000:]}\n{demo.stderr[-4000:]}"
-        for line in ("Suspended=True  reason=loop_detected", "RolledBack=True  reason=error_rate_high",
-                     "BudgetExceeded=True", "kubectl agentfleet census", "denied request",
-                     "breach visible in Prometheus -> replicas=0", "Tear down:"):
+        for line in (
+            "Suspended=True  reason=loop_detected",
+            "RolledBack=True  reason=error_rate_high",
+            "BudgetExceeded=True",
+            "kubectl agentfleet census",
+            "denied request",
+            "breach visible in Prometheus -> replicas=0",
+            "Tear down:",
+        ):
             assert line in out, f"missing {line!r} in the demo's output:\n{out[-4000:]}"
     finally:
         subprocess.run([str(HACK / "demo"), "down"], env=env, capture_output=True, timeout=120, check=False)

@@ -50,8 +50,9 @@ def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
 
 
-def wait_reconciled(kube: Kube, namespace: str, name: str, timeout: float = 60,
-                    check: Callable[[], None] | None = None) -> dict[str, Any]:
+def wait_reconciled(
+    kube: Kube, namespace: str, name: str, timeout: float = 60, check: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Status describes the current generation and the Deployment is ready; ``check`` runs on
     every poll, to fail fast on something the caller watches (an operator's log, say)."""
 
@@ -326,8 +327,11 @@ def test_policy_tightened_after_creation_is_enforced_at_reconcile(
         assert any(e["reason"] == "PolicyViolation" and e["type"] == "Warning" for e in events)
     finally:
         kube.kubectl("delete", "agentpolicy", name, check=False)
-    poll(lambda: condition(status(kube, namespace, "eta"), "PolicyViolation").get("status") == "False", timeout=60,
-         what="the violation to clear once the policy is gone")
+    poll(
+        lambda: condition(status(kube, namespace, "eta"), "PolicyViolation").get("status") == "False",
+        timeout=60,
+        what="the violation to clear once the policy is gone",
+    )
     st = wait_reconciled(kube, namespace, "eta")
     assert st["phase"] == "Running"
     assert kube.get_json("deployment", "eta", "-n", namespace)["spec"]["replicas"] == 2
@@ -356,8 +360,11 @@ def test_fleet_kill_switch_suspends_and_lifting_it_resumes(
         assert condition(st, "Suspended")["reason"] == "FleetKillSwitch"
         assert kube.get_json("deployment", "theta", "-n", namespace)["spec"]["replicas"] == 0
         kube.kubectl("patch", "agentpolicy", name, "--type=merge", "-p", '{"spec":{"suspendAll":false}}')
-        poll(lambda: condition(status(kube, namespace, "theta"), "Suspended").get("status") == "False", timeout=60,
-             what="lifting the kill switch to resume the agent")
+        poll(
+            lambda: condition(status(kube, namespace, "theta"), "Suspended").get("status") == "False",
+            timeout=60,
+            what="lifting the kill switch to resume the agent",
+        )
         st = wait_reconciled(kube, namespace, "theta")
         assert condition(st, "Suspended")["status"] == "False"
         assert kube.get_json("deployment", "theta", "-n", namespace)["spec"]["replicas"] == 2
@@ -368,8 +375,11 @@ def test_fleet_kill_switch_suspends_and_lifting_it_resumes(
 def test_hpa_can_target_an_agent_deployment(operator: OperatorProcess, kube: Kube, namespace: str) -> None:
     kube.apply(agent("iota", namespace))
     wait_reconciled(kube, namespace, "iota")
-    scale = json.loads(kube.kubectl(
-        "get", "--raw", f"/apis/agentfleet.dev/v1alpha1/namespaces/{namespace}/agentdeployments/iota/scale").stdout)
+    scale = json.loads(
+        kube.kubectl(
+            "get", "--raw", f"/apis/agentfleet.dev/v1alpha1/namespaces/{namespace}/agentdeployments/iota/scale"
+        ).stdout
+    )
     assert scale["spec"]["replicas"] == 2
     assert scale["status"]["selector"] == "agentfleet.dev/agent=iota,app.kubernetes.io/managed-by=agentfleet"
     kube.apply(

@@ -55,11 +55,19 @@ def ago(**delta: float) -> str:
     return (NOW - timedelta(**delta)).isoformat().replace("+00:00", "Z")
 
 
-def spec(model: str = "gpt-4o-mini", prompt: str | None = "You are helpful.", tools: list[str] | None = None,
-         allowed: list[str] | None = None, provider: str | None = None, prompt_ref: str | None = None,
-         **extra: Any) -> dict[str, Any]:
-    agent: dict[str, Any] = {"image": "registry.invalid/agent:1",
-                             "model": {"name": model, "endpoint": "http://10.0.0.1:8000/v1"}}
+def spec(
+    model: str = "gpt-4o-mini",
+    prompt: str | None = "You are helpful.",
+    tools: list[str] | None = None,
+    allowed: list[str] | None = None,
+    provider: str | None = None,
+    prompt_ref: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    agent: dict[str, Any] = {
+        "image": "registry.invalid/agent:1",
+        "model": {"name": model, "endpoint": "http://10.0.0.1:8000/v1"},
+    }
     if provider:
         agent["model"]["provider"] = provider
     if prompt is not None:
@@ -75,17 +83,28 @@ def spec(model: str = "gpt-4o-mini", prompt: str | None = "You are helpful.", to
 
 
 def agd(name: str, namespace: str = "team-a", status: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-    return {"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentDeployment",
-            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": ago(hours=3)},
-            "spec": spec(**kw), "status": status or {}}
+    return {
+        "apiVersion": "agentfleet.dev/v1alpha1",
+        "kind": "AgentDeployment",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": ago(hours=3)},
+        "spec": spec(**kw),
+        "status": status or {},
+    }
 
 
 def revision(number: int, hash_: str, **kw: Any) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "ControllerRevision", "revision": number,
-            "metadata": {"name": f"support-{hash_}", "namespace": "team-a", "creationTimestamp": ago(minutes=number),
-                         "labels": {"agentfleet.dev/agent": "support", "agentfleet.dev/revision": hash_}},
-            "data": {"spec": {k: v for k, v in spec(**kw).items() if k in ("agent", "permissions")},
-                     "template": {}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "revision": number,
+        "metadata": {
+            "name": f"support-{hash_}",
+            "namespace": "team-a",
+            "creationTimestamp": ago(minutes=number),
+            "labels": {"agentfleet.dev/agent": "support", "agentfleet.dev/revision": hash_},
+        },
+        "data": {"spec": {k: v for k, v in spec(**kw).items() if k in ("agent", "permissions")}, "template": {}},
+    }
 
 
 # ----------------------------------------------------------------------------------- format
@@ -102,11 +121,25 @@ def test_table_aligns_columns_like_kubectl_and_never_ends_lines_in_spaces() -> N
         table(["a", "b", "c"], [["1", "2"]])
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (0, "0s"), (-5, "0s"), (45, "45s"), (119, "119s"), (150, "2m30s"), (600, "10m"), (3 * 3600 - 1, "179m"),
-    (3 * 3600 + 25 * 60, "3h25m"), (8 * 3600, "8h"), (47 * 3600, "47h"), (3 * 86400 + 4 * 3600, "3d4h"),
-    (12 * 86400, "12d"), (800 * 86400, "2y70d"), (9 * 365 * 86400, "9y"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (-5, "0s"),
+        (45, "45s"),
+        (119, "119s"),
+        (150, "2m30s"),
+        (600, "10m"),
+        (3 * 3600 - 1, "179m"),
+        (3 * 3600 + 25 * 60, "3h25m"),
+        (8 * 3600, "8h"),
+        (47 * 3600, "47h"),
+        (3 * 86400 + 4 * 3600, "3d4h"),
+        (12 * 86400, "12d"),
+        (800 * 86400, "2y70d"),
+        (9 * 365 * 86400, "9y"),
+    ],
+)
 def test_human_duration_matches_kubectl(seconds: float, text: str) -> None:
     assert human_duration(seconds) == text
 
@@ -117,8 +150,9 @@ def test_age_parses_rfc3339_and_tolerates_garbage() -> None:
     assert age(None, NOW) == age("yesterday", NOW) == "-"
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30", 30), ("30s", 30), ("2m", 120), ("1h30m", 5400),
-                                               ("500ms", 0.5), ("1.5s", 1.5)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30", 30), ("30s", 30), ("2m", 120), ("1h30m", 5400), ("500ms", 0.5), ("1.5s", 1.5)]
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -149,7 +183,8 @@ def test_spec_keys() -> None:
     assert prompt_key(spec(prompt=None, prompt_ref="p"), "x") != prompt_key(spec(prompt=None, prompt_ref="p"), "y")
     assert prompt_key(spec(prompt=None), "x") == "(none)"
     assert prompt_summary(spec(prompt="You are a very helpful support agent for ACME."), limit=12).endswith(
-        '"You are a v…"')
+        '"You are a v…"'
+    )
     assert prompt_summary(spec(prompt=None, prompt_ref="p")) == "configmap/p[prompt]"
     assert tool_set(spec(tools=["search", "calc", "mail"])) == ("calc", "mail", "search")
     assert tool_set(spec(tools=["search", "calc"], allowed=["search"])) == ("search",)
@@ -167,23 +202,63 @@ def test_spec_revision_is_the_operators_hash() -> None:
 
 def test_census_counts_distinct_configurations_not_rows() -> None:
     fleet = [
-        agd("a1", model="gpt-4o-mini", prompt="P1", tools=["search"], status={"readyReplicas": 2, "phase": "Running",
-                                                                            "currentRevision": "r1"}),
-        agd("a2", model="gpt-4o-mini", prompt="P1", tools=["search"], status={"readyReplicas": 2, "phase": "Running",
-                                                                            "currentRevision": "r1"}),
-        agd("a3", model="gpt-4o-mini", prompt="P2", tools=["search", "calc"],
-            status={"readyReplicas": 1, "phase": "Progressing", "currentRevision": "r2"}),
-        agd("b1", namespace="team-b", model="gpt-4o", prompt="P3", suspended=True,
-            status={"readyReplicas": 0, "phase": "Suspended", "currentRevision": "r3"}),
+        agd(
+            "a1",
+            model="gpt-4o-mini",
+            prompt="P1",
+            tools=["search"],
+            status={"readyReplicas": 2, "phase": "Running", "currentRevision": "r1"},
+        ),
+        agd(
+            "a2",
+            model="gpt-4o-mini",
+            prompt="P1",
+            tools=["search"],
+            status={"readyReplicas": 2, "phase": "Running", "currentRevision": "r1"},
+        ),
+        agd(
+            "a3",
+            model="gpt-4o-mini",
+            prompt="P2",
+            tools=["search", "calc"],
+            status={"readyReplicas": 1, "phase": "Progressing", "currentRevision": "r2"},
+        ),
+        agd(
+            "b1",
+            namespace="team-b",
+            model="gpt-4o",
+            prompt="P3",
+            suspended=True,
+            status={"readyReplicas": 0, "phase": "Suspended", "currentRevision": "r3"},
+        ),
         agd("b2", namespace="team-b", model="gpt-4o", prompt=None, prompt_ref="prompts"),
     ]
     census = Census().add_all(fleet)
     got = census.json()
-    assert {k: got[k] for k in ("agentDeployments", "namespaces", "declaredReplicas", "readyReplicas", "suspended",
-                                "notReconciled", "distinctModels", "distinctPrompts", "distinctToolSets",
-                                "distinctRevisions")} == {
-        "agentDeployments": 5, "namespaces": 2, "declaredReplicas": 10, "readyReplicas": 5, "suspended": 1,
-        "notReconciled": 1, "distinctModels": 2, "distinctPrompts": 4, "distinctToolSets": 3,
+    assert {
+        k: got[k]
+        for k in (
+            "agentDeployments",
+            "namespaces",
+            "declaredReplicas",
+            "readyReplicas",
+            "suspended",
+            "notReconciled",
+            "distinctModels",
+            "distinctPrompts",
+            "distinctToolSets",
+            "distinctRevisions",
+        )
+    } == {
+        "agentDeployments": 5,
+        "namespaces": 2,
+        "declaredReplicas": 10,
+        "readyReplicas": 5,
+        "suspended": 1,
+        "notReconciled": 1,
+        "distinctModels": 2,
+        "distinctPrompts": 4,
+        "distinctToolSets": 3,
         "distinctRevisions": 3,
     }
     assert got["models"] == {"openai/gpt-4o-mini": 3, "openai/gpt-4o": 2}
@@ -260,9 +335,12 @@ def test_revision_of_falls_back_to_the_name_for_the_hash() -> None:
 
 
 def test_history_rows_and_table() -> None:
-    revs = revisions_of([revision(1, "aaaa1111bb", model="gpt-4o-mini", tools=["search"]),
-                         revision(2, "bbbb2222cc", model="gpt-4o", prompt="Be terse.", tools=["search", "calc"],
-                                  allowed=["search"])])
+    revs = revisions_of(
+        [
+            revision(1, "aaaa1111bb", model="gpt-4o-mini", tools=["search"]),
+            revision(2, "bbbb2222cc", model="gpt-4o", prompt="Be terse.", tools=["search", "calc"], allowed=["search"]),
+        ]
+    )
     rows = history_rows(revs, current="bbbb2222cc", stable="aaaa1111bb")
     assert [r.marks for r in rows] == ["stable", "current"]
     assert rows[1].json()["tools"] == ["search"]
@@ -279,16 +357,34 @@ def test_history_rows_and_table() -> None:
 # ----------------------------------------------------------------------------------- status
 
 
-BREACH = {"rule": "loop-guard", "metric": "loopDetections", "observedValue": "5", "threshold": "> 3",
-          "action": "Suspend", "time": ago(minutes=2), "revision": "aaaa3333dd"}
+BREACH = {
+    "rule": "loop-guard",
+    "metric": "loopDetections",
+    "observedValue": "5",
+    "threshold": "> 3",
+    "action": "Suspend",
+    "time": ago(minutes=2),
+    "revision": "aaaa3333dd",
+}
 
 
 def test_status_row_reads_usage_breach_and_revision_numbers() -> None:
-    obj = agd("support", model="gpt-4o", status={
-        "phase": "Suspended", "ready": "0/2", "currentRevision": "aaaa3333dd", "stableRevision": "aaaa1111bb",
-        "usage": {"spendToday": "1.25", "tokensLastHour": 4321}, "lastBreach": BREACH,
-        "conditions": [{"type": "Suspended", "status": "True", "reason": "LoopDetected"},
-                       {"type": "Ready", "status": "False", "reason": "Suspended"}]})
+    obj = agd(
+        "support",
+        model="gpt-4o",
+        status={
+            "phase": "Suspended",
+            "ready": "0/2",
+            "currentRevision": "aaaa3333dd",
+            "stableRevision": "aaaa1111bb",
+            "usage": {"spendToday": "1.25", "tokensLastHour": 4321},
+            "lastBreach": BREACH,
+            "conditions": [
+                {"type": "Suspended", "status": "True", "reason": "LoopDetected"},
+                {"type": "Ready", "status": "False", "reason": "Suspended"},
+            ],
+        },
+    )
     st = AgentStatus.of(obj, REVS)
     assert (st.current_number, st.stable_number) == (3, 1)
     assert [c["type"] for c in st.conditions] == ["Ready", "Suspended"]
@@ -296,10 +392,31 @@ def test_status_row_reads_usage_breach_and_revision_numbers() -> None:
     # The model shown is the one the pods run: the current revision's, not the spec's.
     assert st.model == "openai/gpt-4o-mini"
     lines = status_table([st], NOW).splitlines()
-    assert lines[0].split() == ["NAME", "READY", "PHASE", "REVISION", "STABLE", "SPEND-TODAY", "TOKENS/H",
-                                "LAST-BREACH", "AGE"]
-    assert lines[1].split() == ["support", "0/2", "Suspended", "aaaa3333dd", "aaaa1111bb", "$1.25", "4321",
-                                "loop-guard:", "Suspend", "2m", "ago", "3h"]
+    assert lines[0].split() == [
+        "NAME",
+        "READY",
+        "PHASE",
+        "REVISION",
+        "STABLE",
+        "SPEND-TODAY",
+        "TOKENS/H",
+        "LAST-BREACH",
+        "AGE",
+    ]
+    assert lines[1].split() == [
+        "support",
+        "0/2",
+        "Suspended",
+        "aaaa3333dd",
+        "aaaa1111bb",
+        "$1.25",
+        "4321",
+        "loop-guard:",
+        "Suspend",
+        "2m",
+        "ago",
+        "3h",
+    ]
     wide = status_table([st], NOW, wide=True, namespaces=True)
     assert wide.splitlines()[1].split()[:2] == ["team-a", "support"]
     assert "loopDetections=5 (> 3) -> Suspend 2m ago" in wide
@@ -340,8 +457,9 @@ def test_the_guard_container_name_matches_the_renderer() -> None:
 
 def test_audit_lines_are_picked_out_of_a_mixed_log(tmp_path: Path) -> None:
     records = audit_file(tmp_path / "a.jsonl", 4)
-    log = "\n".join([
-        '{"message": "listening", "port": 8080}', records[0], records[1], "plain text", records[2], records[3]])
+    log = "\n".join(
+        ['{"message": "listening", "port": 8080}', records[0], records[1], "plain text", records[2], records[3]]
+    )
     assert [n for n, _ in audit_lines(log)] == [2, 3, 5, 6]
     report = verify_log("pod/p", log)
     assert (report.ok, report.records, report.agents) == (True, 4, ("team-a/support",))
@@ -432,18 +550,24 @@ class FakeApiException:
 
 
 def test_api_errors_say_what_failed_and_what_to_do() -> None:
-    missing = api_error(FakeApiException(404, "Not Found", {"kind": "Status", "message": "x not found",
-                                                            "details": {"name": "x"}}), "get agentdeployment ns/x")
+    missing = api_error(
+        FakeApiException(404, "Not Found", {"kind": "Status", "message": "x not found", "details": {"name": "x"}}),
+        "get agentdeployment ns/x",
+    )
     assert isinstance(missing, NotFound) and missing.code == 1
     no_crd = api_error(FakeApiException(404, "Not Found", "404 page not found"), "list agentdeployments in ns a")
     assert isinstance(no_crd, NotFound) and "are the agentfleet CRDs installed?" in no_crd.message
     forbidden = api_error(FakeApiException(403, "Forbidden", {"message": 'user "bob" cannot patch'}), "patch x")
     assert type(forbidden) is PluginError
-    assert forbidden.message == 'patch x: forbidden: user "bob" cannot patch; ask a cluster administrator for the ' \
-                                "RBAC permission"
+    assert (
+        forbidden.message == 'patch x: forbidden: user "bob" cannot patch; ask a cluster administrator for the '
+        "RBAC permission"
+    )
     assert "unauthorized" in api_error(FakeApiException(401, "Unauthorized", None), "get x").message
-    assert api_error(FakeApiException(500, "Internal Server Error", {"message": "boom"}), "get x").message == \
-        "get x: the API server answered 500 Internal Server Error: boom"
+    assert (
+        api_error(FakeApiException(500, "Internal Server Error", {"message": "boom"}), "get x").message
+        == "get x: the API server answered 500 Internal Server Error: boom"
+    )
 
 
 def test_a_broken_kubeconfig_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -466,8 +590,10 @@ def test_plugin_reads_names_without_loading_the_api_models() -> None:
 
 def test_network_reason_drops_the_pool_preamble() -> None:
     class Pool(Exception):
-        reason = OSError("HTTPSConnection(host='127.0.0.1', port=1): Failed to establish a new connection: "
-                         "[Errno 111] Connection refused")
+        reason = OSError(
+            "HTTPSConnection(host='127.0.0.1', port=1): Failed to establish a new connection: "
+            "[Errno 111] Connection refused"
+        )
 
     assert network_reason(Pool()) == "Failed to establish a new connection: [Errno 111] Connection refused"
     assert network_reason(TimeoutError("timed out")) == "timed out"

@@ -20,19 +20,23 @@ REV = "abc123def0"
 
 
 def spec(rules: list[dict[str, Any]], **extra: Any) -> AgentDeploymentSpec:
-    return AgentDeploymentSpec.model_validate({
-        "agent": {"image": "x", "model": {"name": "m", "endpoint": "http://127.0.0.1:1/v1"}},
-        "guardrails": rules, **extra})
+    return AgentDeploymentSpec.model_validate(
+        {
+            "agent": {"image": "x", "model": {"name": "m", "endpoint": "http://127.0.0.1:1/v1"}},
+            "guardrails": rules,
+            **extra,
+        }
+    )
 
 
 def rule(**kw: Any) -> dict[str, Any]:
     return {"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Suspend", **kw}
 
 
-def view(rules: list[dict[str, Any]], conditions: list[dict[str, Any]] | None = None, name: str = "a",
-         **status: Any) -> AgentView:
-    st = {"currentRevision": REV, "revisionStartedAt": "2026-11-21T11:00:00Z", "conditions": conditions or [],
-          **status}
+def view(
+    rules: list[dict[str, Any]], conditions: list[dict[str, Any]] | None = None, name: str = "a", **status: Any
+) -> AgentView:
+    st = {"currentRevision": REV, "revisionStartedAt": "2026-11-21T11:00:00Z", "conditions": conditions or [], **status}
     extra = status.pop("_spec", {}) if "_spec" in status else {}
     return AgentView("ns", name, 1, spec(rules, **extra), st)
 
@@ -73,9 +77,17 @@ def test_for_must_hold_and_no_data_resets_it() -> None:
     assert judge(agent, loops(1), memory, T0 + timedelta(seconds=61)).act is None
 
 
-@pytest.mark.parametrize(("comparison", "value", "breach"), [
-    (">", 0.5, False), (">", 0.51, True), (">=", 0.5, True), ("<", 0.49, True), ("<=", 0.5, True), ("<", 0.5, False),
-])
+@pytest.mark.parametrize(
+    ("comparison", "value", "breach"),
+    [
+        (">", 0.5, False),
+        (">", 0.51, True),
+        (">=", 0.5, True),
+        ("<", 0.49, True),
+        ("<=", 0.5, True),
+        ("<", 0.5, False),
+    ],
+)
 def test_comparisons(comparison: str, value: float, breach: bool) -> None:
     agent = view([rule(metric="errorRate", comparison=comparison, threshold="0.5")])
     samples = Samples(builtin={Metric.ERROR_RATE: {("ns", "a", REV): value}})
@@ -121,13 +133,17 @@ def test_scale_to_is_idempotent() -> None:
 
 @pytest.mark.parametrize(("mode", "suspends"), [("Hold", False), ("Suspend", True)])
 def test_metrics_unavailable(mode: str, suspends: bool) -> None:
-    agent = AgentView("ns", "a", 1, spec([rule()], analysis={"onMetricsUnavailable": mode}),
-                      {"currentRevision": REV})
+    agent = AgentView("ns", "a", 1, spec([rule()], analysis={"onMetricsUnavailable": mode}), {"currentRevision": REV})
     v = judge(agent, Samples(failed={"loopDetections"}))
     assert v.metrics_available is not None and v.metrics_available[0] is False
     assert (v.act is not None and v.act.reason == "metrics_unavailable") is suspends
-    back = AgentView("ns", "a", 1, agent.spec, {"currentRevision": REV, "conditions": [
-        {"type": "MetricsAvailable", "status": "False", "reason": "x"}]})
+    back = AgentView(
+        "ns",
+        "a",
+        1,
+        agent.spec,
+        {"currentRevision": REV, "conditions": [{"type": "MetricsAvailable", "status": "False", "reason": "x"}]},
+    )
     assert judge(back, Samples()).metrics_available == (True, "Prometheus answered every query")
 
 
@@ -148,8 +164,16 @@ def test_fleet_budget_suspends_and_recovers() -> None:
     v = judge(agent, Samples(spend_today={("ns", "a"): 2.5}))
     assert v.budget_exceeded is not None and v.budget_exceeded[0] is True
     assert v.act is not None and v.act.reason == "cost_per_day_exceeded" and "$2.00" in v.act.message
-    suspended = AgentView("ns", "a", 1, budgeted, {"currentRevision": REV, "conditions": [
-        true("Suspended", "cost_per_day_exceeded"), true("BudgetExceeded", "BudgetExceeded")]})
+    suspended = AgentView(
+        "ns",
+        "a",
+        1,
+        budgeted,
+        {
+            "currentRevision": REV,
+            "conditions": [true("Suspended", "cost_per_day_exceeded"), true("BudgetExceeded", "BudgetExceeded")],
+        },
+    )
     v = judge(suspended, Samples(spend_today={("ns", "a"): 0.1}))
     assert v.resume_budget and v.budget_exceeded == (False, "within budgets.costPerDay and budgets.tokensPerHour")
 
@@ -204,9 +228,14 @@ class NoActor:
 
 def fleet(n: int) -> list[dict[str, Any]]:
     rules = [rule(), rule(name="err", metric="errorRate", threshold="0.2", action="Rollback")]
-    return [{"metadata": {"namespace": "ns", "name": f"a{i}", "uid": f"u{i}", "generation": 1},
-             "spec": spec(rules).wire(), "status": {"currentRevision": REV, "stableRevision": REV}}
-            for i in range(n)]
+    return [
+        {
+            "metadata": {"namespace": "ns", "name": f"a{i}", "uid": f"u{i}", "generation": 1},
+            "spec": spec(rules).wire(),
+            "status": {"currentRevision": REV, "stableRevision": REV},
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("n", [20, 200, 2000])

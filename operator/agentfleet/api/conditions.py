@@ -51,14 +51,24 @@ def is_true(conditions: Conditions | None, type_: str) -> bool:
     return cond is not None and cond.get("status") == "True"
 
 
-def set_condition(conditions: Conditions | None, type_: str, status: bool | str, reason: str, message: str,
-                  generation: int | None, now: str) -> Conditions:
+def set_condition(
+    conditions: Conditions | None,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> Conditions:
     """Return a new list with ``type_`` set; keeps lastTransitionTime when status is unchanged."""
     value = status if isinstance(status, str) else ("True" if status else "False")
     old = get(conditions, type_)
     changed = old is None or old.get("status") != value
     new = {
-        "type": type_, "status": value, "reason": reason, "message": message,
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
         "observedGeneration": generation,
         "lastTransitionTime": now if changed or old is None else old.get("lastTransitionTime", now),
     }

@@ -56,8 +56,14 @@ def agent_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, An
     # managedFields are the API server's bookkeeping, often the largest part of the object: at
     # fleet scale they were a good share of the operator's memory, and nothing here reads them.
     metadata = {k: v for k, v in body.metadata.items() if k != "managedFields"}
-    return {(namespace, name): {"metadata": metadata, "spec": dict(body.spec),
-                                "status": dict(body.status), "apiVersion": body.get("apiVersion")}}
+    return {
+        (namespace, name): {
+            "metadata": metadata,
+            "spec": dict(body.spec),
+            "status": dict(body.status),
+            "apiVersion": body.get("apiVersion"),
+        }
+    }
 
 
 def policies_of(index: kopf.Index[str, AgentPolicy]) -> list[AgentPolicy]:
@@ -81,8 +87,12 @@ def latest(index: kopf.Index[tuple[str, str], dict[str, Any]], key: tuple[str, s
 async def reconcile_agent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     policy_index: kopf.Index[str, AgentPolicy] = kwargs["policy_index"]
     namespace_index: kopf.Index[str, dict[str, str]] = kwargs["namespace_index"]
-    ctx = Context(kube=memo.kube, settings=memo.render_settings, policies=policies_of(policy_index),
-                  namespace_labels=labels_of(namespace_index, body.metadata.namespace or ""))
+    ctx = Context(
+        kube=memo.kube,
+        settings=memo.render_settings,
+        policies=policies_of(policy_index),
+        namespace_labels=labels_of(namespace_index, body.metadata.namespace or ""),
+    )
     slots: asyncio.Semaphore | None = getattr(memo, "reconcile_slots", None)
     async with slots or contextlib.nullcontext():
         await reconcile_one(ctx, body)
@@ -137,8 +147,12 @@ class ReadyMirror:
         self._latest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def offer(self, key: tuple[str, str], seen: tuple[int, dict[str, Any]],
-              agent_index: kopf.Index[tuple[str, str], dict[str, Any]]) -> None:
+    def offer(
+        self,
+        key: tuple[str, str],
+        seen: tuple[int, dict[str, Any]],
+        agent_index: kopf.Index[tuple[str, str], dict[str, Any]],
+    ) -> None:
         scheduled = key in self._latest
         self._latest[key] = seen
         if not scheduled:
@@ -160,8 +174,12 @@ class ReadyMirror:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def mirror_readiness(kube: Kube, agent_index: kopf.Index[tuple[str, str], dict[str, Any]],
-                           key: tuple[str, str], seen: tuple[int, dict[str, Any]]) -> None:
+async def mirror_readiness(
+    kube: Kube,
+    agent_index: kopf.Index[tuple[str, str], dict[str, Any]],
+    key: tuple[str, str],
+    seen: tuple[int, dict[str, Any]],
+) -> None:
     agent = latest(agent_index, key)
     if agent is None:
         return
@@ -170,12 +188,23 @@ async def mirror_readiness(kube: Kube, agent_index: kopf.Index[tuple[str, str], 
     fields, is_ready, reason, message = readiness({"spec": {"replicas": desired}, "status": dep_status})
     replicas, ready = fields["replicas"], fields["readyReplicas"]
     current = cond.get(status.get("conditions"), cond.READY)
-    if (status.get("replicas"), status.get("readyReplicas"), status.get("ready")) == (
-            replicas, ready, f"{ready}/{desired}") and current and \
-            current.get("reason") == reason and current.get("message") == message:
+    if (
+        (status.get("replicas"), status.get("readyReplicas"), status.get("ready"))
+        == (replicas, ready, f"{ready}/{desired}")
+        and current
+        and current.get("reason") == reason
+        and current.get("message") == message
+    ):
         return
-    conditions = cond.set_condition(status.get("conditions"), cond.READY, is_ready, reason, message,
-                                    agent["metadata"].get("generation"), cond.now_rfc3339())
+    conditions = cond.set_condition(
+        status.get("conditions"),
+        cond.READY,
+        is_ready,
+        reason,
+        message,
+        agent["metadata"].get("generation"),
+        cond.now_rfc3339(),
+    )
     try:
         await update_status(kube, agent, merge(fields, [c for c in conditions if c["type"] == cond.READY]))
     except KubeError as exc:
@@ -188,8 +217,9 @@ async def mirror_readiness(kube: Kube, agent_index: kopf.Index[tuple[str, str], 
 
 def covering_hash(policies: Iterable[AgentPolicy], namespace: str, labels: dict[str, str]) -> str:
     """Fingerprint of the policies covering a namespace: when it changes, its agents re-reconcile."""
-    specs = sorted(json.dumps(p.spec.wire(), sort_keys=True) for p in policies
-                   if policy_core.covers(p, namespace, labels))
+    specs = sorted(
+        json.dumps(p.spec.wire(), sort_keys=True) for p in policies if policy_core.covers(p, namespace, labels)
+    )
     return hashlib.sha256("\n".join(specs).encode()).hexdigest()[:12]
 
 
@@ -211,8 +241,9 @@ async def policy_changed(memo: kopf.Memo, **kwargs: Any) -> None:
     async def touch(ns: str, name: str, value: str) -> None:
         async with sem:
             try:
-                await memo.kube.merge_patch("AgentDeployment", ns, name,
-                                            {"metadata": {"annotations": {names.POLICY_HASH: value}}})
+                await memo.kube.merge_patch(
+                    "AgentDeployment", ns, name, {"metadata": {"annotations": {names.POLICY_HASH: value}}}
+                )
             except KubeError as exc:
                 if exc.status != 404:
                     raise

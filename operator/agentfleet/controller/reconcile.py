@@ -51,8 +51,9 @@ def selector_string(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector(name).items()))
 
 
-def desired_replicas(agent: AgentDeployment, status: dict[str, Any], policies: list[AgentPolicy],
-                     namespace_labels: dict[str, str]) -> tuple[int, str | None]:
+def desired_replicas(
+    agent: AgentDeployment, status: dict[str, Any], policies: list[AgentPolicy], namespace_labels: dict[str, str]
+) -> tuple[int, str | None]:
     """Replica count to run and, when it is zero on purpose, the reason (for the condition)."""
     if agent.spec.suspended:
         return 0, "ManualSuspend"
@@ -68,8 +69,11 @@ def pinned_revision(body: dict[str, Any]) -> str | None:
     """A rollback pins a revision until the spec changes (a new generation is a fresh attempt)."""
     status = body.get("status") or {}
     rolled = cond.get(status.get("conditions"), cond.ROLLED_BACK)
-    if rolled and rolled.get("status") == "True" and rolled.get("observedGeneration") == body["metadata"].get(
-            "generation"):
+    if (
+        rolled
+        and rolled.get("status") == "True"
+        and rolled.get("observedGeneration") == body["metadata"].get("generation")
+    ):
         pin = status.get("currentRevision")
         return str(pin) if pin else None
     return None
@@ -100,14 +104,22 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
         agent = AgentDeployment.model_validate(body)
     except ValidationError as exc:  # the CRD schema should have caught it; never crash on it
         err = exc.errors()[0]
-        return await invalid(ctx, body, f"spec is invalid at {'.'.join(map(str, err['loc']))}: {err['msg']}",
-                             conditions, now)
+        return await invalid(
+            ctx, body, f"spec is invalid at {'.'.join(map(str, err['loc']))}: {err['msg']}", conditions, now
+        )
 
     violations = policy_core.violations(agent, ctx.policies, ctx.namespace_labels)
     if violations:
         return await refuse(ctx, body, [f"{v.policy}: {v.message}" for v in violations], conditions, now)
-    conditions = cond.set_condition(conditions, cond.POLICY_VIOLATION, False, "WithinPolicy",
-                                    "all covering AgentPolicies allow this agent", generation, now)
+    conditions = cond.set_condition(
+        conditions,
+        cond.POLICY_VIOLATION,
+        False,
+        "WithinPolicy",
+        "all covering AgentPolicies allow this agent",
+        generation,
+        now,
+    )
 
     all_revisions = await revisions(ctx.kube, ns, name) if status.get("currentRevision") else []
     rollback_to = (meta.get("annotations") or {}).get(names.ROLLBACK_TO)
@@ -115,32 +127,51 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     pin = pinned_revision(body)
     pinned: dict[str, Any] | None = None
     if rollback_to:
-        pinned = next((r for r in all_revisions if rollback_to in {str(r.get("revision")),
-                                                                   r["metadata"]["labels"].get(names.REVISION)}), None)
+        pinned = next(
+            (
+                r
+                for r in all_revisions
+                if rollback_to in {str(r.get("revision")), r["metadata"]["labels"].get(names.REVISION)}
+            ),
+            None,
+        )
         if pinned is None:
-            out.events.append(("Warning", "RollbackFailed",
-                               f"no revision {rollback_to!r}; see `kubectl agentfleet history {name}`"))
+            out.events.append(
+                ("Warning", "RollbackFailed", f"no revision {rollback_to!r}; see `kubectl agentfleet history {name}`")
+            )
         else:
             pin = pinned["metadata"]["labels"][names.REVISION]
-            conditions = cond.set_condition(conditions, cond.ROLLED_BACK, True, "ManualRollback",
-                                            f"rolled back by request to revision {pinned.get('revision')} ({pin})",
-                                            generation, now)
-            out.events.append(("Normal", "RolledBack", f"manual rollback to revision {pinned.get('revision')} "
-                                                       f"({pin})"))
+            conditions = cond.set_condition(
+                conditions,
+                cond.ROLLED_BACK,
+                True,
+                "ManualRollback",
+                f"rolled back by request to revision {pinned.get('revision')} ({pin})",
+                generation,
+                now,
+            )
+            out.events.append(("Normal", "RolledBack", f"manual rollback to revision {pinned.get('revision')} ({pin})"))
         consumed[names.ROLLBACK_TO] = None
     elif pin:
         pinned = next((r for r in all_revisions if r["metadata"]["labels"].get(names.REVISION) == pin), None)
     if not pin or pinned is None:
-        conditions = cond.set_condition(conditions, cond.ROLLED_BACK, False, "NewGeneration" if cond.get(
-            conditions, cond.ROLLED_BACK) else "NotRolledBack", "running the revision the spec describes",
-            generation, now)
+        conditions = cond.set_condition(
+            conditions,
+            cond.ROLLED_BACK,
+            False,
+            "NewGeneration" if cond.get(conditions, cond.ROLLED_BACK) else "NotRolledBack",
+            "running the revision the spec describes",
+            generation,
+            now,
+        )
 
     resumed = False
     if names.RESUME in (meta.get("annotations") or {}):
         if cond.is_true(conditions, cond.SUSPENDED):
             resumed = True
-            conditions = cond.set_condition(conditions, cond.SUSPENDED, False, "Resumed",
-                                            "resumed by request", generation, now)
+            conditions = cond.set_condition(
+                conditions, cond.SUSPENDED, False, "Resumed", "resumed by request", generation, now
+            )
             status["conditions"] = conditions
         consumed[names.RESUME] = None
     replicas, zero_reason = desired_replicas(agent, status, ctx.policies, ctx.namespace_labels)
@@ -163,8 +194,14 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
         if exc.status not in {403, 422}:
             raise  # transient: kopf retries
         # Refused for good (e.g. a Role beyond what the operator may delegate): say so, don't retry.
-        return await invalid(ctx, body, f"the API server refused {obj['kind']} {obj['metadata']['name']}: "
-                             f"{exc.message}", conditions, now, reason="Refused")
+        return await invalid(
+            ctx,
+            body,
+            f"the API server refused {obj['kind']} {obj['metadata']['name']}: {exc.message}",
+            conditions,
+            now,
+            reason="Refused",
+        )
     number = await record_revision(ctx, agent, rendered, all_revisions)
     await prune(ctx, agent, rendered, all_revisions, status)
 
@@ -178,20 +215,30 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
         if not was_zero:
             out.events.append(("Warning", "Suspended", msg))
     else:
-        conditions = cond.set_condition(conditions, cond.SUSPENDED, False, "Resumed" if resumed else "Running",
-                                        f"{'resumed by request: ' if resumed else ''}running {replicas} replica(s)",
-                                        generation, now)
+        conditions = cond.set_condition(
+            conditions,
+            cond.SUSPENDED,
+            False,
+            "Resumed" if resumed else "Running",
+            f"{'resumed by request: ' if resumed else ''}running {replicas} replica(s)",
+            generation,
+            now,
+        )
         if was_zero or resumed:
             out.events.append(("Normal", "Resumed", f"scaled back to {replicas} replica(s)"))
-    conditions = cond.set_condition(conditions, cond.PROGRESSING, True, "RevisionApplied",
-                                    f"revision {rendered.revision} applied", generation, now)
+    conditions = cond.set_condition(
+        conditions, cond.PROGRESSING, True, "RevisionApplied", f"revision {rendered.revision} applied", generation, now
+    )
     out.revision = rendered.revision
-    mutate = merge({
-        "observedGeneration": generation,
-        "selector": selector_string(name),
-        "currentRevision": rendered.revision,
-        "revisionStartedAt": status.get("revisionStartedAt", now),
-    }, [c for c in conditions if c["type"] in OWNED])
+    mutate = merge(
+        {
+            "observedGeneration": generation,
+            "selector": selector_string(name),
+            "currentRevision": rendered.revision,
+            "revisionStartedAt": status.get("revisionStartedAt", now),
+        },
+        [c for c in conditions if c["type"] in OWNED],
+    )
     await update_status(ctx.kube, body, with_first_readiness(mutate, deployment, generation, now))
     if consumed:  # after the status write, so the event this causes carries the new status
         await ctx.kube.merge_patch("AgentDeployment", ns, name, {"metadata": {"annotations": consumed}})
@@ -208,14 +255,18 @@ def status_message_for(reason: str, conditions: cond.Conditions) -> str:
 
 
 def with_template(rendered: Rendered, template: dict[str, Any]) -> Rendered:
-    objects = [{**obj, "spec": {**obj["spec"], "template": template}} if obj["kind"] == "Deployment" else obj
-               for obj in rendered.objects]
-    return Rendered(revision=rendered.revision, objects=objects, pod_template=template,
-                    guard_config=rendered.guard_config)
+    objects = [
+        {**obj, "spec": {**obj["spec"], "template": template}} if obj["kind"] == "Deployment" else obj
+        for obj in rendered.objects
+    ]
+    return Rendered(
+        revision=rendered.revision, objects=objects, pod_template=template, guard_config=rendered.guard_config
+    )
 
 
-async def record_revision(ctx: Context, agent: AgentDeployment, rendered: Rendered,
-                          existing: list[dict[str, Any]]) -> int:
+async def record_revision(
+    ctx: Context, agent: AgentDeployment, rendered: Rendered, existing: list[dict[str, Any]]
+) -> int:
     """Store the revision as a ControllerRevision (numbered like Deployments do)."""
     same = next((r for r in existing if r["metadata"]["labels"].get(names.REVISION) == rendered.revision), None)
     if same is not None:
@@ -225,8 +276,9 @@ async def record_revision(ctx: Context, agent: AgentDeployment, rendered: Render
     return number
 
 
-async def prune(ctx: Context, agent: AgentDeployment, rendered: Rendered, existing: list[dict[str, Any]],
-                status: dict[str, Any]) -> None:
+async def prune(
+    ctx: Context, agent: AgentDeployment, rendered: Rendered, existing: list[dict[str, Any]], status: dict[str, Any]
+) -> None:
     """Delete children no longer desired, and revisions beyond revisionHistoryLimit."""
     ns, name = agent.metadata.namespace, agent.metadata.name
     if not status.get("currentRevision"):
@@ -238,24 +290,27 @@ async def prune(ctx: Context, agent: AgentDeployment, rendered: Rendered, existi
     keep = {rendered.revision, status.get("stableRevision"), status.get("currentRevision")}
     old = [r for r in existing if r["metadata"]["labels"].get(names.REVISION) not in keep]
     excess = len(old) - agent.spec.revision_history_limit
-    for rev in old[:max(excess, 0)]:
+    for rev in old[: max(excess, 0)]:
         rev_hash = rev["metadata"]["labels"].get(names.REVISION)
         await ctx.kube.delete("ControllerRevision", ns, rev["metadata"]["name"])
         await ctx.kube.delete("ConfigMap", ns, f"{name}-guard-{rev_hash}")
 
 
-async def invalid(ctx: Context, body: dict[str, Any], msg: str, conditions: cond.Conditions,
-                  now: str, reason: str = "InvalidSpec") -> Outcome:
+async def invalid(
+    ctx: Context, body: dict[str, Any], msg: str, conditions: cond.Conditions, now: str, reason: str = "InvalidSpec"
+) -> Outcome:
     """A spec that cannot be deployed: say so on status and as an Event; keep what runs."""
     generation = body["metadata"].get("generation")
     conditions = cond.set_condition(conditions, cond.PROGRESSING, False, reason, msg, generation, now)
-    await update_status(ctx.kube, body, merge({"observedGeneration": generation},
-                                              [c for c in conditions if c["type"] in OWNED]))
+    await update_status(
+        ctx.kube, body, merge({"observedGeneration": generation}, [c for c in conditions if c["type"] in OWNED])
+    )
     return Outcome(events=[("Warning", reason, msg)])
 
 
-async def refuse(ctx: Context, body: dict[str, Any], messages: list[str], conditions: cond.Conditions,
-                 now: str) -> Outcome:
+async def refuse(
+    ctx: Context, body: dict[str, Any], messages: list[str], conditions: cond.Conditions, now: str
+) -> Outcome:
     """Policy violation: create nothing new, withdraw what could exceed the policy."""
     meta = body["metadata"]
     ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
@@ -268,6 +323,7 @@ async def refuse(ctx: Context, body: dict[str, Any], messages: list[str], condit
             raise
     for kind in OPTIONAL_KINDS:
         await ctx.kube.delete(kind, ns, f"{name}-agent")
-    await update_status(ctx.kube, body, merge({"observedGeneration": generation},
-                                              [c for c in conditions if c["type"] in OWNED]))
+    await update_status(
+        ctx.kube, body, merge({"observedGeneration": generation}, [c for c in conditions if c["type"] in OWNED])
+    )
     return Outcome(events=[("Warning", "PolicyViolation", msg)])

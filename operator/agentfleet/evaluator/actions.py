@@ -33,8 +33,9 @@ manager hands the controller's reconcile in, so the evaluator never imports the 
 
 
 class Actor:
-    def __init__(self, kube: Kube, carry_out: CarryOut, memory: Callable[[], Memory],
-                 audit: AuditLog | None = None) -> None:
+    def __init__(
+        self, kube: Kube, carry_out: CarryOut, memory: Callable[[], Memory], audit: AuditLog | None = None
+    ) -> None:
         self.kube = kube
         self.carry_out = carry_out
         self.memory = memory
@@ -45,10 +46,17 @@ class Actor:
             # Status-only (metrics availability, budgets flag, stable revision): write from the
             # view; update_status re-reads only if the object changed since the view was taken.
             body: dict[str, Any] | None = {
-                "apiVersion": names.API_VERSION, "kind": names.AGENT_KIND,
-                "metadata": {"namespace": agent.namespace, "name": agent.name, "generation": agent.generation,
-                             "resourceVersion": agent.resource_version},
-                "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended}, "status": agent.status}
+                "apiVersion": names.API_VERSION,
+                "kind": names.AGENT_KIND,
+                "metadata": {
+                    "namespace": agent.namespace,
+                    "name": agent.name,
+                    "generation": agent.generation,
+                    "resourceVersion": agent.resource_version,
+                },
+                "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended},
+                "status": agent.status,
+            }
         else:  # an action: judge it against the object as it is now
             body = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
         if body is None:
@@ -62,8 +70,9 @@ class Actor:
         events: list[tuple[str, str, str]] = []
 
         def condition(type_: str, status: bool, reason: str, message: str) -> None:
-            updated = cond.set_condition(body.get("status", {}).get("conditions"), type_, status, reason, message,
-                                         generation, now)
+            updated = cond.set_condition(
+                body.get("status", {}).get("conditions"), type_, status, reason, message, generation, now
+            )
             conds.extend(c for c in updated if c["type"] == type_)
 
         if v.metrics_available is not None:
@@ -83,9 +92,15 @@ class Actor:
         act, reconcile_after = v.act, v.resume_budget
         memory = self.memory()
         if act is not None:
-            fields["lastBreach"] = {"rule": act.rule, "metric": act.metric, "observedValue": fmt_value(act.value),
-                                    "threshold": act.threshold, "revision": act.revision, "time": now,
-                                    "action": str(act.action)}
+            fields["lastBreach"] = {
+                "rule": act.rule,
+                "metric": act.metric,
+                "observedValue": fmt_value(act.value),
+                "threshold": act.threshold,
+                "revision": act.revision,
+                "time": now,
+                "action": str(act.action),
+            }
             if act.action == Action.SUSPEND:
                 condition(cond.SUSPENDED, True, act.reason, act.message)
                 reconcile_after = True
@@ -94,8 +109,13 @@ class Actor:
                 fields["currentRevision"] = agent.status.get("stableRevision")
                 reconcile_after = True
             elif act.action == Action.SCALE_TO:
-                await self.kube.merge_patch("AgentDeployment", agent.namespace, agent.name,
-                                            {"spec": {"replicas": act.scale_to}}, subresource="scale")
+                await self.kube.merge_patch(
+                    "AgentDeployment",
+                    agent.namespace,
+                    agent.name,
+                    {"spec": {"replicas": act.scale_to}},
+                    subresource="scale",
+                )
             memory.acted[(agent.namespace, agent.name, act.rule)] = datetime.now(UTC)
             events.append(("Warning", act.reason, act.message))
             metrics.ACTIONS.labels(str(act.action)).inc()
@@ -104,8 +124,16 @@ class Actor:
             memory.acted[(agent.namespace, agent.name, alert.rule)] = datetime.now(UTC)
             events.append(("Warning", "GuardrailAlert", alert.message))
             metrics.ACTIONS.labels("Alert").inc()
-            self.record(agent, Action.ALERT, alert.rule, alert.reason, alert.message, alert.value, alert.threshold,
-                        alert.revision)
+            self.record(
+                agent,
+                Action.ALERT,
+                alert.rule,
+                alert.reason,
+                alert.message,
+                alert.value,
+                alert.threshold,
+                alert.revision,
+            )
         metrics.DECISIONS.labels(str(act.action) if act else "status").inc()
         await update_status(self.kube, body, merge(fields, conds))  # the durable record comes first
         for type_, reason, message in events:
@@ -116,12 +144,30 @@ class Actor:
                 for type_, reason, message in await self.carry_out(fresh):
                     await self.event(body, type_, reason, message)
 
-    def record(self, agent: AgentView, action: Action, rule: str, reason: str, message: str, value: float,
-               threshold: str, revision: str) -> None:
+    def record(
+        self,
+        agent: AgentView,
+        action: Action,
+        rule: str,
+        reason: str,
+        message: str,
+        value: float,
+        threshold: str,
+        revision: str,
+    ) -> None:
         if self.audit is not None:
-            self.audit.record("operator_action", namespace=agent.namespace, agent=agent.name, revision=revision,
-                              action=str(action), rule=rule, reason=reason, value=fmt_value(value),
-                              threshold=threshold, message=message)
+            self.audit.record(
+                "operator_action",
+                namespace=agent.namespace,
+                agent=agent.name,
+                revision=revision,
+                action=str(action),
+                rule=rule,
+                reason=reason,
+                value=fmt_value(value),
+                threshold=threshold,
+                message=message,
+            )
 
     async def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         await post_event(self.kube, body, type_, reason, message)
@@ -135,15 +181,24 @@ class Actor:
             tokens = samples.tokens_last_hour.get(agent.key)
             if spend is None and tokens is None:
                 return
-            usage = {"spendToday": f"{Decimal(spend or 0).quantize(Decimal('0.0001'))}",
-                     "tokensLastHour": int(tokens or 0)}
+            usage = {
+                "spendToday": f"{Decimal(spend or 0).quantize(Decimal('0.0001'))}",
+                "tokensLastHour": int(tokens or 0),
+            }
             old = agent.status.get("usage") or {}
             if {k: old.get(k) for k in usage} == usage:
                 return
-            body = {"apiVersion": names.API_VERSION, "kind": names.AGENT_KIND,
-                    "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended},
-                    "metadata": {"namespace": agent.namespace, "name": agent.name,
-                                 "resourceVersion": agent.resource_version}, "status": agent.status}
+            body = {
+                "apiVersion": names.API_VERSION,
+                "kind": names.AGENT_KIND,
+                "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended},
+                "metadata": {
+                    "namespace": agent.namespace,
+                    "name": agent.name,
+                    "resourceVersion": agent.resource_version,
+                },
+                "status": agent.status,
+            }
             async with sem:
                 await update_status(self.kube, body, merge({"usage": {**usage, "updatedAt": now}}))
 

@@ -41,8 +41,13 @@ class EvaluatorSettings:
 
 
 class Evaluator:
-    def __init__(self, prom: Prometheus, actor: Actor, agents: Callable[[], Iterable[dict[str, Any]]],
-                 settings: EvaluatorSettings = EvaluatorSettings()) -> None:
+    def __init__(
+        self,
+        prom: Prometheus,
+        actor: Actor,
+        agents: Callable[[], Iterable[dict[str, Any]]],
+        settings: EvaluatorSettings = EvaluatorSettings(),
+    ) -> None:
         self.prom = prom
         self.actor = actor
         self.agents = agents
@@ -86,8 +91,16 @@ class Evaluator:
                 # The index lags this process's own status writes by a watch event: judge (and
                 # write from) the newest status known, or the same agent is re-decided and re-written.
                 fresh = memory.freshest(body) if memory is not None else body
-                out.append(AgentView(meta["namespace"], meta["name"], generation, cached[1], fresh.get("status") or {},
-                                     fresh["metadata"].get("resourceVersion")))
+                out.append(
+                    AgentView(
+                        meta["namespace"],
+                        meta["name"],
+                        generation,
+                        cached[1],
+                        fresh.get("status") or {},
+                        fresh["metadata"].get("resourceVersion"),
+                    )
+                )
         for uid in set(self._specs) - seen:
             del self._specs[uid]
         return out
@@ -99,8 +112,9 @@ class Evaluator:
         for agent in agents:
             for rule in agent.spec.guardrails or []:
                 name = query_name(rule, agent)
-                queries[name] = builtin_query(rule.metric, self.settings.rate_window) \
-                    if rule.metric != Metric.CUSTOM else name
+                queries[name] = (
+                    builtin_query(rule.metric, self.settings.rate_window) if rule.metric != Metric.CUSTOM else name
+                )
         usage_cycle = self._cycles % self.settings.usage_every == 0
         budgeted = any(a.spec.budgets.cost_per_day or a.spec.budgets.tokens_per_hour for a in agents)
         if agents and (budgeted or usage_cycle):
@@ -152,11 +166,17 @@ class Evaluator:
                     table[(labels.get("namespace", ""), labels.get("agent", ""))] = value
             elif name in {str(m) for m in Metric}:
                 samples.builtin[Metric(name)] = {
-                    (lb.get("namespace", ""), lb.get("agent", ""), lb.get("revision", "")): v for lb, v in result}
+                    (lb.get("namespace", ""), lb.get("agent", ""), lb.get("revision", "")): v for lb, v in result
+                }
             else:
                 samples.custom[name] = {
-                    ((lb["namespace"], lb["agent"], lb["revision"]) if {"namespace", "agent", "revision"} <= lb.keys()
-                     else None): v for lb, v in result}
+                    (
+                        (lb["namespace"], lb["agent"], lb["revision"])
+                        if {"namespace", "agent", "revision"} <= lb.keys()
+                        else None
+                    ): v
+                    for lb, v in result
+                }
 
         await asyncio.gather(*(one(n, q) for n, q in queries.items()))
         return samples

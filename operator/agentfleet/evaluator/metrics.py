@@ -6,22 +6,38 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from agentfleet.registry import REGISTRY
 
-CYCLE_SECONDS = Histogram("agentfleet_operator_evaluation_cycle_seconds", "Duration of one fleet evaluation cycle.",
-                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)
-CYCLE_ERRORS = Counter("agentfleet_operator_evaluation_cycle_errors_total", "Evaluation cycles that failed.",
-                       registry=REGISTRY)
+CYCLE_SECONDS = Histogram(
+    "agentfleet_operator_evaluation_cycle_seconds",
+    "Duration of one fleet evaluation cycle.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+CYCLE_ERRORS = Counter(
+    "agentfleet_operator_evaluation_cycle_errors_total", "Evaluation cycles that failed.", registry=REGISTRY
+)
 QUERIES = Counter("agentfleet_operator_prometheus_queries_total", "PromQL queries sent.", registry=REGISTRY)
-QUERY_ERRORS = Counter("agentfleet_operator_prometheus_query_errors_total", "PromQL queries that failed.",
-                       registry=REGISTRY)
-DECISIONS = Counter("agentfleet_operator_decisions_total", "Verdicts acted upon, by action.", ["action"],
-                    registry=REGISTRY)
-ACTIONS = Counter("agentfleet_operator_actions_total", "Suspensions, rollbacks, scalings and alerts, by action.",
-                  ["action"], registry=REGISTRY)
-CYCLE_QUERIES = Gauge("agentfleet_operator_evaluation_cycle_queries",
-                      "PromQL queries the last evaluation cycle sent (flat in the number of agents).",
-                      registry=REGISTRY)
-AGENTS = Gauge("agentfleet_operator_evaluated_agents", "AgentDeployments judged in the last cycle.",
-               registry=REGISTRY)
-PHASES = Gauge("agentfleet_operator_agents", "AgentDeployments by phase, as of the last evaluation cycle.",
-               ["phase"], registry=REGISTRY)
+QUERY_ERRORS = Counter(
+    "agentfleet_operator_prometheus_query_errors_total", "PromQL queries that failed.", registry=REGISTRY
+)
+DECISIONS = Counter(
+    "agentfleet_operator_decisions_total", "Verdicts acted upon, by action.", ["action"], registry=REGISTRY
+)
+ACTIONS = Counter(
+    "agentfleet_operator_actions_total",
+    "Suspensions, rollbacks, scalings and alerts, by action.",
+    ["action"],
+    registry=REGISTRY,
+)
+CYCLE_QUERIES = Gauge(
+    "agentfleet_operator_evaluation_cycle_queries",
+    "PromQL queries the last evaluation cycle sent (flat in the number of agents).",
+    registry=REGISTRY,
+)
+AGENTS = Gauge("agentfleet_operator_evaluated_agents", "AgentDeployments judged in the last cycle.", registry=REGISTRY)
+PHASES = Gauge(
+    "agentfleet_operator_agents",
+    "AgentDeployments by phase, as of the last evaluation cycle.",
+    ["phase"],
+    registry=REGISTRY,
+)
 PHASE_NAMES = ("Pending", "Progressing", "Running", "Suspended", "RolledBack", "Degraded", "PolicyViolation")

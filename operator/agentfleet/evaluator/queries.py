@@ -38,18 +38,26 @@ BUILTIN: dict[Metric, str] = {
 }
 
 UNITS: dict[Metric, str] = {
-    Metric.ERROR_RATE: "ratio of requests", Metric.TOOL_ERROR_RATE: "ratio of tool calls",
-    Metric.LOOP_DETECTIONS: "per window", Metric.COST_PER_TASK: "dollars per task",
-    Metric.TOKEN_RATE: "tokens per second", Metric.P99_LATENCY: "seconds",
-    Metric.INJECTION_SUSPICIONS: "per window", Metric.BUDGET_REJECTIONS: "per window",
+    Metric.ERROR_RATE: "ratio of requests",
+    Metric.TOOL_ERROR_RATE: "ratio of tool calls",
+    Metric.LOOP_DETECTIONS: "per window",
+    Metric.COST_PER_TASK: "dollars per task",
+    Metric.TOKEN_RATE: "tokens per second",
+    Metric.P99_LATENCY: "seconds",
+    Metric.INJECTION_SUSPICIONS: "per window",
+    Metric.BUDGET_REJECTIONS: "per window",
 }
 
 # The reason on the Suspended/RolledBack condition names what happened, in the guard's words.
 REASONS: dict[Metric, str] = {
-    Metric.ERROR_RATE: "error_rate_high", Metric.TOOL_ERROR_RATE: "tool_error_rate_high",
-    Metric.LOOP_DETECTIONS: "loop_detected", Metric.COST_PER_TASK: "cost_per_task_high",
-    Metric.TOKEN_RATE: "token_rate_high", Metric.P99_LATENCY: "latency_high",
-    Metric.INJECTION_SUSPICIONS: "injection_suspected", Metric.BUDGET_REJECTIONS: "budget_exhausted",
+    Metric.ERROR_RATE: "error_rate_high",
+    Metric.TOOL_ERROR_RATE: "tool_error_rate_high",
+    Metric.LOOP_DETECTIONS: "loop_detected",
+    Metric.COST_PER_TASK: "cost_per_task_high",
+    Metric.TOKEN_RATE: "token_rate_high",
+    Metric.P99_LATENCY: "latency_high",
+    Metric.INJECTION_SUSPICIONS: "injection_suspected",
+    Metric.BUDGET_REJECTIONS: "budget_exhausted",
     Metric.CUSTOM: "custom_rule_breached",
 }
 
@@ -82,5 +90,7 @@ TOKENS_LAST_HOUR = "sum by (namespace, agent) (increase(agentfleet_tokens_total[
 
 def exhausted_query(window: str) -> str:
     """Guards that refused requests because a time budget ran out (their local, strict view)."""
-    return ('sum by (namespace, agent, budget) (increase(agentfleet_budget_rejections_total'
-            f'{{budget=~"cost_per_day|tokens_per_hour"}}[{window}]))')
+    return (
+        "sum by (namespace, agent, budget) (increase(agentfleet_budget_rejections_total"
+        f'{{budget=~"cost_per_day|tokens_per_hour"}}[{window}]))'
+    )

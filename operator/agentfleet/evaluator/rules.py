@@ -99,8 +99,14 @@ class Verdict:
     promote_stable: str | None = None
 
     def empty(self) -> bool:
-        return (self.act is None and not self.alerts and self.metrics_available is None
-                and self.budget_exceeded is None and not self.resume_budget and self.promote_stable is None)
+        return (
+            self.act is None
+            and not self.alerts
+            and self.metrics_available is None
+            and self.budget_exceeded is None
+            and not self.resume_budget
+            and self.promote_stable is None
+        )
 
 
 def query_name(rule: GuardrailRule, agent: AgentView) -> str:
@@ -115,8 +121,9 @@ def query_name(rule: GuardrailRule, agent: AgentView) -> str:
 
 def breached(value: float, comparison: Comparison, threshold: Decimal) -> bool:
     t = float(threshold)
-    return {Comparison.GT: value > t, Comparison.GE: value >= t, Comparison.LT: value < t,
-            Comparison.LE: value <= t}[comparison]
+    return {Comparison.GT: value > t, Comparison.GE: value >= t, Comparison.LT: value < t, Comparison.LE: value <= t}[
+        comparison
+    ]
 
 
 def sample_for(rule: GuardrailRule, agent: AgentView, samples: Samples, revision: str) -> float | None:
@@ -156,9 +163,16 @@ def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: date
         if current is None or (current.get("status") == "True") != ok:
             v.metrics_available = (ok, msg)
         if not ok and spec.analysis.on_metrics_unavailable == OnMetricsUnavailable.SUSPEND and not suspended:
-            v.act = Act(Action.SUSPEND, "analysis.onMetricsUnavailable", "metrics", math.nan, "", revision,
-                        "metrics_unavailable", f"metrics are unavailable ({msg}) and "
-                        "analysis.onMetricsUnavailable is Suspend (fail closed)")
+            v.act = Act(
+                Action.SUSPEND,
+                "analysis.onMetricsUnavailable",
+                "metrics",
+                math.nan,
+                "",
+                revision,
+                "metrics_unavailable",
+                f"metrics are unavailable ({msg}) and analysis.onMetricsUnavailable is Suspend (fail closed)",
+            )
 
     candidates: list[Act] = []
     for rule in rules:
@@ -210,8 +224,10 @@ def in_cooldown(agent: AgentView, rule: GuardrailRule, memory: Memory, now: date
 def make_act(agent: AgentView, rule: GuardrailRule, value: float, revision: str) -> Act:
     threshold = f"{rule.comparison} {rule.threshold}"
     unit = UNITS.get(rule.metric, "")
-    base = (f"guardrail {rule.name!r}: {rule.metric} = {fmt(value)}{' ' + unit if unit else ''} "
-            f"{threshold} (for {rule.for_}) on revision {revision}")
+    base = (
+        f"guardrail {rule.name!r}: {rule.metric} = {fmt(value)}{' ' + unit if unit else ''} "
+        f"{threshold} (for {rule.for_}) on revision {revision}"
+    )
     action, message = rule.action, base
     if action == Action.ROLLBACK:
         stable = agent.status.get("stableRevision")
@@ -224,8 +240,9 @@ def make_act(agent: AgentView, rule: GuardrailRule, value: float, revision: str)
         message = f"{base}; suspended"
     elif action == Action.SCALE_TO:
         message = f"{base}; scaled to {rule.scale_to}"
-    return Act(action, rule.name, str(rule.metric), value, threshold, revision, REASONS[rule.metric], message,
-               rule.scale_to)
+    return Act(
+        action, rule.name, str(rule.metric), value, threshold, revision, REASONS[rule.metric], message, rule.scale_to
+    )
 
 
 def applied(agent: AgentView, act: Act, rolled_back: bool) -> bool:
@@ -237,8 +254,9 @@ def applied(agent: AgentView, act: Act, rolled_back: bool) -> bool:
     return False
 
 
-def judge_budgets(agent: AgentView, samples: Samples, suspended: bool) -> tuple[
-        Act | None, tuple[bool, str] | None, bool]:
+def judge_budgets(
+    agent: AgentView, samples: Samples, suspended: bool
+) -> tuple[Act | None, tuple[bool, str] | None, bool]:
     """Fleet-level budgets: the sum over all replicas, from Prometheus."""
     budgets, key = agent.spec.budgets, agent.key
     revision = agent.status.get("currentRevision") or ""
@@ -249,17 +267,29 @@ def judge_budgets(agent: AgentView, samples: Samples, suspended: bool) -> tuple[
     if budgets.cost_per_day is not None and (key in samples.spend_today or "cost_per_day" in exhausted):
         spent = samples.spend_today.get(key, 0.0)
         if spent >= float(budgets.cost_per_day) or "cost_per_day" in exhausted:
-            over.append(("cost_per_day_exceeded", spent, f">= {budgets.cost_per_day}",
-                         f"spent ${spent:.4f} today (UTC) across all replicas"
-                         f"{' and guards are refusing requests' if 'cost_per_day' in exhausted else ''}; "
-                         f"budgets.costPerDay is ${budgets.cost_per_day}"))
+            over.append(
+                (
+                    "cost_per_day_exceeded",
+                    spent,
+                    f">= {budgets.cost_per_day}",
+                    f"spent ${spent:.4f} today (UTC) across all replicas"
+                    f"{' and guards are refusing requests' if 'cost_per_day' in exhausted else ''}; "
+                    f"budgets.costPerDay is ${budgets.cost_per_day}",
+                )
+            )
     if budgets.tokens_per_hour is not None and (key in samples.tokens_last_hour or "tokens_per_hour" in exhausted):
         used = samples.tokens_last_hour.get(key, 0.0)
         if used >= budgets.tokens_per_hour or "tokens_per_hour" in exhausted:
-            over.append(("tokens_per_hour_exceeded", used, f">= {budgets.tokens_per_hour}",
-                         f"used {used:.0f} tokens in the last hour across all replicas"
-                         f"{' and guards are refusing requests' if 'tokens_per_hour' in exhausted else ''}; "
-                         f"budgets.tokensPerHour is {budgets.tokens_per_hour}"))
+            over.append(
+                (
+                    "tokens_per_hour_exceeded",
+                    used,
+                    f">= {budgets.tokens_per_hour}",
+                    f"used {used:.0f} tokens in the last hour across all replicas"
+                    f"{' and guards are refusing requests' if 'tokens_per_hour' in exhausted else ''}; "
+                    f"budgets.tokensPerHour is {budgets.tokens_per_hour}",
+                )
+            )
     current = cond.get(agent.status.get("conditions"), cond.BUDGET_EXCEEDED)
     was_over = current is not None and current.get("status") == "True"
     change: tuple[bool, str] | None = None
@@ -270,10 +300,19 @@ def judge_budgets(agent: AgentView, samples: Samples, suspended: bool) -> tuple[
     act = None
     if over:
         reason, value, threshold, message = over[0]
-        act = Act(Action.SUSPEND, "budgets", reason.removesuffix("_exceeded"), value, threshold, revision, reason,
-                  f"{message}; suspended until the budget resets or it is raised")
-    suspended_by_budget = suspended and (cond.get(agent.status.get("conditions"), cond.SUSPENDED) or {}).get(
-        "reason") in BUDGET_REASONS
+        act = Act(
+            Action.SUSPEND,
+            "budgets",
+            reason.removesuffix("_exceeded"),
+            value,
+            threshold,
+            revision,
+            reason,
+            f"{message}; suspended until the budget resets or it is raised",
+        )
+    suspended_by_budget = (
+        suspended and (cond.get(agent.status.get("conditions"), cond.SUSPENDED) or {}).get("reason") in BUDGET_REASONS
+    )
     return act, change, bool(suspended_by_budget and not over and key in samples.spend_today and not exhausted)
 
 

@@ -231,10 +231,7 @@ def documents() -> list[Doc]:
     return [main, _binding(NAME), scale, _binding(SCALE_NAME)]
 
 
-HEADER = (
-    "# Generated from operator/agentfleet/gen/admission.py by "
-    "`agentfleet generate`. Do not edit.\n"
-)
+HEADER = "# Generated from operator/agentfleet/gen/admission.py by `agentfleet generate`. Do not edit.\n"
 
 
 def files() -> dict[str, str]:

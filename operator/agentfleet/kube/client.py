@@ -93,14 +93,26 @@ class Kube:
     async def close(self) -> None:
         await self._api.close()
 
-    async def request(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
-                      content_type: str = "application/json") -> dict[str, Any] | None:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any] | None:
         """One API call; returns the decoded JSON body (None for 404 on GET/DELETE)."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         async with self._sem:
             resp = await self._api.call_api(
-                path, method, query_params=query or [], header_params=headers, body=body,
-                auth_settings=["BearerToken"], _preload_content=False, _request_timeout=self._timeout,
+                path,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._timeout,
             )
             try:
                 data = await resp.read()
@@ -116,8 +128,9 @@ class Kube:
         except ValueError:
             raise KubeError(resp.status, data.decode(errors="replace")[:500]) from None
 
-    async def apply(self, obj: dict[str, Any], subresource: str | None = None,
-                    field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+    async def apply(
+        self, obj: dict[str, Any], subresource: str | None = None, field_manager: str = FIELD_MANAGER
+    ) -> dict[str, Any]:
         """Server-side apply (conflicts forced). Children use the one field manager; status
         writers each use their own, so the API server merges their conditions by type."""
         res = RESOURCES[obj["kind"]]
@@ -125,8 +138,10 @@ class Kube:
         # Apply bodies are parsed as YAML: send pre-encoded JSON with YAML-unsafe characters
         # escaped. The charset parameter keeps the client from JSON-encoding it a second time.
         out = await self.request(
-            "PATCH", res.path(meta.get("namespace"), meta["name"], subresource),
-            body=apply_patch_body(obj).encode(), query=[("fieldManager", field_manager), ("force", "true")],
+            "PATCH",
+            res.path(meta.get("namespace"), meta["name"], subresource),
+            body=apply_patch_body(obj).encode(),
+            query=[("fieldManager", field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml; charset=utf-8",
         )
         assert out is not None
@@ -142,14 +157,20 @@ class Kube:
 
     async def delete(self, kind: str, namespace: str | None, name: str) -> bool:
         """Delete in the background (dependants are garbage-collected); False if it was gone."""
-        out = await self.request("DELETE", RESOURCES[kind].path(namespace, name),
-                                 body={"propagationPolicy": "Background"})
+        out = await self.request(
+            "DELETE", RESOURCES[kind].path(namespace, name), body={"propagationPolicy": "Background"}
+        )
         return out is not None
 
-    async def merge_patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any],
-                          subresource: str | None = None) -> dict[str, Any]:
-        out = await self.request("PATCH", RESOURCES[kind].path(namespace, name, subresource), body=patch,
-                                 content_type="application/merge-patch+json")
+    async def merge_patch(
+        self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], subresource: str | None = None
+    ) -> dict[str, Any]:
+        out = await self.request(
+            "PATCH",
+            RESOURCES[kind].path(namespace, name, subresource),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
         assert out is not None
         return out
 

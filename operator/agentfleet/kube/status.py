@@ -52,11 +52,13 @@ def overlay(base: cond.Conditions | None, mine: cond.Conditions) -> cond.Conditi
 
 def merge(fields: Status, conditions: cond.Conditions | None = None) -> Mutation:
     """The common change: set these fields and these conditions, keep everything else."""
+
     def mutate(status: Status) -> Status:
         out = {**status, **fields}
         if conditions:
             out["conditions"] = overlay(status.get("conditions"), conditions)
         return out
+
     return mutate
 
 
@@ -80,6 +82,7 @@ def with_first_readiness(mutate: Mutation, deployment: dict[str, Any], generatio
     """``mutate``, and, while the status has no Ready condition yet (a new agent), readiness as
     the just-applied Deployment reports it -- so the Deployment watcher's first write, which
     would say the same, is not needed. A Ready condition already there is left alone."""
+
     def mutated(status: Status) -> Status:
         out = mutate(status)
         if cond.get(out.get("conditions"), cond.READY) is not None:
@@ -87,6 +90,7 @@ def with_first_readiness(mutate: Mutation, deployment: dict[str, Any], generatio
         fields, is_ready, reason, message = readiness(deployment)
         ready = cond.set_condition(out.get("conditions"), cond.READY, is_ready, reason, message, generation, now)
         return {**out, **fields, "conditions": ready}
+
     return mutated
 
 
@@ -124,8 +128,12 @@ class Written:
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
         self._items[key] = {
-            "metadata": {"namespace": key[0], "name": key[1], "resourceVersion": meta.get("resourceVersion"),
-                         "generation": meta.get("generation")},
+            "metadata": {
+                "namespace": key[0],
+                "name": key[1],
+                "resourceVersion": meta.get("resourceVersion"),
+                "generation": meta.get("generation"),
+            },
             "spec": {"replicas": spec.get("replicas"), "suspended": spec.get("suspended")},
             "status": obj.get("status") or {},
         }

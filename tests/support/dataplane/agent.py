@@ -85,8 +85,10 @@ def behaviour_from_prompt(prompt: str | None) -> str:
     name = match.group(1).lower()
     name = ALIASES.get(name, name)
     if name not in BEHAVIOURS:
-        raise ValueError(f"unknown simulated behaviour {match.group(1)!r} in the system prompt; "
-                         f"known: {', '.join(sorted(BEHAVIOURS | set(ALIASES)))}")
+        raise ValueError(
+            f"unknown simulated behaviour {match.group(1)!r} in the system prompt; "
+            f"known: {', '.join(sorted(BEHAVIOURS | set(ALIASES)))}"
+        )
     return name
 
 
@@ -99,8 +101,10 @@ def directive(behaviour: str, step: int, tools: list[str]) -> str | None:
     """
     if behaviour in (HEALTHY, "slow"):
         if step == 0 and tools:
-            beh: dict[str, Any] = {"mode": "tool_call", "tool_calls": [
-                {"name": tools[0], "arguments": json.dumps({"query": "latest figures"})}]}
+            beh: dict[str, Any] = {
+                "mode": "tool_call",
+                "tool_calls": [{"name": tools[0], "arguments": json.dumps({"query": "latest figures"})}],
+            }
         else:
             beh = {"mode": "ok", "text": "Here is the summary you asked for: all figures are within range."}
         if behaviour == "slow":
@@ -137,8 +141,13 @@ class AgentStats:
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"started": self.started, "calls": self.calls, "tool_calls": self.tool_calls,
-                "skipped": self.skipped, "outcomes": dict(self.outcomes)}
+        return {
+            "started": self.started,
+            "calls": self.calls,
+            "tool_calls": self.tool_calls,
+            "skipped": self.skipped,
+            "outcomes": dict(self.outcomes),
+        }
 
 
 class ScriptedAgent:
@@ -176,8 +185,10 @@ class ScriptedAgent:
         self.client = AsyncOpenAI(base_url=base_url, api_key="sim", max_retries=0, timeout=call_timeout)
         self._inflight: set[asyncio.Task[None]] = set()
         self._tool_defs: list[dict[str, Any]] = [
-            {"type": "function", "function": {"name": t, "description": f"simulated tool {t}",
-                                              "parameters": TOOL_PARAMETERS}}
+            {
+                "type": "function",
+                "function": {"name": t, "description": f"simulated tool {t}", "parameters": TOOL_PARAMETERS},
+            }
             for t in self.tools
         ]
 
@@ -224,8 +235,10 @@ class ScriptedAgent:
         first = directive(self.behaviour, 0, self.tools) or ""
         messages: list[Any] = [
             {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": f"Task {n} for {self.name}: look up the latest figures and summarise "
-                                        f"them. {first}"},
+            {
+                "role": "user",
+                "content": f"Task {n} for {self.name}: look up the latest figures and summarise them. {first}",
+            },
         ]
         extra: dict[str, Any] = {"tools": self._tool_defs} if self._tool_defs else {}
         for step in range(MAX_STEPS):
@@ -236,8 +249,11 @@ class ScriptedAgent:
             self.stats.calls += 1
             try:
                 resp = await self.client.chat.completions.create(
-                    model=self.model, messages=messages, max_tokens=256,
-                    extra_headers={TASK_HEADER: task_id}, **extra,
+                    model=self.model,
+                    messages=messages,
+                    max_tokens=256,
+                    extra_headers={TASK_HEADER: task_id},
+                    **extra,
                 )
             except openai.APIStatusError as exc:
                 return error_code(exc)
@@ -248,13 +264,21 @@ class ScriptedAgent:
             msg = resp.choices[0].message
             if not msg.tool_calls:
                 return "completed"
-            messages.append({
-                "role": "assistant",
-                "content": msg.content,
-                "tool_calls": [{"id": c.id, "type": "function",
-                                "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                               for c in msg.tool_calls if c.type == "function"],
-            })
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": msg.content,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.function.name, "arguments": c.function.arguments},
+                        }
+                        for c in msg.tool_calls
+                        if c.type == "function"
+                    ],
+                }
+            )
             for call in msg.tool_calls:
                 self.stats.tool_calls += 1
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": self._execute(call)})
@@ -268,16 +292,20 @@ class ScriptedAgent:
         except ValueError:
             args = {}
         query = args.get("query", "") if isinstance(args, dict) else ""
-        return json.dumps({"result": f"3 documents match {query!r}", "tool": call.function.name,
-                           "count": 3})
+        return json.dumps({"result": f"3 documents match {query!r}", "tool": call.function.name, "count": 3})
 
 
 async def _main(args: argparse.Namespace) -> int:
     behaviour = args.behaviour or behaviour_from_prompt(args.system_prompt)
     agent = ScriptedAgent(
-        args.base_url, behaviour=behaviour, model=args.model, tools=args.tool, name=args.name,
+        args.base_url,
+        behaviour=behaviour,
+        model=args.model,
+        tools=args.tool,
+        name=args.name,
         system_prompt=args.system_prompt or "You are a helpful agent.",
-        interval=lambda: 1.0 / args.tasks_per_second, max_inflight=args.max_inflight,
+        interval=lambda: 1.0 / args.tasks_per_second,
+        max_inflight=args.max_inflight,
     )
     started = time.monotonic()
     runner = asyncio.create_task(agent.run(args.tasks))
@@ -288,18 +316,27 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, runner.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await runner
-    print(json.dumps({"behaviour": behaviour, "seconds": round(time.monotonic() - started, 1),
-                      **agent.stats.snapshot()}))
+    print(
+        json.dumps({"behaviour": behaviour, "seconds": round(time.monotonic() - started, 1), **agent.stats.snapshot()})
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.support.dataplane.agent",
-                                description="Scripted test agent (openai SDK) for the agentfleet guard.")
-    p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
-                   help="the guard's OpenAI base URL, e.g. http://127.0.0.1:4000/v1 (env OPENAI_BASE_URL)")
-    p.add_argument("--system-prompt", default=os.environ.get("AGENTFLEET_SYSTEM_PROMPT"),
-                   help="picks the behaviour with a [[sim:NAME]] marker (env AGENTFLEET_SYSTEM_PROMPT)")
+    p = argparse.ArgumentParser(
+        prog="python -m tests.support.dataplane.agent",
+        description="Scripted test agent (openai SDK) for the agentfleet guard.",
+    )
+    p.add_argument(
+        "--base-url",
+        default=os.environ.get("OPENAI_BASE_URL"),
+        help="the guard's OpenAI base URL, e.g. http://127.0.0.1:4000/v1 (env OPENAI_BASE_URL)",
+    )
+    p.add_argument(
+        "--system-prompt",
+        default=os.environ.get("AGENTFLEET_SYSTEM_PROMPT"),
+        help="picks the behaviour with a [[sim:NAME]] marker (env AGENTFLEET_SYSTEM_PROMPT)",
+    )
     p.add_argument("--behaviour", help="override the marker: " + ", ".join(sorted(BEHAVIOURS)))
     p.add_argument("--model", default=os.environ.get("AGENTFLEET_MODEL", "gpt-4o-mini"))
     p.add_argument("--name", default=os.environ.get("AGENTFLEET_AGENT", "agent"))

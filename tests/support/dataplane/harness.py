@@ -62,7 +62,7 @@ def _wait_for_line(path: Path, prefix: str, proc: subprocess.Popen[bytes], what:
             raise RuntimeError(f"{what} exited with {proc.returncode}:\n{path.read_text(errors='replace')[-3000:]}")
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith(prefix):
-                return line[len(prefix):].strip()
+                return line[len(prefix) :].strip()
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} not ready after {timeout:.0f}s:\n{path.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
@@ -91,8 +91,12 @@ class FakeLLMProcess:
     @classmethod
     def start(cls, log: Path, *args: str, timeout: float = 60) -> FakeLLMProcess:
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "fake_llm.py"), "--port", "0",
-                                     *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "support" / "fake_llm.py"), "--port", "0", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
         try:
             base = _wait_for_line(log, "fake-llm listening on ", proc, "the fake LLM", timeout)
         except BaseException:
@@ -116,8 +120,9 @@ class DataplaneProcess:
     seen_pids: set[int] = field(default_factory=set)
 
     @classmethod
-    def start(cls, kubeconfig: str, targets_dir: Path, work_dir: Path, namespaces: list[str], *extra: str,
-              timeout: float = 60) -> DataplaneProcess:
+    def start(
+        cls, kubeconfig: str, targets_dir: Path, work_dir: Path, namespaces: list[str], *extra: str, timeout: float = 60
+    ) -> DataplaneProcess:
         """Start it and wait until its first list of pods is done (``extra``: more flags, e.g.
         ``--start-llm``, ``--tasks-per-second 2``, ``--launcher exec``)."""
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -125,9 +130,23 @@ class DataplaneProcess:
         ns_flags = [f for ns in namespaces for f in ("--namespace", ns)]
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.dataplane", "--kubeconfig", kubeconfig,
-                 "--targets-dir", str(targets_dir), "--work-dir", str(work_dir), *ns_flags, *extra],
-                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.dataplane",
+                    "--kubeconfig",
+                    kubeconfig,
+                    "--targets-dir",
+                    str(targets_dir),
+                    "--work-dir",
+                    str(work_dir),
+                    *ns_flags,
+                    *extra,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         dp = cls(proc, work_dir, targets_dir, namespaces, log)
         try:
@@ -150,11 +169,15 @@ class DataplaneProcess:
         """Simulated pods by ``namespace/pod``: agent, revision, phase, guard_pid, guard_url, target,
         behaviour, restarts, error, stats (the scripted agent's counters)."""
         pods: dict[str, dict[str, Any]] = self.state().get("pods", {})
-        return {k: v for k, v in pods.items()
-                if (agent is None or v["agent"] == agent) and (namespace is None or k.startswith(namespace + "/"))}
+        return {
+            k: v
+            for k, v in pods.items()
+            if (agent is None or v["agent"] == agent) and (namespace is None or k.startswith(namespace + "/"))
+        }
 
-    def running(self, agent: str, count: int, revision: str | None = None,
-                namespace: str | None = None) -> dict[str, dict[str, Any]] | None:
+    def running(
+        self, agent: str, count: int, revision: str | None = None, namespace: str | None = None
+    ) -> dict[str, dict[str, Any]] | None:
         """The pods of ``agent`` if exactly ``count`` have a ready guard (at ``revision``), else None."""
         pods = self.pods(agent, namespace)
         ok = len(pods) == count and all(

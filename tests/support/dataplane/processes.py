@@ -137,8 +137,13 @@ class ExecLauncher(Launcher):
     async def spawn(self, argv: list[str], log_path: Path) -> Child:
         with log_path.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                *self.command, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                preexec_fn=_die_with_parent, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                *self.command,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                preexec_fn=_die_with_parent,
+                env={**os.environ, "PYTHONFAULTHANDLER": "1"},
             )
         return ExecChild(proc)
 
@@ -165,7 +170,10 @@ class ForkLauncher(Launcher):
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(ZYGOTE), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            str(ZYGOTE),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
         assert self.proc.stdout is not None
@@ -204,8 +212,9 @@ class ForkLauncher(Launcher):
             self.next_id += 1
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self.pending[self.next_id] = fut
-            self.proc.stdin.write((json.dumps({"id": self.next_id, "argv": argv, "log": str(log_path)}) + "\n")
-                                  .encode())
+            self.proc.stdin.write(
+                (json.dumps({"id": self.next_id, "argv": argv, "log": str(log_path)}) + "\n").encode()
+            )
             await self.proc.stdin.drain()
             try:
                 pid = await asyncio.wait_for(asyncio.shield(fut), 30)
@@ -315,8 +324,15 @@ async def start_fake_llm(log_path: Path, within: float = 30.0) -> tuple[asyncio.
     errors = log_path.open("ab")
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(FAKE_LLM), "--host", "127.0.0.1", "--port", "0",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=errors,
+            sys.executable,
+            str(FAKE_LLM),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
             preexec_fn=_die_with_parent,
         )
     finally:
@@ -331,4 +347,4 @@ async def start_fake_llm(log_path: Path, within: float = 30.0) -> tuple[asyncio.
     if not line.startswith(prefix):
         await stop_child(proc, 5)
         raise RuntimeError(f"the fake LLM failed to start: {line!r} (log: {log_path})")
-    return proc, line[len(prefix):].decode().strip()
+    return proc, line[len(prefix) :].decode().strip()

@@ -129,8 +129,9 @@ def runnable_pod(pod: Mapping[str, Any]) -> PodInfo | None:
             prompt_ref = (ref["name"], ref["key"])
         else:
             prompt = env.get("value", "")
-    return PodInfo(meta["namespace"], meta["name"], meta.get("uid", ""), agent, revision, config_map, prompt,
-                   prompt_ref)
+    return PodInfo(
+        meta["namespace"], meta["name"], meta.get("uid", ""), agent, revision, config_map, prompt, prompt_ref
+    )
 
 
 def is_loopback_url(url: str) -> bool:
@@ -144,9 +145,7 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-def local_config(
-    data: Mapping[str, Any], *, llm_url: str | None, api_key_file: Path, audit_file: Path
-) -> GuardConfig:
+def local_config(data: Mapping[str, Any], *, llm_url: str | None, api_key_file: Path, audit_file: Path) -> GuardConfig:
     """The pod's guard config, rewritten to run on this machine.
 
     Loopback listener; the model endpoint kept when it is on loopback, otherwise replaced by
@@ -159,8 +158,9 @@ def local_config(
     endpoint = cfg.model.endpoint
     if not is_loopback_url(endpoint):
         if llm_url is None:
-            raise ValueError(f"model endpoint {endpoint} is not on loopback and no fake LLM is configured "
-                             "(--llm-url or --start-llm)")
+            raise ValueError(
+                f"model endpoint {endpoint} is not on loopback and no fake LLM is configured (--llm-url or --start-llm)"
+            )
         endpoint = llm_url
     tools = []
     for tool in cfg.tools:
@@ -172,22 +172,31 @@ def local_config(
             tools.append(tool.model_copy(update={"endpoint": url}))
         else:
             tools.append(tool)
-    return cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"endpoint": endpoint}),
-        "tools": tools,
-        "listen_host": "127.0.0.1",
-        "api_key_file": str(api_key_file),
-        "audit": AuditSink(stdout=False, file=str(audit_file), max_bytes=4 * 1024 * 1024, backups=1),
-    })
+    return cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update={"endpoint": endpoint}),
+            "tools": tools,
+            "listen_host": "127.0.0.1",
+            "api_key_file": str(api_key_file),
+            "audit": AuditSink(stdout=False, file=str(audit_file), max_bytes=4 * 1024 * 1024, backups=1),
+        }
+    )
 
 
 def target_document(port: int, pod: PodInfo) -> list[dict[str, Any]]:
     """The file-SD document for one guard."""
-    return [{
-        "targets": [f"127.0.0.1:{port}"],
-        "labels": {"namespace": pod.namespace, "agent": pod.agent, "revision": pod.revision, "pod": pod.name,
-                   OWNER_LABEL: str(os.getpid())},
-    }]
+    return [
+        {
+            "targets": [f"127.0.0.1:{port}"],
+            "labels": {
+                "namespace": pod.namespace,
+                "agent": pod.agent,
+                "revision": pod.revision,
+                "pod": pod.name,
+                OWNER_LABEL: str(os.getpid()),
+            },
+        }
+    ]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -224,9 +233,16 @@ class PodState:
     agent: ScriptedAgent | None = field(default=None, repr=False)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"phase": self.phase, "guard_pid": self.guard_pid, "guard_url": self.guard_url,
-                "target": self.target, "behaviour": self.behaviour, "restarts": self.restarts,
-                "error": self.error, "stats": self.agent.stats.snapshot() if self.agent else None}
+        return {
+            "phase": self.phase,
+            "guard_pid": self.guard_pid,
+            "guard_url": self.guard_url,
+            "target": self.target,
+            "behaviour": self.behaviour,
+            "restarts": self.restarts,
+            "error": self.error,
+            "stats": self.agent.stats.snapshot() if self.agent else None,
+        }
 
 
 class PodRunner:
@@ -280,8 +296,12 @@ class PodRunner:
                     prompt = await self.sim.read_config_map(self.pod.namespace, *self.pod.prompt_ref)
                 key_file = self.dir / "api-key"
                 key_file.write_text(f"sim-{self.pod.namespace}-{self.pod.agent}\n")
-                cfg = local_config(yaml.safe_load(raw), llm_url=self.sim.llm_url, api_key_file=key_file,
-                                   audit_file=self.dir / "audit.jsonl")
+                cfg = local_config(
+                    yaml.safe_load(raw),
+                    llm_url=self.sim.llm_url,
+                    api_key_file=key_file,
+                    audit_file=self.dir / "audit.jsonl",
+                )
                 behaviour = behaviour_from_prompt(prompt)
                 config_path = self.dir / "guard.json"
                 write_atomic(config_path, json.dumps(cfg.wire(), indent=2))
@@ -302,16 +322,28 @@ class PodRunner:
         assert self.guard.pid is not None
         tools = [t.name for t in cfg.tools if cfg.allowed_tools is None or t.name in cfg.allowed_tools]
         agent = ScriptedAgent(
-            f"{self.guard.url}/v1", behaviour=self.state.behaviour or HEALTHY, model=cfg.model.name, tools=tools,
-            name=f"{self.pod.namespace}/{self.pod.agent}", system_prompt=prompt or "You are a helpful agent.",
-            interval=self.sim.task_interval, max_inflight=min(4, cfg.budgets.max_concurrent_tasks),
+            f"{self.guard.url}/v1",
+            behaviour=self.state.behaviour or HEALTHY,
+            model=cfg.model.name,
+            tools=tools,
+            name=f"{self.pod.namespace}/{self.pod.agent}",
+            system_prompt=prompt or "You are a helpful agent.",
+            interval=self.sim.task_interval,
+            max_inflight=min(4, cfg.budgets.max_concurrent_tasks),
         )
         self.state.agent = agent
         self.sim.targets.write(self.target, target_document(self.guard.port, self.pod), owner=self)
-        self._set(phase="running", guard_pid=self.guard.pid, guard_url=self.guard.url, target=str(self.target),
-                  error=None)
-        log.info("%s: guard pid %d on %s, agent %s (%s)", self.pod.key, self.guard.pid, self.guard.url,
-                 self.pod.agent, self.state.behaviour)
+        self._set(
+            phase="running", guard_pid=self.guard.pid, guard_url=self.guard.url, target=str(self.target), error=None
+        )
+        log.info(
+            "%s: guard pid %d on %s, agent %s (%s)",
+            self.pod.key,
+            self.guard.pid,
+            self.guard.url,
+            self.pod.agent,
+            self.state.behaviour,
+        )
         agent_task = asyncio.create_task(agent.run(), name=f"agent {self.pod.key}")
         guard_exit = asyncio.create_task(self.guard.wait())
         try:
@@ -432,8 +464,7 @@ class Simulator:
         from kubernetes_asyncio.client.exceptions import ApiException
 
         try:
-            cm = await CoreV1Api(self._api).read_namespaced_config_map(name, namespace,
-                                                                       _request_timeout=API_TIMEOUT)
+            cm = await CoreV1Api(self._api).read_namespaced_config_map(name, namespace, _request_timeout=API_TIMEOUT)
         except ApiException as exc:
             raise LookupError(f"ConfigMap {namespace}/{name}: {exc.status} {exc.reason}") from None
         data = cm.data or {}
@@ -503,11 +534,13 @@ class Simulator:
         while True:
             try:
                 if namespace:
-                    resp = await api.list_namespaced_pod(namespace, label_selector=MANAGED_SELECTOR,
-                                                         _preload_content=False, _request_timeout=API_TIMEOUT)
+                    resp = await api.list_namespaced_pod(
+                        namespace, label_selector=MANAGED_SELECTOR, _preload_content=False, _request_timeout=API_TIMEOUT
+                    )
                 else:
-                    resp = await api.list_pod_for_all_namespaces(label_selector=MANAGED_SELECTOR,
-                                                                 _preload_content=False, _request_timeout=API_TIMEOUT)
+                    resp = await api.list_pod_for_all_namespaces(
+                        label_selector=MANAGED_SELECTOR, _preload_content=False, _request_timeout=API_TIMEOUT
+                    )
                 async with resp:
                     body = await resp.json()
                 rv = body["metadata"]["resourceVersion"]
@@ -530,9 +563,13 @@ class Simulator:
     async def _watch(self, api: Any, namespace: str | None, rv: str) -> str | None:
         """One watch request; returns the resourceVersion to resume from, or None to relist."""
         kwargs: dict[str, Any] = {
-            "label_selector": MANAGED_SELECTOR, "watch": True, "resource_version": rv,
-            "allow_watch_bookmarks": True, "timeout_seconds": WATCH_SECONDS,
-            "_preload_content": False, "_request_timeout": (API_TIMEOUT, WATCH_SECONDS + 20),
+            "label_selector": MANAGED_SELECTOR,
+            "watch": True,
+            "resource_version": rv,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": WATCH_SECONDS,
+            "_preload_content": False,
+            "_request_timeout": (API_TIMEOUT, WATCH_SECONDS + 20),
         }
         if namespace:
             resp = await api.list_namespaced_pod(namespace, **kwargs)
@@ -559,8 +596,10 @@ class Simulator:
 
     def _announce_ready(self) -> None:
         if all(s in self.synced for s in self._scopes()):
-            print(f"dataplane ready: work dir {self.work_dir}, llm {self.llm_url or '(endpoints as rendered)'}",
-                  flush=True)
+            print(
+                f"dataplane ready: work dir {self.work_dir}, llm {self.llm_url or '(endpoints as rendered)'}",
+                flush=True,
+            )
 
     # ------------------------------------------------------------------ state file
 
@@ -570,8 +609,10 @@ class Simulator:
             "llm_url": self.llm_url,
             "namespaces": self.opts.namespaces or None,
             "synced": all(s in self.synced for s in self._scopes()),
-            "pods": {k: {"agent": r.pod.agent, "revision": r.pod.revision, **r.state.snapshot()}
-                     for k, r in sorted(self.runners.items())},
+            "pods": {
+                k: {"agent": r.pod.agent, "revision": r.pod.revision, **r.state.snapshot()}
+                for k, r in sorted(self.runners.items())
+            },
             "not_simulated": sorted(self.over_capacity),
         }
 

@@ -46,7 +46,7 @@ def emit(message: dict[str, Any]) -> None:
     """One protocol line, unbuffered (so a fork never duplicates pending output)."""
     data = (json.dumps(message) + "\n").encode()
     while data:
-        data = data[os.write(1, data):]
+        data = data[os.write(1, data) :]
 
 
 def preload() -> None:

@@ -37,8 +37,15 @@ class AuditReport:
     """The "namespace/agent" identities the records name (a guard stamps its own on each)."""
 
     def json(self) -> dict[str, Any]:
-        return {"source": self.source, "records": self.records, "first": self.first, "last": self.last,
-                "ok": self.ok, "message": self.message, "agents": list(self.agents)}
+        return {
+            "source": self.source,
+            "records": self.records,
+            "first": self.first,
+            "last": self.last,
+            "ok": self.ok,
+            "message": self.message,
+            "agents": list(self.agents),
+        }
 
 
 def guard_container_of(pod: dict[str, Any]) -> str:
@@ -97,8 +104,9 @@ def verify_files(paths: Sequence[Path]) -> AuditReport:
         lines += [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     span = _span(lines)
     result = verify(list(paths))
-    return AuditReport(", ".join(str(p) for p in paths), span.records, span.first, span.last, result.ok,
-                       result.message, span.agents)
+    return AuditReport(
+        ", ".join(str(p) for p in paths), span.records, span.first, span.last, result.ok, result.message, span.agents
+    )
 
 
 def verify_log(source: str, log: str) -> AuditReport:
@@ -108,13 +116,17 @@ def verify_log(source: str, log: str) -> AuditReport:
     picked = audit_lines(log)
     span = _span([line for _, line in picked])
     if not picked:
-        return AuditReport(source, 0, None, None, False,
-                           f"{source}: no audit records in the guard's log (is audit to stdout enabled?)")
+        return AuditReport(
+            source, 0, None, None, False, f"{source}: no audit records in the guard's log (is audit to stdout enabled?)"
+        )
     with tempfile.TemporaryDirectory(prefix="agentfleet-audit-") as tmp:
         path = Path(tmp) / "audit.jsonl"
         path.write_text("".join(line + "\n" for _, line in picked))
         result = verify([path])
     original = {i: n for i, (n, _) in enumerate(picked, 1)}
-    message = re.sub(re.escape(str(path)) + r":(\d+)",
-                     lambda m: f"{source} line {original.get(int(m.group(1)), m.group(1))}", result.message)
+    message = re.sub(
+        re.escape(str(path)) + r":(\d+)",
+        lambda m: f"{source} line {original.get(int(m.group(1)), m.group(1))}",
+        result.message,
+    )
     return AuditReport(source, span.records, span.first, span.last, result.ok, message, span.agents)

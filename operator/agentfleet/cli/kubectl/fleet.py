@@ -31,7 +31,7 @@ def _list(value: Any) -> list[Any]:
 
 
 def model_key(spec: Mapping[str, Any]) -> str:
-    """"provider/name" of the agent's model, e.g. "openai/gpt-4o-mini"."""
+    """ "provider/name" of the agent's model, e.g. "openai/gpt-4o-mini"."""
     model = _dict(_dict(spec.get("agent")).get("model"))
     return f"{model.get('provider') or DEFAULT_PROVIDER}/{model.get('name') or '?'}"
 
@@ -158,13 +158,15 @@ def find_revision(revisions: list[Revision], wanted: str) -> Revision:
         if len(prefixed) == 1:
             return prefixed[0]
         if len(prefixed) > 1:
-            raise RevisionNotFound(f"{wanted!r} matches several revisions: "
-                                   + ", ".join(f"{r.number} ({r.hash})" for r in prefixed))
+            raise RevisionNotFound(
+                f"{wanted!r} matches several revisions: " + ", ".join(f"{r.number} ({r.hash})" for r in prefixed)
+            )
     raise RevisionNotFound(f"no revision {wanted!r}; {_describe(revisions)}")
 
 
-def rollback_target(revisions: list[Revision], current: str | None, stable: str | None,
-                    requested: str | None = None) -> RollbackTarget:
+def rollback_target(
+    revisions: list[Revision], current: str | None, stable: str | None, requested: str | None = None
+) -> RollbackTarget:
     """Where ``rollback`` goes: the requested revision; otherwise the stable revision when it
     differs from the current one; otherwise the revision numbered just below the current one."""
     if requested is not None:
@@ -173,19 +175,24 @@ def rollback_target(revisions: list[Revision], current: str | None, stable: str 
     if stable and stable != current:
         found = next((r for r in revisions if r.hash == stable), None)
         if found is None:
-            raise RevisionNotFound(f"the stable revision {stable} is no longer recorded; {_describe(revisions)}; "
-                                   "pass --to-revision")
+            raise RevisionNotFound(
+                f"the stable revision {stable} is no longer recorded; {_describe(revisions)}; pass --to-revision"
+            )
         return RollbackTarget(found, f"the stable revision ({found.number})")
     number = number_of(revisions, current)
     if number is None:
-        raise RevisionNotFound(f"the current revision {current or '(none)'} is not recorded; "
-                               f"{_describe(revisions)}; pass --to-revision")
+        raise RevisionNotFound(
+            f"the current revision {current or '(none)'} is not recorded; {_describe(revisions)}; pass --to-revision"
+        )
     older = [r for r in revisions if r.number < number]
     if not older:
-        raise RevisionNotFound(f"nothing to roll back to: revision {number} ({current}) is the oldest recorded "
-                               f"revision; {_describe(revisions)}")
-    why = "the previous revision" + (f" (the current revision {number} is the stable one)" if stable else
-                                     " (no stable revision yet)")
+        raise RevisionNotFound(
+            f"nothing to roll back to: revision {number} ({current}) is the oldest recorded "
+            f"revision; {_describe(revisions)}"
+        )
+    why = "the previous revision" + (
+        f" (the current revision {number} is the stable one)" if stable else " (no stable revision yet)"
+    )
     return RollbackTarget(older[-1], why)
 
 
@@ -226,9 +233,15 @@ def history_table(rows: list[HistoryRow], now: datetime, wide: bool = False) -> 
     out = []
     for row in rows:
         spec = row.revision.spec
-        line = [str(row.revision.number), row.revision.hash, age(row.revision.created, now), row.marks,
-                model_key(spec), prompt_summary(spec, limit=60 if wide else 24),
-                ",".join(tool_set(spec)) or NONE]
+        line = [
+            str(row.revision.number),
+            row.revision.hash,
+            age(row.revision.created, now),
+            row.marks,
+            model_key(spec),
+            prompt_summary(spec, limit=60 if wide else 24),
+            ",".join(tool_set(spec)) or NONE,
+        ]
         if wide:
             line += [cell(row.revision.created), cell(_dict(spec.get("agent")).get("image"))]
         out.append(line)
@@ -238,8 +251,15 @@ def history_table(rows: list[HistoryRow], now: datetime, wide: bool = False) -> 
 # ------------------------------------------------------------------------------- status
 
 
-CONDITION_ORDER = ("Ready", "Progressing", "Suspended", "RolledBack", "BudgetExceeded", "MetricsAvailable",
-                   "PolicyViolation")
+CONDITION_ORDER = (
+    "Ready",
+    "Progressing",
+    "Suspended",
+    "RolledBack",
+    "BudgetExceeded",
+    "MetricsAvailable",
+    "PolicyViolation",
+)
 
 
 @dataclass(frozen=True)
@@ -273,8 +293,10 @@ class AgentStatus:
         if not isinstance(ready, str) or not ready:
             ready = f"{status.get('readyReplicas') or 0}/{spec.get('replicas', 1)}"
         order = {t: i for i, t in enumerate(CONDITION_ORDER)}
-        conditions = sorted((c for c in _list(status.get("conditions")) if isinstance(c, dict)),
-                            key=lambda c: (order.get(str(c.get("type")), len(order)), str(c.get("type"))))
+        conditions = sorted(
+            (c for c in _list(status.get("conditions")) if isinstance(c, dict)),
+            key=lambda c: (order.get(str(c.get("type")), len(order)), str(c.get("type"))),
+        )
         tokens = usage.get("tokensLastHour")
         running = next((r.spec for r in revs if r.hash == status.get("currentRevision") and r.spec), spec)
         return cls(
@@ -322,7 +344,7 @@ def money(value: str | None) -> str:
 
 
 def breach_text(breach: Mapping[str, Any] | None, now: datetime, wide: bool = False) -> str:
-    """"loop-guard: Suspend 2m ago", or in wide output with what was seen against what
+    """ "loop-guard: Suspend 2m ago", or in wide output with what was seen against what
     threshold: "loop-guard: loopDetections=5 (> 3) -> Suspend 2m ago"."""
     if not breach:
         return NONE
@@ -330,8 +352,10 @@ def breach_text(breach: Mapping[str, Any] | None, now: datetime, wide: bool = Fa
     tail = f"{breach.get('action', '?')} {when} ago" if when != NONE else str(breach.get("action", "?"))
     if not wide:
         return f"{breach.get('rule', '?')}: {tail}"
-    return (f"{breach.get('rule', '?')}: {breach.get('metric', '?')}={breach.get('observedValue', '?')} "
-            f"({breach.get('threshold', '?')}) -> {tail}")
+    return (
+        f"{breach.get('rule', '?')}: {breach.get('metric', '?')}={breach.get('observedValue', '?')} "
+        f"({breach.get('threshold', '?')}) -> {tail}"
+    )
 
 
 def conditions_text(conditions: list[dict[str, Any]]) -> str:
@@ -346,9 +370,17 @@ def status_table(rows: list[AgentStatus], now: datetime, wide: bool = False, nam
         headers += ["model", "suspended", "conditions"]
     out = []
     for s in rows:
-        line = [s.name, s.ready, cell(s.phase), cell(s.current_revision), cell(s.stable_revision),
-                money(s.spend_today), cell(s.tokens_last_hour), breach_text(s.last_breach, now, wide),
-                age(s.created, now)]
+        line = [
+            s.name,
+            s.ready,
+            cell(s.phase),
+            cell(s.current_revision),
+            cell(s.stable_revision),
+            money(s.spend_today),
+            cell(s.tokens_last_hour),
+            breach_text(s.last_breach, now, wide),
+            age(s.created, now),
+        ]
         if namespaces:
             line.insert(0, s.namespace)
         if wide:
@@ -358,10 +390,19 @@ def status_table(rows: list[AgentStatus], now: datetime, wide: bool = False, nam
 
 
 def conditions_table(conditions: list[dict[str, Any]], now: datetime) -> str:
-    return table(["type", "status", "reason", "age", "message"],
-                 [[cell(c.get("type")), cell(c.get("status")), cell(c.get("reason")),
-                   age(c.get("lastTransitionTime"), now), shorten(str(c.get("message") or NONE), 200)]
-                  for c in conditions])
+    return table(
+        ["type", "status", "reason", "age", "message"],
+        [
+            [
+                cell(c.get("type")),
+                cell(c.get("status")),
+                cell(c.get("reason")),
+                age(c.get("lastTransitionTime"), now),
+                shorten(str(c.get("message") or NONE), 200),
+            ]
+            for c in conditions
+        ],
+    )
 
 
 def breach_details(breach: Mapping[str, Any]) -> str:
@@ -443,10 +484,12 @@ class Census:
     def headline(self) -> str:
         n = self.agent_deployments
         ns = len(self.namespaces)
-        return (f"{n} AgentDeployment{'s' if n != 1 else ''} in {ns} namespace{'s' if ns != 1 else ''} "
-                f"run {len(self.revisions)} distinct configuration{'s' if len(self.revisions) != 1 else ''} "
-                f"on {len(self.models)} model{'s' if len(self.models) != 1 else ''} "
-                f"with {self.ready_replicas} ready replica{'s' if self.ready_replicas != 1 else ''}.")
+        return (
+            f"{n} AgentDeployment{'s' if n != 1 else ''} in {ns} namespace{'s' if ns != 1 else ''} "
+            f"run {len(self.revisions)} distinct configuration{'s' if len(self.revisions) != 1 else ''} "
+            f"on {len(self.models)} model{'s' if len(self.models) != 1 else ''} "
+            f"with {self.ready_replicas} ready replica{'s' if self.ready_replicas != 1 else ''}."
+        )
 
     def table(self, wide: bool = False) -> str:
         top = 0 if wide else 3
@@ -459,9 +502,12 @@ class Census:
             ["Distinct models", str(len(self.models)), _top(self.models, top)],
             ["Distinct prompts", str(len(self.prompts)), _top(self.prompts, top)],
             ["Distinct tool sets", str(len(self.tool_sets)), _top(self.tool_sets, top)],
-            ["Distinct revisions", str(len(self.revisions)),
-             "distinct pod configurations" + (f"; {self.not_reconciled} not reconciled yet"
-                                              if self.not_reconciled else "")],
+            [
+                "Distinct revisions",
+                str(len(self.revisions)),
+                "distinct pod configurations"
+                + (f"; {self.not_reconciled} not reconciled yet" if self.not_reconciled else ""),
+            ],
         ]
         return table(["what", "count", "detail"], rows) + "\n\n" + self.headline()
 

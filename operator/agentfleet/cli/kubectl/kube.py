@@ -41,8 +41,10 @@ class NotFound(PluginError):
 
 
 def agent_missing(name: str, namespace: str) -> NotFound:
-    return NotFound(f'agentdeployment "{name}" not found in namespace "{namespace}" '
-                    f"(list them with: kubectl get agd -n {namespace}, or kubectl agentfleet status -A)")
+    return NotFound(
+        f'agentdeployment "{name}" not found in namespace "{namespace}" '
+        f"(list them with: kubectl get agd -n {namespace}, or kubectl agentfleet status -A)"
+    )
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,9 @@ def connect(kubeconfig: str | None, context: str | None) -> Connection:
             return Connection(client.ApiClient(configuration), namespace, configuration.host)
         where = "--kubeconfig" if kubeconfig else ("KUBECONFIG" if os.environ.get("KUBECONFIG") else "default")
         what = f"{path} ({where}) does not exist" if len(files) < 2 else f"none of {path} ({where}) exists"
-        raise PluginError(f"kubeconfig not found: {what}; pass --kubeconfig PATH or set KUBECONFIG to the file "
-                          "kubectl uses")
+        raise PluginError(
+            f"kubeconfig not found: {what}; pass --kubeconfig PATH or set KUBECONFIG to the file kubectl uses"
+        )
     merged = os.pathsep.join(existing)
     try:
         contexts, current = config.list_kube_config_contexts(config_file=merged)
@@ -92,8 +95,9 @@ def connect(kubeconfig: str | None, context: str | None) -> Connection:
             if chosen is None:
                 names = ", ".join(str(c.get("name")) for c in contexts or []) or "none"
                 raise PluginError(f'context "{context}" not found in {merged} (contexts: {names})')
-        config.load_kube_config(config_file=merged, context=context, client_configuration=configuration,
-                                persist_config=False)
+        config.load_kube_config(
+            config_file=merged, context=context, client_configuration=configuration, persist_config=False
+        )
     except config.ConfigException as exc:
         raise PluginError(f"invalid kubeconfig {merged}: {exc}") from exc
     except (OSError, ValueError, yaml.YAMLError) as exc:
@@ -126,8 +130,10 @@ class Cluster:
         except ApiException as exc:
             raise api_error(exc, what) from exc
         except (HTTPError, OSError) as exc:
-            raise PluginError(f"cannot reach the API server at {self.connection.server} ({what}): "
-                              f"{network_reason(exc)}; is the cluster up and the kubeconfig right?") from exc
+            raise PluginError(
+                f"cannot reach the API server at {self.connection.server} ({what}): "
+                f"{network_reason(exc)}; is the cluster up and the kubeconfig right?"
+            ) from exc
 
     def _json(self, call: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -> dict[str, Any]:
         resp = self._raw(call, *args, what=what, **kwargs)
@@ -154,8 +160,15 @@ class Cluster:
 
     def get_agent(self, namespace: str, name: str) -> dict[str, Any]:
         try:
-            return self._json(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                              what=f"get agentdeployment {namespace}/{name}")
+            return self._json(
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                what=f"get agentdeployment {namespace}/{name}",
+            )
         except NotFound as exc:
             if exc.message.startswith("the server does not serve"):
                 raise
@@ -164,24 +177,44 @@ class Cluster:
     def agents(self, namespace: str | None) -> Iterator[dict[str, Any]]:
         """AgentDeployments in ``namespace``, or in every namespace when it is None."""
         if namespace is None:
-            return self._pages(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
-                               what="list agentdeployments in all namespaces")
-        return self._pages(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                           what=f"list agentdeployments in namespace {namespace}")
+            return self._pages(
+                self.custom.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                PLURAL,
+                what="list agentdeployments in all namespaces",
+            )
+        return self._pages(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            what=f"list agentdeployments in namespace {namespace}",
+        )
 
     def patch_agent(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch (RFC 7386) of the AgentDeployment."""
         try:
-            return self._json(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                              patch, _content_type="application/merge-patch+json",
-                              what=f"patch agentdeployment {namespace}/{name}")
+            return self._json(
+                self.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+                what=f"patch agentdeployment {namespace}/{name}",
+            )
         except NotFound as exc:
             if exc.message.startswith("the server does not serve"):
                 raise
             raise agent_missing(name, namespace) from None
 
-    def wait_agent(self, namespace: str, name: str, done: Callable[[dict[str, Any]], bool],
-                   timeout: float) -> dict[str, Any] | None:
+    def wait_agent(
+        self, namespace: str, name: str, done: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any] | None:
         """Watch the AgentDeployment until ``done(obj)``; the object, or None at the deadline."""
         from kubernetes import watch as kube_watch
         from kubernetes.client import ApiException
@@ -198,9 +231,16 @@ class Cluster:
                 return None
             version = (obj.get("metadata") or {}).get("resourceVersion")
             stream = watch.Watch().stream(
-                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                field_selector=f"metadata.name={name}", resource_version=version,
-                timeout_seconds=max(1, int(remaining)), _request_timeout=remaining + self.timeout)
+                self.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=version,
+                timeout_seconds=max(1, int(remaining)),
+                _request_timeout=remaining + self.timeout,
+            )
             try:
                 for event in stream:
                     if event.get("type") == "DELETED":
@@ -222,24 +262,50 @@ class Cluster:
         """ControllerRevisions of one agent, or of every agent in ``namespace`` (None: all)."""
         selector = MANAGED_SELECTOR + (f",{AGENT}={agent}" if agent else "")
         if namespace is None:
-            return list(self._pages(self.apps.list_controller_revision_for_all_namespaces,
-                                    label_selector=selector, what="list controllerrevisions in all namespaces"))
-        return list(self._pages(self.apps.list_namespaced_controller_revision, namespace, label_selector=selector,
-                                what=f"list controllerrevisions in namespace {namespace}"))
+            return list(
+                self._pages(
+                    self.apps.list_controller_revision_for_all_namespaces,
+                    label_selector=selector,
+                    what="list controllerrevisions in all namespaces",
+                )
+            )
+        return list(
+            self._pages(
+                self.apps.list_namespaced_controller_revision,
+                namespace,
+                label_selector=selector,
+                what=f"list controllerrevisions in namespace {namespace}",
+            )
+        )
 
     def revision(self, namespace: str, name: str) -> dict[str, Any]:
         """One ControllerRevision by name (``AGENT-HASH``)."""
-        return self._json(self.apps.read_namespaced_controller_revision, name, namespace,
-                          what=f"get controllerrevision {namespace}/{name}")
+        return self._json(
+            self.apps.read_namespaced_controller_revision,
+            name,
+            namespace,
+            what=f"get controllerrevision {namespace}/{name}",
+        )
 
     def pods(self, namespace: str, agent: str) -> list[dict[str, Any]]:
-        return list(self._pages(self.core.list_namespaced_pod, namespace,
-                                label_selector=f"{MANAGED_SELECTOR},{AGENT}={agent}",
-                                what=f"list pods of agent {namespace}/{agent}"))
+        return list(
+            self._pages(
+                self.core.list_namespaced_pod,
+                namespace,
+                label_selector=f"{MANAGED_SELECTOR},{AGENT}={agent}",
+                what=f"list pods of agent {namespace}/{agent}",
+            )
+        )
 
     def pod_log(self, namespace: str, pod: str, container: str, previous: bool = False) -> str:
-        resp = self._raw(self.core.read_namespaced_pod_log, pod, namespace, container=container, previous=previous,
-                         what=f"read the logs of container {container} in pod {namespace}/{pod}")
+        resp = self._raw(
+            self.core.read_namespaced_pod_log,
+            pod,
+            namespace,
+            container=container,
+            previous=previous,
+            what=f"read the logs of container {container} in pod {namespace}/{pod}",
+        )
         data: bytes = resp.data
         return data.decode(errors="replace")
 
@@ -267,9 +333,11 @@ def api_error(exc: Any, what: str) -> PluginError:
     status = int(exc.status or 0)
     if status == 404:
         if not body.get("details") and "agentdeployment" in what:
-            return NotFound(f"the server does not serve {RESOURCE} ({what}): are the agentfleet CRDs installed? "
-                            "Install them with `helm install agentfleet charts/agentfleet` or "
-                            "`kubectl apply -f crds/`")
+            return NotFound(
+                f"the server does not serve {RESOURCE} ({what}): are the agentfleet CRDs installed? "
+                "Install them with `helm install agentfleet charts/agentfleet` or "
+                "`kubectl apply -f crds/`"
+            )
         return NotFound(f"{what}: not found ({message})")
     if status == 401:
         return PluginError(f"{what}: unauthorized: the credentials in the kubeconfig were rejected ({message})")

@@ -91,23 +91,41 @@ def build_parser() -> argparse.ArgumentParser:
     (``kubectl agentfleet -n team status`` and ``... status -n team``)."""
     connection = argparse.ArgumentParser(add_help=False)
     group = connection.add_argument_group("connection (as in kubectl)")
-    group.add_argument("-n", "--namespace", default=argparse.SUPPRESS,
-                       help="namespace (default: the kubeconfig context's namespace, else 'default')")
-    group.add_argument("--kubeconfig", default=argparse.SUPPRESS,
-                       help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    group.add_argument(
+        "-n",
+        "--namespace",
+        default=argparse.SUPPRESS,
+        help="namespace (default: the kubeconfig context's namespace, else 'default')",
+    )
+    group.add_argument(
+        "--kubeconfig", default=argparse.SUPPRESS, help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)"
+    )
     group.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context to use")
-    group.add_argument("--request-timeout", type=_duration, default=argparse.SUPPRESS, metavar="DURATION",
-                       help=f"timeout of each API request, e.g. 10s (default {DEFAULT_REQUEST_TIMEOUT:.0f}s)")
+    group.add_argument(
+        "--request-timeout",
+        type=_duration,
+        default=argparse.SUPPRESS,
+        metavar="DURATION",
+        help=f"timeout of each API request, e.g. 10s (default {DEFAULT_REQUEST_TIMEOUT:.0f}s)",
+    )
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default=None,
-                        help="output format: wide (more columns), json or yaml (default: a table)")
+    output.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUT_FORMATS,
+        default=None,
+        help="output format: wide (more columns), json or yaml (default: a table)",
+    )
     every = argparse.ArgumentParser(add_help=False)
-    every.add_argument("-A", "--all-namespaces", action="store_true",
-                       help="across all namespaces (ignores -n)")
+    every.add_argument("-A", "--all-namespaces", action="store_true", help="across all namespaces (ignores -n)")
 
-    parser = argparse.ArgumentParser(prog=PROG, parents=[connection], epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Operate agentfleet AgentDeployments (agd).")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        parents=[connection],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Operate agentfleet AgentDeployments (agd).",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, text: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -122,22 +140,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rollback", "Roll back to the stable revision, the previous one, or --to-revision.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to-revision", metavar="N", help="revision number or hash (see `history`)")
-    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
-                   help="wait until the agent runs the target revision (default: wait)")
-    p.add_argument("--timeout", type=_duration, default=DEFAULT_ROLLBACK_TIMEOUT, metavar="DURATION",
-                   help=f"how long to wait (default {DEFAULT_ROLLBACK_TIMEOUT:.0f}s)")
-    p = command("history", "Revisions of an agent: number, hash, age, current/stable, model, prompt, tools.",
-                output)
+    p.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until the agent runs the target revision (default: wait)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_duration,
+        default=DEFAULT_ROLLBACK_TIMEOUT,
+        metavar="DURATION",
+        help=f"how long to wait (default {DEFAULT_ROLLBACK_TIMEOUT:.0f}s)",
+    )
+    p = command("history", "Revisions of an agent: number, hash, age, current/stable, model, prompt, tools.", output)
     p.add_argument("name", metavar="NAME")
-    p = command("census", "An honest count of the fleet: agents, replicas, distinct models, prompts, tool "
-                          "sets and revisions.", output, every)
+    p = command(
+        "census",
+        "An honest count of the fleet: agents, replicas, distinct models, prompts, tool sets and revisions.",
+        output,
+        every,
+    )
     p = command("audit", "Fetch and verify a guard's hash-chained audit trail.", output)
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--file", action="append", type=Path, metavar="PATH",
-                   help="verify this audit file instead of the pods' guard logs; repeat for rotated files, "
-                        "oldest first; '-' reads a saved log from stdin")
-    p.add_argument("--previous", action="store_true",
-                   help="read the previous (restarted) guard container's log")
+    p.add_argument(
+        "--file",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="verify this audit file instead of the pods' guard logs; repeat for rotated files, "
+        "oldest first; '-' reads a saved log from stdin",
+    )
+    p.add_argument("--previous", action="store_true", help="read the previous (restarted) guard container's log")
     return parser
 
 
@@ -217,15 +251,18 @@ def cmd_status(s: Session) -> int:
         objects = [s.cluster.get_agent(s.namespace, name)]
         revision_objects = _optional(lambda: s.cluster.revisions(s.namespace, name)) if enrich else []
     else:
-        objects = sorted(s.cluster.agents(s.scope), key=lambda o: (o["metadata"].get("namespace", ""),
-                                                                   o["metadata"]["name"]))
+        objects = sorted(
+            s.cluster.agents(s.scope), key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        )
         revision_objects = _optional(lambda: s.cluster.revisions(s.scope)) if enrich else []
     by_agent: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for rev in revision_objects:
         meta = rev.get("metadata") or {}
         by_agent[(meta.get("namespace", ""), (meta.get("labels") or {}).get(AGENT_LABEL, ""))].append(rev)
-    rows = [AgentStatus.of(o, revisions_of(by_agent[(o["metadata"].get("namespace", ""), o["metadata"]["name"])]))
-            for o in objects]
+    rows = [
+        AgentStatus.of(o, revisions_of(by_agent[(o["metadata"].get("namespace", ""), o["metadata"]["name"])]))
+        for o in objects
+    ]
     if s.output in {"json", "yaml"}:
         out(dump(rows[0].json() if name else {"items": [r.json() for r in rows]}, s.output))
         return 0
@@ -256,22 +293,32 @@ def cmd_resume(s: Session) -> int:
     name: str = s.args.name
     before = s.cluster.get_agent(s.namespace, name)
     suspended = _condition(before, "Suspended")
-    after = s.cluster.patch_agent(s.namespace, name, {
-        "spec": {"suspended": False},
-        "metadata": {"annotations": {RESUME: rfc3339(s.now)}},
-    })
+    after = s.cluster.patch_agent(
+        s.namespace,
+        name,
+        {
+            "spec": {"suspended": False},
+            "metadata": {"annotations": {RESUME: rfc3339(s.now)}},
+        },
+    )
     reason = suspended.get("reason") if suspended.get("status") == "True" else None
     out(f"{KIND}/{name} resumed" + (f" (was suspended: {reason})" if reason else ""))
     if reason == "FleetKillSwitch":
-        note("warning: an AgentPolicy covering this namespace has suspendAll: true (the fleet kill switch); the "
-             "agent stays at zero replicas until it is lifted (kubectl get agp)")
+        note(
+            "warning: an AgentPolicy covering this namespace has suspendAll: true (the fleet kill switch); the "
+            "agent stays at zero replicas until it is lifted (kubectl get agp)"
+        )
     over = _condition(after, "BudgetExceeded")
     if over.get("status") == "True":
-        note(f"warning: the agent is over budget ({over.get('message') or over.get('reason')}); the evaluator "
-             f"suspends it again at its next evaluation unless the budget is raised (spec.budgets) or resets")
+        note(
+            f"warning: the agent is over budget ({over.get('message') or over.get('reason')}); the evaluator "
+            f"suspends it again at its next evaluation unless the budget is raised (spec.budgets) or resets"
+        )
     if _condition(after, "PolicyViolation").get("status") == "True":
-        note(f"warning: the agent violates an AgentPolicy and runs no pods until that is fixed "
-             f"(kubectl describe agd {name} -n {s.namespace})")
+        note(
+            f"warning: the agent violates an AgentPolicy and runs no pods until that is fixed "
+            f"(kubectl describe agd {name} -n {s.namespace})"
+        )
     return 0
 
 
@@ -281,8 +328,9 @@ def cmd_rollback(s: Session) -> int:
     status = _status(obj)
     revisions = revisions_of(s.cluster.revisions(s.namespace, name))
     try:
-        target = rollback_target(revisions, status.get("currentRevision"), status.get("stableRevision"),
-                                 s.args.to_revision)
+        target = rollback_target(
+            revisions, status.get("currentRevision"), status.get("stableRevision"), s.args.to_revision
+        )
     except RevisionNotFound as exc:
         raise NotFound(f"cannot roll back {name}: {exc}") from None
     rev = target.revision
@@ -290,8 +338,10 @@ def cmd_rollback(s: Session) -> int:
     if not s.args.wait:
         out(f"{KIND}/{name} rollback to revision {rev.number} ({rev.hash}) requested: {target.why}")
         return 0
-    note(f"rolling back {name} to revision {rev.number} ({rev.hash}), {target.why}; waiting up to "
-         f"{s.args.timeout:.0f}s for the operator")
+    note(
+        f"rolling back {name} to revision {rev.number} ({rev.hash}), {target.why}; waiting up to "
+        f"{s.args.timeout:.0f}s for the operator"
+    )
 
     def done(seen: dict[str, Any]) -> bool:
         return ROLLBACK_TO not in _annotations(seen) and _status(seen).get("currentRevision") == rev.hash
@@ -300,11 +350,16 @@ def cmd_rollback(s: Session) -> int:
     if final is None:
         latest = s.cluster.get_agent(s.namespace, name)
         pending = ROLLBACK_TO in _annotations(latest)
-        why = ("the operator has not picked up the request: is it running?" if pending else
-               "the operator took the request but the agent runs another revision; see its events")
-        raise PluginError(f"timed out after {s.args.timeout:.0f}s waiting for {name} to run revision {rev.number} "
-                          f"({rev.hash}); it runs {_status(latest).get('currentRevision') or 'nothing yet'}: {why} "
-                          f"(kubectl describe agd {name} -n {s.namespace})")
+        why = (
+            "the operator has not picked up the request: is it running?"
+            if pending
+            else "the operator took the request but the agent runs another revision; see its events"
+        )
+        raise PluginError(
+            f"timed out after {s.args.timeout:.0f}s waiting for {name} to run revision {rev.number} "
+            f"({rev.hash}); it runs {_status(latest).get('currentRevision') or 'nothing yet'}: {why} "
+            f"(kubectl describe agd {name} -n {s.namespace})"
+        )
     out(f"{KIND}/{name} rolled back to revision {rev.number} ({rev.hash})")
     return 0
 
@@ -317,8 +372,18 @@ def cmd_history(s: Session) -> int:
     revisions: list[Revision] = revisions_of(s.cluster.revisions(s.namespace, name))
     rows = history_rows(revisions, current, stable)
     if s.output in {"json", "yaml"}:
-        out(dump({"namespace": s.namespace, "name": name, "currentRevision": current, "stableRevision": stable,
-                  "items": [r.json() for r in rows]}, s.output))
+        out(
+            dump(
+                {
+                    "namespace": s.namespace,
+                    "name": name,
+                    "currentRevision": current,
+                    "stableRevision": stable,
+                    "items": [r.json() for r in rows],
+                },
+                s.output,
+            )
+        )
         return 0
     if not rows:
         note(f"No revisions recorded for {name} yet (the operator records one when it first reconciles it).")
@@ -359,8 +424,10 @@ def _audit_pods(s: Session, name: str) -> list[AuditReport]:
     pods = sorted(s.cluster.pods(s.namespace, name), key=lambda p: p["metadata"]["name"])
     if not pods:
         phase = _status(obj).get("phase") or "not reconciled yet"
-        raise PluginError(f"{name} has no pods (phase {phase}), so there is no guard log to read; verify a saved "
-                          "copy of its audit trail with --file PATH")
+        raise PluginError(
+            f"{name} has no pods (phase {phase}), so there is no guard log to read; verify a saved "
+            "copy of its audit trail with --file PATH"
+        )
     reports = []
     for pod in pods:
         pod_name = pod["metadata"]["name"]
@@ -368,9 +435,17 @@ def _audit_pods(s: Session, name: str) -> list[AuditReport]:
         try:
             log = s.cluster.pod_log(s.namespace, pod_name, container, previous=s.args.previous)
         except PluginError as exc:
-            reports.append(AuditReport(f"pod/{pod_name}", 0, None, None, False,
-                                       f"cannot read the guard's log: {exc.message}. Verify a copy of the audit "
-                                       "trail from your log pipeline with --file PATH (or --file - from stdin)"))
+            reports.append(
+                AuditReport(
+                    f"pod/{pod_name}",
+                    0,
+                    None,
+                    None,
+                    False,
+                    f"cannot read the guard's log: {exc.message}. Verify a copy of the audit "
+                    "trail from your log pipeline with --file PATH (or --file - from stdin)",
+                )
+            )
             continue
         reports.append(verify_log(f"pod/{pod_name}", log))
     return reports
@@ -396,8 +471,11 @@ def cmd_audit(s: Session) -> int:
     else:
         wide = s.output == "wide"
         headers = ["source", "records", "first", "last", "chain"] + (["agents", "detail"] if wide else [])
-        rows = [[r.source, str(r.records), cell(r.first), cell(r.last), "OK" if r.ok else "BROKEN"]
-                + ([",".join(r.agents) or NONE, r.message] if wide else []) for r in reports]
+        rows = [
+            [r.source, str(r.records), cell(r.first), cell(r.last), "OK" if r.ok else "BROKEN"]
+            + ([",".join(r.agents) or NONE, r.message] if wide else [])
+            for r in reports
+        ]
         out(table(headers, rows))
         for r in reports:
             if not r.ok:
