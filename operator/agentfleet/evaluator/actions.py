@@ -10,7 +10,6 @@ audit record.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,6 +20,7 @@ from agentfleet.api import names
 from agentfleet.api.types import Action
 from agentfleet.audit import AuditLog
 from agentfleet.evaluator import metrics
+from agentfleet.evaluator.outcome import fmt_value, outcome
 from agentfleet.evaluator.rules import Act, AgentView, Memory, Samples, Verdict, make_act
 from agentfleet.kube.client import Kube
 from agentfleet.kube.events import post_event
@@ -63,82 +63,27 @@ class Actor:
             return
         if v.act is not None:  # the view may lag: decide the action again on the object as it is now
             v.act = rejudge(agent, body.get("status") or {}, v.act)
-        generation = body["metadata"].get("generation")
         now = cond.now_rfc3339()
-        conds: cond.Conditions = []
-        fields: dict[str, Any] = {}
-        events: list[tuple[str, str, str]] = []
-
-        def condition(type_: str, status: bool, reason: str, message: str) -> None:
-            updated = cond.set_condition(
-                body.get("status", {}).get("conditions"), type_, status, reason, message, generation, now
+        out = outcome(v, body.get("status") or {}, body["metadata"].get("generation"), now)
+        if out.scale_to is not None:
+            await self.kube.merge_patch(
+                "AgentDeployment",
+                agent.namespace,
+                agent.name,
+                {"spec": {"replicas": out.scale_to}},
+                subresource="scale",
             )
-            conds.extend(c for c in updated if c["type"] == type_)
-
-        if v.metrics_available is not None:
-            ok, msg = v.metrics_available
-            condition(cond.METRICS_AVAILABLE, ok, "QueriesSucceeded" if ok else "PrometheusUnavailable", msg)
-            if not ok:
-                events.append(("Warning", "MetricsUnavailable", msg))
-        if v.budget_exceeded is not None:
-            over, msg = v.budget_exceeded
-            condition(cond.BUDGET_EXCEEDED, over, "BudgetExceeded" if over else "WithinBudget", msg)
-        if v.promote_stable:
-            fields["stableRevision"] = v.promote_stable
-            events.append(("Normal", "RevisionStable", f"revision {v.promote_stable} passed its stabilization window"))
-        if v.resume_budget:
-            condition(cond.SUSPENDED, False, "BudgetRecovered", "spend is back under budget; resumed")
-            events.append(("Normal", "Resumed", "spend is back under budget; resumed"))
-        act, reconcile_after = v.act, v.resume_budget
         memory = self.memory()
-        if act is not None:
-            fields["lastBreach"] = {
-                "rule": act.rule,
-                "metric": act.metric,
-                "observedValue": fmt_value(act.value),
-                "threshold": act.threshold,
-                "revision": act.revision,
-                "time": now,
-                "action": str(act.action),
-            }
-            if act.action == Action.SUSPEND:
-                condition(cond.SUSPENDED, True, act.reason, act.message)
-                reconcile_after = True
-            elif act.action == Action.ROLLBACK:
-                condition(cond.ROLLED_BACK, True, act.reason, act.message)
-                fields["currentRevision"] = agent.status.get("stableRevision")
-                reconcile_after = True
-            elif act.action == Action.SCALE_TO:
-                await self.kube.merge_patch(
-                    "AgentDeployment",
-                    agent.namespace,
-                    agent.name,
-                    {"spec": {"replicas": act.scale_to}},
-                    subresource="scale",
-                )
+        for act in out.acted:
             memory.acted[(agent.namespace, agent.name, act.rule)] = datetime.now(UTC)
-            events.append(("Warning", act.reason, act.message))
-            metrics.ACTIONS.labels(str(act.action)).inc()
-            self.record(agent, act.action, act.rule, act.reason, act.message, act.value, act.threshold, act.revision)
-        for alert in v.alerts:
-            memory.acted[(agent.namespace, agent.name, alert.rule)] = datetime.now(UTC)
-            events.append(("Warning", "GuardrailAlert", alert.message))
-            metrics.ACTIONS.labels("Alert").inc()
-            self.record(
-                agent,
-                Action.ALERT,
-                alert.rule,
-                alert.reason,
-                alert.message,
-                alert.value,
-                alert.threshold,
-                alert.revision,
-            )
-        metrics.DECISIONS.labels(str(act.action) if act else "status").inc()
-        await update_status(self.kube, body, merge(fields, conds))  # the durable record comes first
-        for type_, reason, message in events:
+            action = act.action if act is v.act else Action.ALERT
+            metrics.ACTIONS.labels(str(action)).inc()
+            self.record(agent, action, act.rule, act.reason, act.message, act.value, act.threshold, act.revision)
+        metrics.DECISIONS.labels(str(v.act.action) if v.act else "status").inc()
+        await update_status(self.kube, body, merge(out.fields, out.conditions))  # the durable record comes first
+        for type_, reason, message in out.events:
             await self.event(body, type_, reason, message)
-        if reconcile_after:  # then the effect, through the same path as a manual suspend or rollback
+        if out.reconcile_after:  # then the effect, through the same path as a manual suspend or rollback
             fresh = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
             if fresh is not None:
                 for type_, reason, message in await self.carry_out(fresh):
@@ -218,7 +163,3 @@ def rejudge(agent: AgentView, status: dict[str, Any], act: Act) -> Act | None:
         return act
     current = AgentView(agent.namespace, agent.name, agent.generation, agent.spec, status, agent.resource_version)
     return make_act(current, rule, act.value, act.revision)
-
-
-def fmt_value(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.6g}"  # NaN for fail-closed suspensions
