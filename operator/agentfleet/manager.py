@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from agentfleet.api.guardconfig import AuditSink
 from agentfleet.audit import AuditLog
 from agentfleet.controller.handlers import ReadyMirror, labels_of, policies_of
+from agentfleet.controller.policy_status import PolicyStatusWriter
 from agentfleet.controller.reconcile import Context, reconcile
 from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.loop import Evaluator, EvaluatorSettings
@@ -110,9 +111,12 @@ def configure(args: argparse.Namespace) -> None:
         memo.evaluator = None
         if args.prometheus_url:
             memo.evaluator = start_evaluator(args, memo, kwargs)
+        memo.policy_status = start_policy_status(memo, kwargs)
 
     @kopf.on.cleanup()
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        memo.policy_status.cancel()
+        await asyncio.gather(memo.policy_status, return_exceptions=True)
         if memo.evaluator is not None:
             task, prom, audit = memo.evaluator
             task.cancel()
@@ -121,6 +125,23 @@ def configure(args: argparse.Namespace) -> None:
             audit.close()
         await memo.ready_mirror.close()
         await memo.kube.close()
+
+
+def start_policy_status(memo: kopf.Memo, indexes: dict[str, Any]) -> asyncio.Task[None]:
+    """The AgentPolicy census (covered agents, violations), from the same in-memory indexes."""
+    agent_index, policy_index, namespace_index = (
+        indexes["agent_index"],
+        indexes["policy_index"],
+        indexes["namespace_index"],
+    )
+
+    def agents() -> list[tuple[str, dict[str, Any]]]:
+        return [(ns, body.get("status") or {}) for (ns, _), store in list(agent_index.items()) for body in store]
+
+    writer = PolicyStatusWriter(
+        memo.kube, lambda: policies_of(policy_index), agents, lambda ns: labels_of(namespace_index, ns)
+    )
+    return asyncio.create_task(writer.run(), name="policy-status")
 
 
 def start_evaluator(
