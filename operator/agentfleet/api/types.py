@@ -11,20 +11,61 @@ money is a decimal string in US dollars ("12.50"), never a float.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasGenerator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+from agentfleet.api.units import MAX_DURATION, parse_duration
+
+DURATION_PATTERN = r"^([0-9]{1,6}(\.[0-9]{1,6})?(ms|s|m|h)){1,4}$"
+"""At most four parts of at most six digits: no duration can overflow a parser (CEL, timedelta)."""
 MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
 DECIMAL_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,9})?$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
-"""A Go-style duration such as "500ms", "30s", "5m" or "1h30m"."""
+
+def _bounded_duration(value: str) -> str:
+    parse_duration(value)  # raises ValueError past MAX_DURATION
+    return value
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_bounded_duration),
+    Field(
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"duration(self) <= duration('{MAX_DURATION}')", "message": f"must be at most {MAX_DURATION}"}
+            ]
+        },
+    ),
+]
+"""A Go-style duration such as "500ms", "30s", "5m" or "1h30m", at most one year."""
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = Annotated[
+    str,
+    Field(
+        pattern=QUANTITY_PATTERN,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "isQuantity(self)", "message": "must be a resource quantity such as 500m, 2 or 256Mi"}
+            ]
+        },
+    ),
+]
+"""A Kubernetes resource quantity ("500m", "2", "256Mi"), checked as the API server does."""
+RESOURCE_NAME_PATTERN = r"^(cpu|memory|ephemeral-storage|hugepages-[0-9]+[KMG]i|[a-z0-9.-]+/[a-zA-Z0-9._-]+)$"
+NamePattern = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\*?$|^\*$", max_length=64)]
+"""An object name, or a prefix ending in "*" ("llm-*"), or "*" for any."""
 Money = Annotated[str, Field(pattern=MONEY_PATTERN, max_length=20)]
 """A non-negative amount of US dollars as a decimal string, e.g. "12.50"."""
 Decimal = Annotated[str, Field(pattern=DECIMAL_PATTERN, max_length=26)]
@@ -178,10 +219,29 @@ class EnvVar(Model):
 class Resources(Model):
     """Compute resources of the agent container, as in a Pod (e.g. cpu: "500m", memory: "256Mi")."""
 
-    requests: dict[str, str] | None = None
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            *(
+                (
+                    f"!has(self.{field}) || self.{field}.all(k, k.matches('{RESOURCE_NAME_PATTERN}'))",
+                    f"{field} may name cpu, memory, ephemeral-storage, hugepages-SIZE or a DOMAIN/NAME resource",
+                )
+                for field in ("requests", "limits")
+            )
+        )
+    )
+    requests: dict[str, Quantity] | None = Field(default=None, max_length=16)
     """Minimum resources."""
-    limits: dict[str, str] | None = None
+    limits: dict[str, Quantity] | None = Field(default=None, max_length=16)
     """Maximum resources."""
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _resource_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        bad = [k for k in value or {} if not re.fullmatch(RESOURCE_NAME_PATTERN, k)]
+        if bad:
+            raise ValueError(f"unknown resource name(s) {', '.join(map(repr, bad))}")
+        return value
 
 
 class AgentSpec(Model):
@@ -322,8 +382,14 @@ class GuardrailRule(Model):
                 "action ScaleTo needs scaleTo (a replica count)",
             ),
             ("self.action == 'ScaleTo' || !has(self.scaleTo)", "scaleTo is only valid with action ScaleTo"),
-            ("self.metric != 'custom' || has(self.query)", "metric custom needs query (PromQL)"),
-            ("self.metric == 'custom' || !has(self.query)", "query is only valid with metric custom"),
+            (
+                "self.metric != 'custom' || has(self.query) != has(self.queryRef)",
+                "metric custom needs exactly one of query (PromQL) or queryRef (a query an AgentPolicy defines)",
+            ),
+            (
+                "self.metric == 'custom' || (!has(self.query) && !has(self.queryRef))",
+                "query and queryRef are only valid with metric custom",
+            ),
         )
     )
     name: DnsName
@@ -331,8 +397,12 @@ class GuardrailRule(Model):
     metric: Metric
     """Built-in metric name, or custom with query."""
     query: str | None = Field(default=None, max_length=4096)
-    """Custom PromQL; {{namespace}}, {{agent}} and {{revision}} are substituted. The result
-    must be grouped by (namespace, agent, revision) or be a single value."""
+    """Custom PromQL; {{namespace}}, {{agent}} and {{revision}} are substituted. It may read only
+    this agent's own series: every selector must match namespace="{{namespace}}" and
+    agent="{{agent}}" (the evaluator refuses any other query). The result must be grouped by
+    (namespace, agent, revision) or be a single value."""
+    query_ref: DnsName | None = None
+    """Name of a query in a covering AgentPolicy's customQueries (platform-defined PromQL)."""
     comparison: Comparison = Comparison.GT
     """Comparison of observed value against threshold."""
     threshold: Decimal
@@ -594,6 +664,35 @@ class ModelPrice(Model):
     """Dollars per million output tokens."""
 
 
+class EndpointRule(Model):
+    """Model and tool endpoints an agent may use: a host (exact, or "*.example.com"), or an IP
+    range; optionally only some ports. A hostname rule with a CIDR also tells the NetworkPolicy
+    where that host lives (a NetworkPolicy cannot match names)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("has(self.host) || has(self.cidr)", "an endpoint rule needs host or cidr"))
+    )
+    host: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+    """Hostname, or "*.suffix" for any host under it."""
+    cidr: Cidr | None = None
+    """IP range the endpoint's address (or the named host) lies in."""
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = Field(default=None, max_length=32)
+    """Allowed ports (unset: any)."""
+
+
+class CustomQuery(Model):
+    """A platform-defined PromQL query that agents' guardrails may use by name (queryRef)."""
+
+    name: DnsName
+    """Name agents refer to."""
+    query: str = Field(min_length=1, max_length=4096)
+    """PromQL; {{namespace}}, {{agent}} and {{revision}} are substituted per agent."""
+
+
 class AgentPolicySpec(Model):
     """Fleet-wide ceilings and allowances, owned by the platform team. Agents in covered
     namespaces must stay within every field that is set; unset fields do not restrict."""
@@ -619,6 +718,16 @@ class AgentPolicySpec(Model):
     """Authoritative model prices."""
     suspend_all: bool = False
     """Fleet kill switch: suspends every covered agent within one evaluation interval."""
+    allowed_secrets: list[NamePattern] | None = Field(default=None, max_length=256)
+    """Secrets agents may reference (model API key, env, permissions.secrets): names, or prefixes
+    ending in "*". Unset: agents may not reference any Secret."""
+    allowed_config_maps: list[NamePattern] | None = Field(default=None, max_length=256)
+    """ConfigMaps agents may reference (systemPrompt.configMapKeyRef). Unset: none."""
+    allowed_endpoints: list[EndpointRule] | None = Field(default=None, max_length=256)
+    """Model and tool endpoints agents may use. Unset: any public hostname or address; loopback,
+    link-local, metadata and the cluster's pod and service ranges only where a rule names them."""
+    custom_queries: list[CustomQuery] | None = Field(default=None, max_length=256, json_schema_extra=_map_list("name"))
+    """PromQL queries covered agents' guardrails may use by name (queryRef)."""
 
 
 class AgentPolicyStatus(Model):

@@ -13,6 +13,10 @@ from decimal import Decimal
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _SECONDS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
 _BARE_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+MAX_DURATION = "8760h"
+"""The longest duration the API accepts (one year): the CRD schema refuses longer ones, and every
+reader refuses them too, so an object stored before the bound cannot overflow a timer."""
+MAX_SECONDS = Decimal(8760 * 3600)
 
 
 def parse_duration(text: str) -> Decimal:
@@ -25,6 +29,8 @@ def parse_duration(text: str) -> Decimal:
         pos = match.end()
     if pos == 0 or pos != len(text):
         raise ValueError(f"invalid duration {text!r}: use units such as 500ms, 30s, 5m, 1h30m")
+    if total > MAX_SECONDS:
+        raise ValueError(f"invalid duration {text!r}: at most {MAX_DURATION}")
     return total
 
 
