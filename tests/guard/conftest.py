@@ -21,9 +21,10 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from agentfleet.guard.app import Guard
+from agentfleet.guard.app import application
 from agentfleet.guard.config import Tuning, build_config
-from tests.support.fake_llm import FakeLLM
+from agentfleet.guard.state import Guard
+from hack.harness.fake_llm import FakeLLM
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown-to-agents"
 AGENT_KEY = "sk-agent-placeholder"
@@ -154,7 +155,7 @@ async def make_guard(fake: FakeLLM, tmp_path: Path) -> AsyncIterator[MakeGuard]:
         audit_file = tmp_path / f"audit-{len(made)}.jsonl"
         cfg = build_config(None, merge(base_config(fake.url, audit_file), overrides))
         guard = Guard(cfg, tuning, api_key=api_key)
-        runner = web.AppRunner(guard.application(), access_log=None, shutdown_timeout=tuning.drain_timeout)
+        runner = web.AppRunner(application(guard), access_log=None, shutdown_timeout=tuning.drain_timeout)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
         await site.start()

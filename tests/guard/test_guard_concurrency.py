@@ -14,9 +14,9 @@ from decimal import Decimal
 import openai
 import pytest
 
-from agentfleet.guard.budgets import estimate_prompt_tokens
+from agentfleet.guard.openai_wire import estimate_prompt_tokens
+from hack.harness.fake_llm import FakeLLM
 from tests.guard.conftest import AGENT_KEY, MakeGuard
-from tests.support.fake_llm import FakeLLM
 
 N = 1000
 MAX_TOKENS = 40

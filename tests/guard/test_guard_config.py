@@ -14,6 +14,8 @@ from agentfleet.api.types import Budgets, GuardSettings, ModelSpec, Pricing, Too
 from agentfleet.guard import cli
 from agentfleet.guard.config import ConfigError, Limits, build_config, parse_duration, read_config_file
 from agentfleet.guard.errors import Code, GuardError
+from agentfleet.guard.httpio import error_body, error_headers, error_response, error_type
+from agentfleet.guard.openai_stream import error_event
 
 pytestmark = pytest.mark.unit
 
@@ -127,11 +129,14 @@ def test_cli_check_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_error_responses_are_openai_shaped() -> None:
     err = GuardError(Code.BUDGET_EXHAUSTED, "out of tokens", 429, retry_after=12.2, budget="tokens_per_hour")
-    assert err.body() == {"error": {"message": "out of tokens", "type": "rate_limit_error", "code": "budget_exhausted"}}
-    assert err.headers() == {"x-should-retry": "false", "Retry-After": "13"}
-    resp = err.response()
+    assert error_body(err) == {
+        "error": {"message": "out of tokens", "type": "rate_limit_error", "code": "budget_exhausted"}
+    }
+    assert error_headers(err) == {"x-should-retry": "false", "Retry-After": "13"}
+    resp = error_response(err)
     assert resp.status == 429 and resp.content_type == "application/json"
     transient = GuardError(Code.UPSTREAM_UNAVAILABLE, "down", 503, retry_after=0.2, should_retry=True)
-    assert transient.headers() == {"x-should-retry": "true", "Retry-After": "1"} and transient.type == "server_error"
+    assert error_headers(transient) == {"x-should-retry": "true", "Retry-After": "1"}
+    assert error_type(transient) == "server_error"
     assert not transient.is_rejection and err.is_rejection
-    assert json.loads(err.sse_event().removeprefix(b"data: "))["error"]["code"] == "budget_exhausted"
+    assert json.loads(error_event(err).removeprefix(b"data: "))["error"]["code"] == "budget_exhausted"

@@ -11,9 +11,9 @@ import openai
 import pytest
 
 from agentfleet.guard.breaker import BreakerState
+from hack.harness.fake_llm import FakeLLM
 from tests.guard.conftest import FAST, MakeGuard, wait_for
 from tests.guard.test_guard_proxy import USER, code_of
-from tests.support.fake_llm import FakeLLM
 
 
 @pytest.mark.parametrize(

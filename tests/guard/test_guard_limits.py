@@ -9,9 +9,9 @@ from typing import Any
 import openai
 import pytest
 
+from hack.harness.fake_llm import FakeLLM
 from tests.guard.conftest import MakeGuard, wait_for
 from tests.guard.test_guard_proxy import USER, code_of
-from tests.support.fake_llm import FakeLLM
 
 
 def task(name: str) -> dict[str, dict[str, str]]:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentfleet.guard.loops import call_signature, canonical_arguments, error_signature, tool_error_text
+from agentfleet.guard.openai_wire import history, text_of
 from agentfleet.guard.tasks import TaskTable, task_from_history
 
 pytestmark = pytest.mark.unit
@@ -51,7 +52,7 @@ def test_signature_separates_tools_and_arguments() -> None:
     ],
 )
 def test_tool_error_classification(content: Any, is_error: bool) -> None:
-    assert (tool_error_text(content) is not None) is is_error
+    assert (tool_error_text(text_of(content)) is not None) is is_error
 
 
 def test_error_signature_masks_ids_and_numbers() -> None:
@@ -115,6 +116,6 @@ def test_history_reconstructs_an_unnamed_task() -> None:
         {"role": "assistant", "content": None, "tool_calls": [{**call, "id": "c2"}]},
         {"role": "tool", "tool_call_id": "c2", "content": "Error: backend down"},
     ]
-    task = task_from_history(messages, 0.0)
+    task = task_from_history(history(messages), 0.0)
     assert (task.named, task.iterations, task.tool_calls, task.per_tool) == (False, 2, 2, {"search": 2})
     assert max(task.calls.values()) == 2 and max(task.errors.values()) == 2

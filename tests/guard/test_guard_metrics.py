@@ -11,9 +11,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hack.harness.fake_llm import FakeLLM
 from tests.guard.conftest import Harness, MakeGuard
 from tests.guard.test_guard_proxy import USER
-from tests.support.fake_llm import FakeLLM
 
 PROMTOOL = "/usr/bin/promtool"
 BASE_LABELS = {"namespace", "agent", "revision", "model"}

@@ -72,7 +72,7 @@ class Proc:
 @pytest.fixture(scope="module")
 def fake_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("fake") / "fake.log"
-    proc, line = start([sys.executable, "tests/support/fake_llm.py", "--port", "0"], "listening on", log)
+    proc, line = start([sys.executable, "hack/harness/fake_llm.py", "--port", "0"], "listening on", log)
     yield line.rsplit(" ", 1)[1].strip()
     proc.terminate()
     proc.wait(timeout=10)

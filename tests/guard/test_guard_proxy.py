@@ -8,8 +8,8 @@ from typing import Any
 import openai
 import pytest
 
+from hack.harness.fake_llm import FakeLLM
 from tests.guard.conftest import AGENT_KEY, UPSTREAM_KEY, MakeGuard
-from tests.support.fake_llm import FakeLLM
 
 USER = [{"role": "user", "content": "What is the status of ticket 42?"}]
 

@@ -17,85 +17,19 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from agentfleet.guard.errors import Code, GuardError
 
 HOUR = 3600.0
-_MESSAGE_OVERHEAD = 4
-_IMAGE_TOKENS = 1500
 
 
-def _text_tokens(text: str) -> int:
+def text_tokens(text: str) -> int:
     """Upper-leaning token estimate: one token per 3 UTF-8 bytes (BPE tokenizers average ~4)."""
     return -(-len(text.encode()) // 3)
-
-
-def _content_tokens(content: Any) -> int:
-    if isinstance(content, str):
-        return _text_tokens(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            if isinstance(part, dict):
-                if isinstance(part.get("text"), str):
-                    total += _text_tokens(part["text"])
-                elif part.get("type") in {"image_url", "input_image", "input_audio", "file"}:
-                    total += _IMAGE_TOKENS
-            elif isinstance(part, str):
-                total += _text_tokens(part)
-        return total
-    return 0
-
-
-def estimate_prompt_tokens(messages: Iterable[Any], tools: Any = None) -> int:
-    """Estimate prompt tokens of a chat request (messages, tool calls in history, tool schemas)."""
-    total = 3
-    for msg in messages:
-        if not isinstance(msg, dict):
-            continue
-        total += _MESSAGE_OVERHEAD + _content_tokens(msg.get("content"))
-        calls = msg.get("tool_calls")
-        if isinstance(calls, list):
-            for call in calls:
-                fn = call.get("function") if isinstance(call, dict) else None
-                if isinstance(fn, dict):
-                    total += 4 + _text_tokens(str(fn.get("name", ""))) + _text_tokens(str(fn.get("arguments", "")))
-    if tools:
-        total += _text_tokens(repr(tools))
-    return total
-
-
-def estimate_embedding_tokens(inputs: Any) -> int:
-    """Estimate tokens of an embeddings ``input`` (string, list of strings or token arrays)."""
-    if isinstance(inputs, str):
-        return _text_tokens(inputs) + 1
-    if isinstance(inputs, list):
-        total = 0
-        for item in inputs:
-            if isinstance(item, str):
-                total += _text_tokens(item) + 1
-            elif isinstance(item, int):
-                total += 1
-            elif isinstance(item, list):
-                total += len(item)
-        return max(total, 1)
-    return 1
-
-
-def completion_cap(payload: dict[str, Any], default: int) -> int:
-    """Completion tokens a chat request may produce: its own cap times ``n``, else ``default``."""
-    cap = payload.get("max_completion_tokens")
-    if not isinstance(cap, int) or cap <= 0:
-        cap = payload.get("max_tokens")
-    if not isinstance(cap, int) or cap <= 0:
-        cap = default
-    n = payload.get("n")
-    return cap * (n if isinstance(n, int) and 1 <= n <= 128 else 1)
 
 
 @dataclass(slots=True)

@@ -190,7 +190,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(cfg.wire(), indent=2))
         return 0
 
-    from agentfleet.guard.app import Guard, serve
+    from agentfleet.guard.app import serve
+    from agentfleet.guard.state import Guard
 
     host = cfg.listen_host
     port = args.port if args.port is not None else cfg.listen_port

@@ -1,19 +1,17 @@
-"""Stable error codes and their OpenAI-style responses.
+"""Stable error codes, and the refusal every check raises.
 
 Agents (and their SDKs) must be able to tell "you are out of budget, stop" from "the upstream
 blinked, retry". So every refusal carries a stable ``code``, an HTTP status that means the same
-thing OpenAI's would, ``Retry-After`` when waiting helps, and ``x-should-retry`` which the
-official OpenAI SDKs obey: ``false`` stops the SDK's automatic retries for limits that will not
-clear soon (a retry storm against an exhausted budget is exactly the collapse we prevent).
+thing OpenAI's would, a retry hint when waiting helps, and whether retrying can help at all.
+This module is protocol-neutral: ``httpio`` renders a ``GuardError`` as an OpenAI-style JSON body
+(with ``Retry-After`` and ``x-should-retry``, which the official OpenAI SDKs obey: ``false`` stops
+their automatic retries for limits that will not clear soon, so no retry storm hits an exhausted
+budget); another protocol's adapter renders the same fields its own way.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from enum import StrEnum
-
-from aiohttp import web
 
 
 class Code(StrEnum):
@@ -33,9 +31,6 @@ class Code(StrEnum):
     INVALID_REQUEST = "invalid_request"
     OVERLOADED = "overloaded"
     INTERNAL_ERROR = "internal_error"
-
-
-_TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
 class GuardError(Exception):
@@ -61,39 +56,9 @@ class GuardError(Exception):
         """Label for ``agentfleet_budget_rejections_total`` when a budget or cap refused it."""
 
     @property
-    def type(self) -> str:
-        """OpenAI-style error type derived from the status."""
-        return _TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
-
-    @property
     def is_rejection(self) -> bool:
         """Policy refusals (outcome ``rejected``) as opposed to upstream failures (``error``)."""
         return self.code not in {Code.UPSTREAM_UNAVAILABLE, Code.TOOL_UNAVAILABLE, Code.INTERNAL_ERROR}
-
-    def body(self) -> dict[str, dict[str, str]]:
-        """The OpenAI error object."""
-        return {"error": {"message": self.message, "type": self.type, "code": self.code.value}}
-
-    def headers(self) -> dict[str, str]:
-        """Retry-After (whole seconds, at least 1) when meaningful, and x-should-retry."""
-        headers = {"x-should-retry": "true" if self.should_retry else "false"}
-        if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
-        return headers
-
-    def response(self) -> web.Response:
-        """The HTTP response for the agent."""
-        return web.Response(
-            status=self.status,
-            body=json.dumps(self.body()).encode(),
-            content_type="application/json",
-            headers=self.headers(),
-        )
-
-    def sse_event(self) -> bytes:
-        """The error as a server-sent event, for failures after a stream has started; the
-        OpenAI SDKs raise ``APIError`` on it."""
-        return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
 def invalid(message: str) -> GuardError:

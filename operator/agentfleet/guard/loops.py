@@ -33,11 +33,14 @@ def canonical_arguments(arguments: Any) -> str:
     if isinstance(arguments, str):
         try:
             parsed = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             return _SPACE.sub(" ", arguments).strip()
     else:
         parsed = arguments
-    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):  # not JSON-serialisable or absurdly deep: compare as text
+        return _SPACE.sub(" ", str(arguments)).strip()
 
 
 def call_signature(tool: str, arguments: Any) -> str:
@@ -45,28 +48,18 @@ def call_signature(tool: str, arguments: Any) -> str:
     return _digest("call", tool, canonical_arguments(arguments))
 
 
-def text_of(content: Any) -> str:
-    """Plain text of a message content (a string, or a list of parts with ``text``)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
-def tool_error_text(content: Any) -> str | None:
-    """The error in a tool result, or None if the result does not look like an error.
+def tool_error_text(text: str) -> str | None:
+    """The error in a tool result's text, or None if the result does not look like an error.
 
     Recognised: JSON objects with an ``error``/``errors``/``exception`` key (or ``is_error``/
     ``isError`` true, or ``ok``/``success`` false), and text starting with error, exception,
     traceback, failed, failure or fatal.
     """
-    text = text_of(content)
     stripped = text.lstrip()
     if stripped.startswith("{"):
         try:
             obj = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict):
             for key in _ERROR_KEYS:

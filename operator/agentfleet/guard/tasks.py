@@ -5,9 +5,10 @@ call carrying the same value belongs to it, and the per-task caps (iterations, t
 tool calls, duration) and loop detection count across them.
 
 Without the header the request's own conversation is the task: an OpenAI chat request carries
-the whole history, so the guard derives iterations (assistant turns + 1), tool calls and loop
-signatures from it. Caps and loop detection thus still work for agents that only changed their
-base URL; only the duration cap needs the header (a history has no start time).
+the whole history (its adapter maps it to a ``History``), so the guard derives iterations
+(assistant turns + 1), tool calls and loop signatures from it. Caps and loop detection thus
+still work for agents that only changed their base URL; only the duration cap needs the
+header (a history has no start time).
 
 Memory is bounded whatever the agent or the upstream does: the table holds at most
 ``max_tasks`` named tasks (least recently used are dropped first; a task with requests in
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentfleet.guard.loops import call_signature, error_signature, tool_error_text
+from agentfleet.guard.shapes import History
 
 _MAX_SIGNATURES = 4096
 _MAX_IDS = 1024
@@ -96,35 +98,16 @@ class Task:
         _remember(self.result_ids, call_id)
 
 
-def tool_names_by_call_id(messages: list[Any]) -> dict[str, str]:
-    """Map tool_call_id -> tool name from the assistant messages of a history."""
-    names: dict[str, str] = {}
-    for msg in messages:
-        if isinstance(msg, dict) and msg.get("role") == "assistant" and isinstance(msg.get("tool_calls"), list):
-            for call in msg["tool_calls"]:
-                if isinstance(call, dict) and isinstance(call.get("function"), dict):
-                    names[str(call.get("id"))] = str(call["function"].get("name", ""))
-    return names
-
-
-def task_from_history(messages: list[Any], now: float) -> Task:
+def task_from_history(history: History, now: float) -> Task:
     """An unnamed task reconstructed from the conversation a request carries."""
     task = Task(id="", named=False, started=now, last_seen=now)
-    names = tool_names_by_call_id(messages)
-    for msg in messages:
-        if not isinstance(msg, dict):
-            continue
-        role = msg.get("role")
-        if role == "assistant":
-            task.iterations += 1
-            for call in msg.get("tool_calls") or ():
-                if isinstance(call, dict) and isinstance(call.get("function"), dict):
-                    fn = call["function"]
-                    task.count_call(str(fn.get("name", "")), fn.get("arguments", ""))
-        elif role == "tool":
-            err = tool_error_text(msg.get("content"))
-            if err is not None:
-                task.count_error(names.get(str(msg.get("tool_call_id")), ""), err)
+    task.iterations = history.iterations
+    for call in history.calls:
+        task.count_call(call.name, call.arguments)
+    for result in history.results:
+        err = tool_error_text(result.text)
+        if err is not None:
+            task.count_error(result.tool, err)
     return task
 
 

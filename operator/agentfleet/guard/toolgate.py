@@ -10,22 +10,12 @@ which ends the task for good).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from agentfleet.guard.config import Limits
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.loops import call_signature
+from agentfleet.guard.shapes import ToolCall
 from agentfleet.guard.tasks import Task
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """A call as the model (or the agent, via /tools) issued it."""
-
-    name: str
-    arguments: Any
-    id: str | None = None
 
 
 def describe(task: Task) -> str:
@@ -67,6 +57,12 @@ class ToolGate:
         per_tool: dict[str, int] = {}
         sigs: dict[str, int] = {}
         for call in calls:
+            if not call.known:
+                return GuardError(
+                    Code.TOOL_NOT_PERMITTED,
+                    f"the model made a tool call of a kind the guard cannot check ({call.kind!r}); refused",
+                    403,
+                )
             if not self.permitted(call.name):
                 return self.not_permitted(call.name)
             total += 1

@@ -1,4 +1,4 @@
-"""Streaming chat completions: relay the upstream's server-sent events, holding tool calls.
+"""The OpenAI adapter's streaming chat completions: relay the upstream's server-sent events, holding tool calls.
 
 Content deltas pass through as they arrive (the raw bytes when nothing changed). Tool-call
 deltas are stripped from their chunks and assembled; when a call is complete (the next call
@@ -13,25 +13,31 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from agentfleet.guard.checks import CallLog, judge_calls, legacy_call_refusal, usage_tokens
+from agentfleet.guard.core import CallLog, judge_calls
 from agentfleet.guard.errors import Code, GuardError
+from agentfleet.guard.httpio import error_body
+from agentfleet.guard.openai_wire import legacy_call_refusal, usage_of
+from agentfleet.guard.shapes import ToolCall
+from agentfleet.guard.state import Guard
 from agentfleet.guard.tasks import Task
-from agentfleet.guard.toolgate import ToolCall
 from agentfleet.guard.upstream import StreamStart, classify
-
-if TYPE_CHECKING:
-    from agentfleet.guard.app import Guard
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
+
+
+def error_event(err: GuardError) -> bytes:
+    """A refusal or failure as a server-sent event, for after a stream has started; the OpenAI
+    SDKs raise ``APIError`` on it."""
+    return _event(json.dumps(error_body(err)).encode())
 
 
 async def _write(resp: web.StreamResponse, data: bytes) -> bool:
@@ -96,11 +102,10 @@ async def relay_stream(
             guard.breaker.failure("stream truncated")
             failure = GuardError(Code.UPSTREAM_UNAVAILABLE, "upstream stream ended before [DONE] (truncated)", 503)
         if failure is not None and client_alive:
-            client_alive = await _write(resp, failure.sse_event())
+            client_alive = await _write(resp, error_event(failure))
     finally:
         start.close()
-        usage = usage_tokens(relay.usage)
-        call.tin, call.tout = usage if usage else (prompt_tokens, -(-relay.out_chars // 3))
+        call.used(usage_of(relay.usage), prompt_tokens, relay.out_chars)
         call.completion = relay.audit_completion()
     if failure is not None:
         call.fail(failure)

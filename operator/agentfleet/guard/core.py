@@ -1,0 +1,412 @@
+"""The control core: every check the guard makes, on the protocol-neutral shapes.
+
+Adapters map a protocol's request to a ``Turn`` (or a tool call to a ``ToolCall``), ask the core
+whether it may proceed, and map the upstream's answer to ``ToolCall``s and ``Usage`` for the
+core to judge and settle. Nothing here knows a wire format or HTTP, so a new protocol adapter
+reuses the checks instead of copying them.
+
+``CallLog`` collects what happened to one call and, in ``finish`` (always run), settles the
+budget reservation, counts metrics and writes the audit record, so no path can leak a
+reservation or an in-flight slot. The check functions raise ``GuardError``; they never await,
+so a check and the reservation or slot it guards cannot be interleaved with another request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from agentfleet.api.types import InjectionMode
+from agentfleet.guard.budgets import Reservation
+from agentfleet.guard.config import TASK_HEADER, ToolInfo
+from agentfleet.guard.errors import Code, GuardError, invalid
+from agentfleet.guard.injection import scan
+from agentfleet.guard.loops import error_signature, tool_error_text
+from agentfleet.guard.shapes import ToolCall, ToolResult, Turn, Usage
+from agentfleet.guard.state import Guard
+from agentfleet.guard.tasks import Task, task_from_history
+from agentfleet.guard.toolgate import describe
+
+MAX_TASK_ID = 256
+MAX_CALL_ID = 256
+
+
+# ------------------------------------------------------------------------------ bookkeeping
+
+
+class CallLog:
+    """What happened to one LLM call; ``finish`` settles, counts and audits it exactly once."""
+
+    __slots__ = (
+        "attempts",
+        "began",
+        "completion",
+        "detail",
+        "guard",
+        "kind",
+        "outcome",
+        "prompt",
+        "reason",
+        "removed",
+        "res",
+        "status",
+        "stream",
+        "t0",
+        "task",
+        "tin",
+        "tout",
+        "upstream",
+    )
+
+    def __init__(self, guard: Guard, kind: str) -> None:
+        self.guard = guard
+        self.kind = kind
+        self.t0 = time.perf_counter()
+        self.task: Task | None = None
+        self.res: Reservation | None = None
+        self.tin = 0
+        self.tout = 0
+        self.outcome = "error"
+        self.reason: str | None = None
+        self.detail: str | None = None
+        self.status = 0
+        self.attempts = 0
+        self.stream = False
+        self.removed: list[str] | None = None
+        self.prompt: dict[str, Any] | None = None
+        self.completion: dict[str, Any] | None = None
+        self.began = False
+        self.upstream = False
+
+    def reserve(self, tokens_in: int, tokens_out: int) -> None:
+        """Reserve the worst case of this call against the budgets (raises 429)."""
+        g = self.guard
+        self.res = g.ledger.reserve(tokens_in + tokens_out, g.limits.cost(tokens_in, tokens_out))
+
+    def begin(self, task: Task) -> None:
+        """Count the task as in flight until ``finish``."""
+        self.guard.tasks.begin(task)
+        self.began = True
+
+    def used(self, usage: Usage | None, prompt_estimate: int, out_chars: int) -> None:
+        """What the call used: the upstream's usage, else the prompt estimate and the output seen."""
+        if usage is not None:
+            self.tin, self.tout = usage.tokens_in, usage.tokens_out
+        else:
+            self.tin, self.tout = prompt_estimate, -(-out_chars // 3)
+
+    def ok(self) -> None:
+        self.outcome, self.status = "ok", 200
+
+    def fail(self, err: GuardError) -> None:
+        """Record a refusal or failure (counts the budget rejection if it was one)."""
+        self.outcome = "rejected" if err.is_rejection else "error"
+        self.reason, self.status, self.detail = err.code.value, err.status, err.message
+        if err.budget is not None:
+            self.guard.metrics.budget[err.budget].inc()
+
+    def passthrough(self, status: int) -> None:
+        """A non-retryable upstream error handed to the agent as is."""
+        self.outcome, self.status, self.reason = "error", status, f"upstream_http_{status}"
+
+    def finish(self) -> None:
+        g, m = self.guard, self.guard.metrics
+        cost = Decimal(0)
+        if self.res is not None:
+            cost = g.limits.cost(self.tin, self.tout)
+            g.ledger.settle(self.res, self.tin + self.tout, cost)
+            if self.tin:
+                m.tok_in.inc(self.tin)
+            if self.tout:
+                m.tok_out.inc(self.tout)
+            if cost:
+                m.cost_c.inc(float(cost))
+        if self.began and self.task is not None:
+            g.tasks.end(self.task)
+        m.req[self.outcome].inc()
+        elapsed = time.perf_counter() - self.t0
+        if self.upstream:
+            m.duration_h.observe(elapsed)
+        decision = {"ok": "allow", "rejected": "reject"}.get(self.outcome, "error")
+        g.audit.record(
+            self.kind,
+            task=self.task.id if self.task is not None and self.task.named else None,
+            model=g.model,
+            decision=decision,
+            reason=self.reason,
+            detail=self.detail,
+            status=self.status,
+            stream=self.stream or None,
+            attempts=self.attempts or None,
+            tokens_in=self.tin,
+            tokens_out=self.tout,
+            cost=str(cost),
+            latency_ms=round(elapsed * 1000, 3),
+            tools_removed=self.removed or None,
+            prompt=self.prompt,
+            completion=self.completion,
+        )
+
+
+class ToolLog:
+    """What happened to one call of ``/tools/NAME``; ``finish`` counts and audits it once."""
+
+    __slots__ = (
+        "arguments",
+        "began",
+        "call_id",
+        "guard",
+        "name",
+        "outcome",
+        "reason",
+        "result",
+        "status",
+        "t0",
+        "task",
+    )
+
+    def __init__(self, guard: Guard, name: str, call_id: str | None) -> None:
+        self.guard = guard
+        self.name = name
+        self.call_id = call_id
+        self.t0 = time.perf_counter()
+        self.task: Task | None = None
+        self.began = False
+        self.outcome = "error"
+        self.reason: str | None = None
+        self.status = 0
+        self.arguments: bytes = b""
+        self.result: bytes = b""
+
+    def fail(self, err: GuardError) -> None:
+        self.outcome = "rejected" if err.is_rejection else "error"
+        self.reason, self.status = err.code.value, err.status
+        if err.budget is not None:
+            self.guard.metrics.budget[err.budget].inc()
+
+    def finish(self) -> None:
+        g = self.guard
+        if self.began and self.task is not None:
+            g.tasks.end(self.task)
+        g.audit.record(
+            "tool_call",
+            task=self.task.id if self.task is not None and self.task.named else None,
+            tool=self.name,
+            route="proxy",
+            call_id=self.call_id,
+            decision={"ok": "allow", "rejected": "refuse"}.get(self.outcome, "error"),
+            reason=self.reason,
+            status=self.status,
+            latency_ms=round((time.perf_counter() - self.t0) * 1000, 3),
+            arguments=g.audit.content(self.arguments),
+            result=g.audit.content(self.result) if self.result else None,
+        )
+
+
+# ------------------------------------------------------------------------------ tasks
+
+
+def resolve_task(g: Guard, task_id: str | None, turn: Turn | None) -> Task:
+    """The named task, or the conversation the turn carries as an unnamed task."""
+    if task_id:
+        if len(task_id) > MAX_TASK_ID:
+            raise invalid(f"{TASK_HEADER} is longer than {MAX_TASK_ID} characters")
+        task, created = g.tasks.get(task_id)
+    else:
+        history = turn.history if turn is not None else None
+        task = task_from_history(history, time.monotonic()) if history is not None else _lone_task()
+        created = history is not None and task.iterations == 0
+    if created:
+        g.metrics.tasks_c.inc()
+    return task
+
+
+def _lone_task() -> Task:
+    now = time.monotonic()
+    return Task(id="", named=False, started=now, last_seen=now)
+
+
+def admit(g: Guard, task: Task, *, llm_call: bool) -> None:
+    """Task-level checks before any work: ended, duration, iterations, concurrency."""
+    lim = g.limits
+    if task.ended:
+        raise GuardError(Code.LOOP_DETECTED, f"{describe(task)} was ended ({task.ended}); start a new task", 429)
+    if task.named and time.monotonic() - task.started > lim.max_task_duration:
+        raise GuardError(
+            Code.TASK_DURATION_EXCEEDED,
+            f"{describe(task)} exceeded its maximum duration of {lim.max_task_duration:g}s",
+            429,
+            budget="task_duration",
+        )
+    if llm_call and task.iterations >= lim.max_iterations:
+        raise GuardError(
+            Code.ITERATION_LIMIT,
+            f"{describe(task)} reached its limit of {lim.max_iterations} LLM calls",
+            429,
+            budget="iterations",
+        )
+    if task.inflight == 0 and g.tasks.active >= lim.max_concurrent_tasks:
+        raise GuardError(
+            Code.CONCURRENCY_LIMIT,
+            f"{lim.max_concurrent_tasks} tasks are already in flight; try again shortly",
+            429,
+            retry_after=1,
+            should_retry=True,
+            budget="concurrency",
+        )
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def check_injection(g: Guard, task: Task, text: str, source: str, tool: str | None) -> None:
+    """Flag (count + audit) or block a suspected prompt injection."""
+    mode = g.cfg.guard.injection
+    if mode is InjectionMode.OFF:
+        return
+    verdict = scan(text, g.tuning.injection_scan_bytes)
+    if not verdict.suspicious:
+        return
+    g.metrics.injections_c.inc()
+    block = mode is InjectionMode.BLOCK
+    g.audit.record(
+        "injection",
+        task=task.id if task.named else None,
+        tool=tool,
+        source=source,
+        decision="reject" if block else "flag",
+        reason=Code.INJECTION_DETECTED.value,
+        score=verdict.score,
+        signals=list(verdict.signals),
+        content=g.audit.content(text),
+    )
+    if block:
+        raise GuardError(
+            Code.INJECTION_DETECTED,
+            f"suspected prompt injection in {source}{f' of tool {tool!r}' if tool else ''} "
+            f"({', '.join(verdict.signals)}); the request was blocked",
+            403,
+        )
+
+
+def inspect_inputs(g: Guard, task: Task, results: Sequence[ToolResult], user_texts: Sequence[str]) -> None:
+    """Look at what is new since the model last spoke: tool results (injection, repeated
+    errors) and, if enabled, the user's text."""
+    for result in results:
+        if task.named and task.saw_result(result.call_id):
+            continue
+        tool = result.tool
+        check_injection(g, task, result.text, "tool result", tool or None)
+        err = tool_error_text(result.text)
+        if err is not None:
+            g.metrics.tool_call(tool, "error")
+            # Unnamed tasks counted their whole history in task_from_history already.
+            count = task.count_error(tool, err) if task.named else task.errors.get(error_signature(tool, err), 0)
+            refusal = g.gate.repeated_error(task, tool, count)
+            if refusal is not None:
+                raise refusal
+        if task.named:
+            task.mark_result(result.call_id)  # only once its checks passed: a blocked result stays blocked
+    if g.tuning.scan_user_content:
+        for text in user_texts:
+            check_injection(g, task, text, "user message", None)
+
+
+# ------------------------------------------------------------------------------ an LLM call
+
+
+def open_turn(g: Guard, call: CallLog, turn: Turn) -> list[bool]:
+    """Every check before an LLM call may reserve budget: the task, the new inputs, the tools
+    offered. Returns which offered tools the model may see (the adapter removes the others)."""
+    task = call.task = resolve_task(g, turn.task_id, turn)
+    admit(g, task, llm_call=True)
+    inspect_inputs(g, task, turn.new_results, turn.user_texts)
+    if turn.forced is not None and not g.gate.permitted(turn.forced):
+        raise g.gate.not_permitted(turn.forced)
+    return [name is not None and g.gate.permitted(name) for name in turn.offered]
+
+
+def commit_turn(g: Guard, call: CallLog, prompt_tokens: int, completion_tokens: int) -> None:
+    """Reserve the call's worst case and count it as an iteration of its task in flight."""
+    call.reserve(prompt_tokens, completion_tokens)
+    task = call.task
+    assert task is not None, "open_turn first"
+    if task.named:
+        task.iterations += 1
+    call.begin(task)
+
+
+def judge_calls(g: Guard, task: Task, calls: Sequence[ToolCall]) -> GuardError | None:
+    """Judge a batch of model tool calls; count and audit each one."""
+    err = g.gate.judge(task, calls)
+    outcome = "refused" if err else "allowed"
+    for call in calls:
+        g.metrics.tool_call(call.name, outcome)
+        g.audit.record(
+            "tool_call",
+            task=task.id if task.named else None,
+            tool=call.name,
+            call_kind=call.kind if call.kind != "function" else None,
+            route="model",
+            call_id=call.id,
+            decision="allow" if err is None else "refuse",
+            reason=err.code.value if err is not None else None,
+            arguments=g.audit.content(
+                call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
+            ),
+        )
+    return err
+
+
+# ------------------------------------------------------------------------------ a direct tool call
+
+
+def tool_route(g: Guard, name: str) -> ToolInfo:
+    """The declared HTTP tool ``name`` if the agent may call it directly (403/404 otherwise)."""
+    info = g.limits.tools.get(name)
+    if not g.gate.permitted(name):
+        g.metrics.tool_call(name, "refused")
+        raise g.gate.not_permitted(name)
+    if info is None or info.endpoint is None:
+        raise GuardError(Code.TOOL_NOT_FOUND, f"tool {name!r} has no HTTP endpoint declared", 404)
+    return info
+
+
+def open_tool_call(g: Guard, log: ToolLog, task_id: str | None, arguments: str) -> Task:
+    """Task checks and the tool gate for a direct tool call; the task is in flight afterwards.
+    A call the model issued (and the guard counted) in a response is not counted again."""
+    if log.call_id is not None and len(log.call_id) > MAX_CALL_ID:
+        raise invalid(f"the tool call id is longer than {MAX_CALL_ID} characters")
+    task = log.task = resolve_task(g, task_id, None)
+    admit(g, task, llm_call=False)
+    if not (log.call_id and task.was_issued(log.call_id)):
+        refusal = g.gate.judge(task, [ToolCall(log.name, arguments, log.call_id)])
+        g.metrics.tool_call(log.name, "allowed" if refusal is None else "refused")
+        if refusal is not None:
+            raise refusal
+    g.tasks.begin(task)
+    log.began = True
+    return task
+
+
+def tool_failure(g: Guard, task: Task, name: str, message: str, kind: str) -> GuardError:
+    """A tool call that failed to execute: counted as a tool error (and towards a repeated-error loop)."""
+    g.metrics.tool_call(name, "error")
+    refusal = g.gate.repeated_error(task, name, task.count_error(name, kind))
+    return refusal or GuardError(Code.TOOL_UNAVAILABLE, message, 502, should_retry=False)
+
+
+def tool_answer(g: Guard, task: Task, name: str, status: int, text: str) -> None:
+    """Judge a tool's answer before the agent reads it: errors count (a repeated one ends the
+    task), and the text is scanned for injection."""
+    error_text = f"HTTP {status}: {text[:2000]}" if status >= 400 else tool_error_text(text)
+    if error_text is not None:
+        g.metrics.tool_call(name, "error")
+        refusal = g.gate.repeated_error(task, name, task.count_error(name, error_text))
+        if refusal is not None:
+            raise refusal
+    if text:
+        check_injection(g, task, text, "tool result", name)

@@ -1,0 +1,156 @@
+"""The shared state of one guard process: everything the checks read and update.
+
+One ``Guard`` holds the enforcement state of one agent revision: its configuration and derived
+limits, the budget ledger, the task table, the tool gate, the upstream client and its breaker,
+the metrics and the audit trail. The control core (``core``) decides with it; the protocol
+adapters and the server (``app``) only hold a reference. It knows nothing about HTTP routes, so
+nothing here imports an adapter and the package has no import cycle.
+
+Everything runs on one event loop, which is what makes budget reservations atomic without
+locks; nothing here blocks it (audit writes go to a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+from agentfleet.api.guardconfig import GuardConfig
+from agentfleet.audit import AuditLog
+from agentfleet.guard.breaker import BreakerState, CircuitBreaker
+from agentfleet.guard.budgets import Ledger
+from agentfleet.guard.config import Limits, Tuning
+from agentfleet.guard.errors import Code, GuardError
+from agentfleet.guard.metrics import GuardMetrics
+from agentfleet.guard.tasks import Task, TaskTable
+from agentfleet.guard.toolgate import ToolGate
+from agentfleet.guard.upstream import Upstream
+
+
+def log(event: str, **fields: Any) -> None:
+    """One JSON line on stderr (stdout is the audit trail's)."""
+    fields = {"ts": round(time.time(), 3), "event": event, **fields}
+    print(json.dumps(fields, default=str), file=sys.stderr, flush=True)
+
+
+class Guard:
+    """All enforcement state of one guard process."""
+
+    def __init__(
+        self,
+        cfg: GuardConfig,
+        tuning: Tuning | None = None,
+        *,
+        api_key: str | None = None,
+        audit_stream: IO[str] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.tuning = tuning or Tuning()
+        self.limits = Limits.from_config(cfg)
+        self.model = cfg.model.name
+        self.metrics = GuardMetrics(cfg.namespace, cfg.agent, cfg.revision, self.model, sorted(self.limits.tools))
+        self.audit = AuditLog(
+            cfg.audit,
+            {"namespace": cfg.namespace, "agent": cfg.agent, "revision": cfg.revision},
+            capture_content=cfg.guard.capture_content,
+            queue_size=self.tuning.audit_queue,
+            stream=audit_stream,
+        )
+        self.ledger = Ledger(self.limits.tokens_per_hour, self.limits.cost_per_day)
+        self.tasks = TaskTable(self.tuning.max_tasks, idle_ttl=2 * self.limits.max_task_duration)
+        self.breaker = CircuitBreaker(
+            self.tuning.breaker_threshold,
+            self.tuning.breaker_open_seconds,
+            self.tuning.breaker_max_open_seconds,
+            probe_timeout=self.limits.call_deadline,
+            on_change=self._breaker_changed,
+        )
+        self.upstream = Upstream(
+            cfg.model.endpoint,
+            api_key,
+            tuning=self.tuning,
+            breaker=self.breaker,
+            metrics=self.metrics,
+            provider=cfg.model.provider,
+        )
+        self.gate = ToolGate(self.limits, self._loop_detected)
+        self.inflight = 0
+        self.draining = False
+        self._audit_dropped_seen = 0
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _breaker_changed(self, old: BreakerState, new: BreakerState, reason: str) -> None:
+        self.metrics.breaker_g.set(new)
+        self.audit.record("breaker", decision=new.name.lower(), reason=reason, previous=old.name.lower())
+        log("breaker", state=new.name.lower(), previous=old.name.lower(), reason=reason)
+
+    def _loop_detected(self, task: Task, tool: str) -> None:
+        self.metrics.loops_c.inc()
+        self.audit.record(
+            "loop",
+            task=task.id if task.named else None,
+            tool=tool,
+            decision="end_task",
+            reason=Code.LOOP_DETECTED.value,
+        )
+
+    # ------------------------------------------------------------------ shared helpers
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of ``max_inflight_requests`` request slots (503 overloaded when none is free)."""
+        if self.inflight >= self.tuning.max_inflight_requests:
+            raise GuardError(
+                Code.OVERLOADED,
+                "the guard is handling too many requests; retry shortly",
+                503,
+                retry_after=1,
+                should_retry=True,
+            )
+        self.inflight += 1
+        self.metrics.inflight_g.inc()
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight_g.dec()
+
+    def readiness(self) -> dict[str, Any]:
+        """What ``/readyz`` reports."""
+        if self.draining:
+            return {"status": "draining", "inflight": self.inflight}
+        return {
+            "status": "ready",
+            "inflight": self.inflight,
+            "breaker": self.breaker.state.name.lower(),
+            "tasks": len(self.tasks),
+            "budgets": self.ledger.snapshot(),
+        }
+
+    def render_metrics(self) -> bytes:
+        """The metrics exposition (first folding in audit records dropped since the last scrape)."""
+        dropped = self.audit.dropped
+        if dropped > self._audit_dropped_seen:
+            self.metrics.audit_dropped_c.inc(dropped - self._audit_dropped_seen)
+            self._audit_dropped_seen = dropped
+        return self.metrics.render()
+
+    async def start(self) -> None:
+        """Open the upstream pool and the audit writer (on the serving loop)."""
+        await self.upstream.start()
+        self.audit.start()
+        self.audit.record(
+            "start", decision="allow", reason="guard started", model=self.model, upstream=self.upstream.base_url
+        )
+
+    async def stop(self) -> None:
+        """Close the pool and flush the audit trail."""
+        await self.upstream.close()
+        self.audit.record("stop", decision="allow", reason="guard stopped")
+        await asyncio.to_thread(self.audit.close)
