@@ -24,7 +24,7 @@ cluster-down: ## stop the local control plane and remove its state
 cluster-status:
 	@hack/cluster status
 
-LINTED := operator tests hack/*.py hack/bench hack/cluster hack/demo
+LINTED := operator tests hack/*.py hack/bench hack/harness hack/cluster hack/demo
 
 lint: deps ## ruff check and ruff format --check
 	.venv/bin/ruff check $(LINTED)

@@ -24,10 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hack.bench.common import Cluster, Operator, RawKube, cpu_seconds, pct, say, wait_until
+from hack.bench.common import GUARD_IMAGE, RawKube, cpu_seconds, fresh, pct, say
 from hack.bench.fleet import manifest, revision_of
 from hack.bench.reconcile import kube_create_namespace, start_exporter
-from tests.support.dataplane.harness import DataplaneProcess, FakeLLMProcess
+from hack.harness.kube import Cluster, poll
+from hack.harness.processes import DataplaneProcess, FakeLLMProcess, OperatorProcess
 
 IDLE, LOOP = "bench-idle", "bench-loop"
 INTERVAL = 5.0
@@ -114,7 +115,7 @@ async def one_round(
     async def poll_prometheus() -> None:
         while not stop.is_set():
             try:
-                result = await asyncio.to_thread(cluster.prom_query, query)
+                result = await asyncio.to_thread(cluster.prometheus.query, query)
             except Exception as exc:  # a slow answer is retried, never fatal
                 say(f"  prometheus poll: {exc}")
                 result = []
@@ -144,12 +145,14 @@ async def one_round(
 
 def run(cluster: Cluster, work: Path, fleet: int = 1000, misbehaving: int = 10, rounds: int = 3) -> BreachResult:
     result = BreachResult(fleet, misbehaving, rounds)
-    cluster.up()
+    fresh(cluster)
+    prometheus = cluster.prometheus
     llm = FakeLLMProcess.start(work / "fake-llm.log")
-    op = Operator(
+    op = OperatorProcess(
         cluster.kubeconfig,
         work / "operator-breach.log",
-        [f"--prometheus-url={cluster.prometheus_url}", f"--evaluation-interval={INTERVAL}", "--rate-window=30s"],
+        [f"--prometheus-url={prometheus.url}", f"--evaluation-interval={INTERVAL}", "--rate-window=30s"],
+        guard_image=GUARD_IMAGE,
     )
     exporter = None
     dp: DataplaneProcess | None = None
@@ -157,7 +160,7 @@ def run(cluster: Cluster, work: Path, fleet: int = 1000, misbehaving: int = 10, 
         for ns in (IDLE, LOOP):
             kube_create_namespace(cluster, ns)
         dp = DataplaneProcess.start(
-            cluster.kubeconfig, cluster.targets_dir, work / "dataplane", [LOOP], "--llm-url", llm.url
+            cluster.kubeconfig, prometheus.targets_dir, work / "dataplane", [LOOP], "--llm-url", llm.url
         )
         op.start()
         idle = fleet - misbehaving
@@ -199,8 +202,8 @@ def run(cluster: Cluster, work: Path, fleet: int = 1000, misbehaving: int = 10, 
                 f"  round {r}: breach-to-action p50 {pct(lat, 0.5):.2f}s max {max(lat, default=float('nan')):.2f}s "
                 f"({len(lat)} agents)"
             )
-            cluster.kubectl("delete", "agd", "-n", LOOP, *names, "--wait=false")
-            wait_until(lambda: not dp.pods(namespace=LOOP), 120, "the round's guards to stop")  # type: ignore[union-attr]
+            cluster.kube.kubectl("delete", "agd", "-n", LOOP, *names, "--wait=false")
+            poll(lambda: not dp.pods(namespace=LOOP), timeout=120, what="the round's guards to stop")  # type: ignore[union-attr]
         m1 = op.metrics()
         cycles = (
             m1["agentfleet_operator_evaluation_cycle_seconds_count"]

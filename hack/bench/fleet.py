@@ -1,8 +1,8 @@
 """The benchmark fleet: agent manifests, and a synthetic exporter of their guards' metrics.
 
-Every benchmark agent is the integration tests' ``agent()`` manifest (one replica) with five
-guardrail rules of five metric kinds and fleet budgets, so the evaluator sends 5 + 3 queries per
-cycle whatever N is.
+Every benchmark agent is the integration tests' manifest (``hack.harness.agents.agent``, one
+replica) with five guardrail rules of five metric kinds and fleet budgets, so the evaluator sends
+5 + 3 queries per cycle whatever N is.
 
 The exporter (``python -m hack.bench.fleet --agents FILE --port P``) serves, for every agent, the
 series a healthy, quiet guard would have (requests, tokens, cost, tasks, loop detections, latency
@@ -23,11 +23,8 @@ from typing import Any
 
 from agentfleet.api.types import AgentDeployment
 from agentfleet.render import revision_hash
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from tests.integration.test_reconcile import agent as base_agent  # noqa: E402
+from hack.harness.agents import BIG_BUDGETS
+from hack.harness.agents import agent as base_agent
 
 GUARDRAILS = [
     {
@@ -48,19 +45,17 @@ GUARDRAILS = [
 def manifest(
     name: str, namespace: str, prompt: str = "You are helpful.", endpoint: str | None = None, replicas: int = 1
 ) -> dict[str, Any]:
-    body = base_agent(
+    return base_agent(
         name,
         namespace,
+        endpoint=endpoint or None,
+        prompt=prompt,
         replicas=replicas,
         guardrails=copy.deepcopy(GUARDRAILS),
-        budgets={"tokensPerHour": 100_000_000, "costPerDay": "1000"},
+        budgets=dict(BIG_BUDGETS),
         # a one-off promotion of 5,000 revisions is not "idle"; keep it out of the window
         analysis={"stabilizationWindow": "1h"},
     )
-    body["spec"]["agent"]["systemPrompt"] = {"inline": prompt}
-    if endpoint:
-        body["spec"]["agent"]["model"]["endpoint"] = endpoint
-    return body
 
 
 def revision_of(body: dict[str, Any]) -> str:

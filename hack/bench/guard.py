@@ -1,6 +1,6 @@
 """Guard overhead against direct calls, and against LiteLLM's proxy, in the same run.
 
-Three targets in front of the same fake upstream (``tests/support/fake_llm.py``), all on
+Three targets in front of the same fake upstream (``hack/harness/fake_llm.py``), all on
 loopback, sent the same chat requests in alternating rounds after a warm-up of each:
 
 - **direct**: the fake upstream itself (the baseline);
@@ -19,6 +19,7 @@ The load generator, the fake and the proxies share the machine's 2 CPUs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -30,7 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from hack.bench.common import CACHE, ROOT, cpu_seconds, free_port, pct, say
+
+from hack.bench.common import CACHE, cpu_seconds, pct, say
+from hack.harness.kube import ROOT, VENV, free_port
+from hack.harness.processes import FakeLLMProcess, descendants
 
 BENCH_VENV = CACHE / "bench-venv"
 LITELLM_SPEC = "litellm[proxy]"
@@ -82,22 +86,9 @@ def litellm_version() -> str:
 def tree_cpu(pid: int) -> float:
     """CPU-seconds of a process and its live descendants."""
     total = 0.0
-    todo = [pid]
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    while todo:
-        p = todo.pop()
-        try:
+    for p in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError, IndexError, ValueError):
             total += cpu_seconds(p)
-        except OSError:
-            continue
-        todo += children.get(p, [])
     return total
 
 
@@ -258,16 +249,12 @@ def run(
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            fake, line = start(
-                [sys.executable, "tests/support/fake_llm.py", "--port", "0"],
-                lambda s: s.rsplit(" ", 1)[1].strip() if "listening on" in s else None,
-                work / "guard-fake.log",
-            )
-            procs.append(fake)
-            fake_url = line
+            fake = FakeLLMProcess.start(work / "guard-fake.log")
+            procs.append(fake.proc)
+            fake_url = fake.base
             guard, guard_url = start(
                 [
-                    str(ROOT / ".venv" / "bin" / "agentfleet"),
+                    str(VENV / "agentfleet"),
                     "guard",
                     "--upstream",
                     fake_url + "/v1",

@@ -26,32 +26,19 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hack.bench.common import (
-    GUARD_IMAGE,
-    ROOT,
-    Cluster,
-    Operator,
-    RawKube,
-    apiserver_requests,
-    cpu_seconds,
-    free_port,
-    machine_busy,
-    rss_mb,
-    say,
-    wait_until,
-)
-from hack.bench.fleet import manifest, revision_of
-
 from agentfleet.api import conditions as cond
 from agentfleet.api.types import AgentDeployment
 from agentfleet.kube.wire import apply_patch_body
 from agentfleet.render import RenderSettings, render, render_controller_revision, selector
+from hack.bench.common import GUARD_IMAGE, RawKube, apiserver_requests, cpu_seconds, fresh, machine_busy, rss_mb, say
+from hack.bench.fleet import manifest, revision_of
+from hack.harness.kube import PYTHON, ROOT, Cluster, free_port, poll
+from hack.harness.processes import OperatorProcess
 
 NS = "bench"
 AGD_PATH = f"/apis/agentfleet.dev/v1alpha1/namespaces/{NS}/agentdeployments"
@@ -269,43 +256,37 @@ def start_exporter(
     port = free_port()
     with (work / f"exporter-{tag}.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hack.bench.fleet", "--agents", str(agents_file), "--port", str(port)],
+            [PYTHON, "-m", "hack.bench.fleet", "--agents", str(agents_file), "--port", str(port)],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    target = cluster.targets_dir / f"bench-exporter-{tag}.json"
-    target.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {}}]))
+    prometheus = cluster.prometheus
+    prometheus.add_target(f"bench-exporter-{tag}", f"127.0.0.1:{port}", {})
 
     def scraped() -> bool:
-        res = cluster.prom_query('count(agentfleet_requests_total{pod!=""})')
+        res = prometheus.query('count(agentfleet_requests_total{pod!=""})')
         return bool(res) and float(res[0]["value"][1]) >= 2 * len(agents)
 
     if agents:
-        wait_until(scraped, 90, "Prometheus to scrape the synthetic exporter", 0.5)
+        poll(scraped, timeout=90, interval=0.5, what="Prometheus to scrape the synthetic exporter")
     return proc
 
 
 def kube_create_namespace(cluster: Cluster, namespace: str = NS) -> None:
-    cluster.kubectl("create", "namespace", namespace)
+    kube = cluster.kube
+    kube.kubectl("create", "namespace", namespace)
     # the controller-manager makes the default ServiceAccount; Deployments' pods need it
-    wait_until(
-        lambda: (
-            subprocess.run(
-                [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "sa", "default", "-n", namespace],
-                capture_output=True,
-                check=False,
-            ).returncode
-            == 0
-        ),
-        30,
-        "the default ServiceAccount",
+    poll(
+        lambda: kube.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0,
+        timeout=30,
+        what="the default ServiceAccount",
     )
 
 
 def run_floor(cluster: Cluster, n: int, concurrencies: list[int], result: ReconcileResult) -> None:
     for c in concurrencies:
-        cluster.up()
+        fresh(cluster)
         kube_create_namespace(cluster)
         timed = asyncio.run(timed_creation(cluster, n, c, floor=True, within=max(120, n * 0.5)))
         result.floor_trials[c] = timed
@@ -321,7 +302,7 @@ def fmt_cpu(cpu: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
 
 
-def settle(op: Operator, max_seconds: float, slice_s: float = 5.0, quiet: float = 0.15) -> float:
+def settle(op: OperatorProcess, max_seconds: float, slice_s: float = 5.0, quiet: float = 0.15) -> float:
     """Wait until the operator has spent < ``quiet`` of a core over a slice and done no reconcile."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < max_seconds:
@@ -333,7 +314,7 @@ def settle(op: Operator, max_seconds: float, slice_s: float = 5.0, quiet: float 
     return time.monotonic() - t0
 
 
-def cycle_boundary(op: Operator, within: float = 30.0) -> dict[str, float]:
+def cycle_boundary(op: OperatorProcess, within: float = 30.0) -> dict[str, float]:
     """The operator's metrics right after an evaluation cycle ends."""
     key = "agentfleet_operator_evaluation_cycle_seconds_count"
     start = op.metrics().get(key, 0.0)
@@ -356,16 +337,17 @@ def run_operator(
     operator_args: list[str],
     operator_source: str | None = None,
 ) -> None:
-    cluster.up()
+    fresh(cluster)
     exporter: subprocess.Popen[bytes] | None = None
-    op = Operator(
+    op = OperatorProcess(
         cluster.kubeconfig,
         work / f"operator-{n}.log",
-        [f"--prometheus-url={cluster.prometheus_url}", "--evaluation-interval=5", "--rate-window=30s", *operator_args],
+        [f"--prometheus-url={cluster.prometheus.url}", "--evaluation-interval=5", "--rate-window=30s", *operator_args],
+        guard_image=GUARD_IMAGE,
     )
     if operator_source:  # A/B: the same harness, the operator's code from another tree
         op.command = [
-            sys.executable,
+            PYTHON,
             "-c",
             f"import sys; sys.path.insert(0, {operator_source!r}); "
             "from agentfleet.cli.main import main; sys.exit(main())",

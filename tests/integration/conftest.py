@@ -7,16 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Kube, Prometheus
-from tests.support.dataplane.harness import DataplaneProcess, FakeLLMProcess
-
-BIG_BUDGETS = {"tokensPerHour": 100_000_000, "costPerDay": "1000"}
-"""Budgets that healthy simulated traffic never exhausts."""
+from hack.harness.kube import Kube, Prometheus
+from hack.harness.processes import DataplaneProcess, FakeLLMProcess
 
 
 @pytest.fixture
 def fake_llm(tmp_path: Path) -> Iterator[str]:
-    """``tests/support/fake_llm.py`` as a process; yields its OpenAI base URL (``.../v1``)."""
+    """``hack/harness/fake_llm.py`` as a process; yields its OpenAI base URL (``.../v1``)."""
     llm = FakeLLMProcess.start(tmp_path / "fake-llm.log")
     try:
         yield llm.url

@@ -15,7 +15,7 @@ import pytest
 
 from agentfleet.api.types import AgentDeployment, AgentPolicy
 from agentfleet.policy import covers, violations
-from tests.conftest import Kube, poll
+from hack.harness.kube import Kube, poll
 
 pytestmark = pytest.mark.integration
 

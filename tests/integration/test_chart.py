@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import HACK, ROOT, VERSIONS, Kube, OperatorProcess, free_port, poll
-from tests.integration.test_reconcile import agent, condition, status
-from tests.integration.test_reconcile import wait_reconciled as reconciled
+from hack.harness.agents import agent, condition, phase_is, status
+from hack.harness.agents import wait_reconciled as reconciled
+from hack.harness.kube import ROOT, VERSIONS, Cluster, Kube, free_port, poll
+from hack.harness.processes import OperatorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ RELEASE, RELEASE_NS = "af", "agentfleet-system"
 FULLNAME = f"{RELEASE}-agentfleet"  # the release name does not contain the chart name
 SA = FULLNAME
 K8S_VERSION = VERSIONS["KUBERNETES_VERSION"]
-PORT_BASE = "18400"
+PORT_BASE = 18400
 DASHBOARD_METRICS = (
     "agentfleet_requests_total",
     "agentfleet_tokens_total",
@@ -58,9 +59,8 @@ PERMISSION_PROBLEMS = ("forbidden", "not enough permissions")
 
 
 def _bins() -> dict[str, Path]:
-    out = subprocess.run([str(HACK / "build"), "--print"], capture_output=True, text=True, check=True).stdout
-    dirs = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    return {"helm": Path(dirs["HELM_BIN"]) / "helm", "kubectl": Path(dirs["K8S_BIN"]) / "kubectl"}
+    pinned = Cluster()  # where hack/cluster finds the pinned binaries (the same on every port range)
+    return {"helm": Path(pinned.helm_bin), "kubectl": Path(pinned.kubectl_bin)}
 
 
 BINS = _bins()
@@ -113,7 +113,7 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list
 @dataclass
 class Private:
     kube: Kube
-    env: dict[str, str]
+    cluster: Cluster
     run_dir: Path
     refused: set[str] = field(default_factory=set)
     """Namespaces whose agents are refused on purpose: their 403s are expected in the log."""
@@ -135,23 +135,14 @@ def ensure_namespace(kube: Kube, name: str) -> None:
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
     run_dir = tmp_path_factory.mktemp("chart-cluster") / "run"
-    env = {**os.environ, "AGENTFLEET_PORT_BASE": PORT_BASE, "AGENTFLEET_RUN_DIR": str(run_dir), "AGENTFLEET_NODES": "1"}
-    up = subprocess.run(
-        [str(HACK / "cluster"), "up", "--no-prometheus"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    cluster = Cluster(run_dir, port_base=PORT_BASE, nodes=1)
+    up = cluster.run("up", "--no-prometheus", check=False, timeout=240)
     try:
         if up.returncode != 0:
             pytest.fail(f"private cluster for the chart tests did not start:\n{up.stdout}\n{up.stderr}", pytrace=False)
-        yield Private(Kube(str(run_dir / "kubeconfig"), str(BINS["kubectl"])), env, run_dir)
+        yield Private(cluster.kube, cluster, run_dir)
     finally:
-        subprocess.run(
-            [str(HACK / "cluster"), "down"], env=env, capture_output=True, text=True, timeout=120, check=False
-        )
+        cluster.down()
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +241,7 @@ def wait_reconciled(
     skip: set[str] | None = None,
     timeout: float = 60,
 ) -> dict[str, Any]:
-    """test_reconcile's wait; with ``op``, a permission problem in its log fails at once."""
+    """The harness's ``wait_reconciled``; with ``op``, a permission problem in its log fails at once."""
 
     def no_permission_problems() -> None:
         if op is not None:
@@ -258,11 +249,6 @@ def wait_reconciled(
             assert not problems, "the chart's RBAC is not enough:\n" + "\n".join(problems)
 
     return reconciled(kube, namespace, name, timeout=timeout, check=no_permission_problems)
-
-
-def phase_is(kube: Kube, namespace: str, name: str, phase: str) -> dict[str, Any] | None:
-    st = status(kube, namespace, name)
-    return st if st.get("phase") == phase else None
 
 
 # ============================================================================= without a cluster
@@ -842,9 +828,7 @@ def test_agent_asking_beyond_the_ceiling_is_refused_safely(installed: Private, s
     kube.apply(body)
 
     def refusal() -> str | None:
-        progressing = next(
-            (c for c in (status(kube, ns, "greedy").get("conditions") or []) if c["type"] == "Progressing"), {}
-        )
+        progressing = condition(status(kube, ns, "greedy"), "Progressing")
         return str(progressing["message"]) if progressing.get("reason") == "Refused" else None
 
     message = poll(refusal, timeout=60, what="the refused Role on the agent's status")

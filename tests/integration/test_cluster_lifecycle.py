@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import HACK
+from hack.harness.kube import Cluster
+from hack.harness.processes import alive
 
 pytestmark = pytest.mark.integration
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(HACK / "cluster"), *args], env=env, capture_output=True, text=True, timeout=180, check=False
-    )
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for init to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def listening(port: int) -> bool:
@@ -36,24 +22,23 @@ def listening(port: int) -> bool:
 
 
 def test_up_twice_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "AGENTFLEET_PORT_BASE": "17400",
-        "AGENTFLEET_RUN_DIR": str(tmp_path / "run"),
-        "AGENTFLEET_NODES": "1",
-    }
-    ports = json.loads(run(env, "ports").stdout)
+    cluster = Cluster(tmp_path / "run", port_base=17400, nodes=1)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return cluster.run(*args, check=False, timeout=180)
+
+    ports = json.loads(run("ports").stdout)
     try:
-        first = run(env, "up", "--no-prometheus")
+        first = run("up", "--no-prometheus")
         assert first.returncode == 0, first.stdout + first.stderr
         pids = [int(p.read_text()) for p in (tmp_path / "run" / "pids").glob("*.pid")]
         assert len(pids) == 5
-        second = run(env, "up", "--no-prometheus")  # idempotent: nothing restarted
+        second = run("up", "--no-prometheus")  # idempotent: nothing restarted
         assert second.returncode == 0, second.stdout + second.stderr
         assert sorted(int(p.read_text()) for p in (tmp_path / "run" / "pids").glob("*.pid")) == sorted(pids)
-        assert run(env, "status").stdout.count("running") == 5
+        assert run("status").stdout.count("running") == 5
     finally:
-        down = run(env, "down")
+        down = run("down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert not [pid for pid in pids if alive(pid)]
     assert not [name for name, port in ports.items() if listening(port)]

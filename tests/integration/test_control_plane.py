@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, watch
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from tests.conftest import VERSIONS, Kube, Prometheus, poll
+from hack.harness.kube import VERSIONS, Kube, Prometheus, poll
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from agentfleet.api.types import AgentDeployment, AgentPolicy
-from tests.conftest import Kube
+from hack.harness.kube import Kube
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The test/demo data plane: real guard processes for KWOK pods, scraped by the real Prometheus.
 
-The simulator runs as a process (``python -m tests.support.dataplane``) against the real
+The simulator runs as a process (``python -m hack.harness.dataplane``) against the real
 control plane, with the operator running as a process; the fake LLM runs as a process too.
 """
 
@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Kube, OperatorProcess, Prometheus, poll
-from tests.integration.conftest import BIG_BUDGETS
-from tests.integration.test_reconcile import agent, wait_reconciled
-from tests.support.dataplane.agent import HEALTHY, behaviour_from_prompt, directive
-from tests.support.dataplane.harness import DataplaneProcess, alive, descendants
-from tests.support.dataplane.simulator import local_config, runnable_pod, target_document
+from hack.harness.agents import BIG_BUDGETS, agent, wait_reconciled
+from hack.harness.dataplane.agent import HEALTHY, behaviour_from_prompt, directive
+from hack.harness.dataplane.simulator import local_config, runnable_pod, target_document
+from hack.harness.kube import Kube, Prometheus, poll
+from hack.harness.processes import DataplaneProcess, OperatorProcess, alive, descendants
 
 
 def _is_guard(pid: int) -> bool:
@@ -40,10 +39,7 @@ def query(prometheus: Prometheus, promql: str) -> dict[tuple[str, ...], float]:
 
 
 def spec_for(namespace: str, name: str, endpoint: str, prompt: str, replicas: int) -> dict[str, Any]:
-    body = agent(name, namespace, replicas=replicas, budgets=BIG_BUDGETS)
-    body["spec"]["agent"]["model"]["endpoint"] = endpoint
-    body["spec"]["agent"]["systemPrompt"] = {"inline": prompt}
-    return body
+    return agent(name, namespace, endpoint=endpoint, prompt=prompt, replicas=replicas, budgets=BIG_BUDGETS)
 
 
 # ----------------------------------------------------------------------------- integration

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import HACK
+from hack.harness.kube import HACK, Cluster
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_its_story_end_to_end(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "AGENTFLEET_PORT_BASE": "20400",
-        "AGENTFLEET_RUN_DIR": str(tmp_path / "run"),
-        "AGENTFLEET_NODES": "2",
-    }
+    cluster = Cluster(tmp_path / "run", port_base=20400, nodes=2)
+    env = cluster.env
     try:
         demo = subprocess.run([str(HACK / "demo")], env=env, capture_output=True, text=True, timeout=900, check=False)
         out = demo.stdout
@@ -36,4 +31,4 @@ def test_demo_runs_its_story_end_to_end(tmp_path: Path) -> None:
             assert line in out, f"missing {line!r} in the demo's output:\n{out[-4000:]}"
     finally:
         subprocess.run([str(HACK / "demo"), "down"], env=env, capture_output=True, timeout=120, check=False)
-        subprocess.run([str(HACK / "cluster"), "down"], env=env, capture_output=True, timeout=120, check=False)
+        cluster.down()

@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import EVALUATION_INTERVAL, HACK, Kube, OperatorProcess, Prometheus, poll
-from tests.integration.conftest import BIG_BUDGETS
-from tests.integration.test_reconcile import agent, condition, status, wait_reconciled
-from tests.support.dataplane.harness import DataplaneProcess
+from hack.harness.agents import BIG_BUDGETS, agent, condition, status, wait_reconciled
+from hack.harness.kube import Cluster, Kube, Prometheus, poll
+from hack.harness.processes import DataplaneProcess, OperatorProcess
+from tests.support.session import EVALUATION_INTERVAL
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +28,10 @@ FAST_FAILING = {**BIG_BUDGETS, "latency": {"perCallDeadline": "2s"}}  # errors s
 def guarded(
     namespace: str, name: str, llm: str, prompt: str, rules: list[dict[str, Any]], replicas: int = 1, **spec: Any
 ) -> dict[str, Any]:
-    body = agent(name, namespace, replicas=replicas, budgets=spec.pop("budgets", FAST_FAILING), **spec)
-    body["spec"]["agent"]["model"]["endpoint"] = llm
-    body["spec"]["agent"]["systemPrompt"] = {"inline": prompt}
-    body["spec"]["guardrails"] = rules
-    return body
+    budgets = spec.pop("budgets", FAST_FAILING)
+    return agent(
+        name, namespace, endpoint=llm, prompt=prompt, replicas=replicas, budgets=budgets, guardrails=rules, **spec
+    )
 
 
 LOOP_RULE = {"name": "stop-loops", "metric": "loopDetections", "threshold": "0", "action": "Suspend", "cooldown": "10m"}
@@ -51,6 +49,13 @@ def contained(expected: Any, actual: Any) -> bool:
             and all(contained(e, a) for e, a in zip(expected, actual, strict=True))
         )
     return bool(expected == actual)
+
+
+def deployed(kube: Kube, namespace: str) -> int:
+    """How many agents in ``namespace`` have a current revision."""
+    return sum(
+        1 for a in kube.get_json("agd", "-n", namespace)["items"] if (a.get("status") or {}).get("currentRevision")
+    )
 
 
 def events(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -205,8 +210,7 @@ def test_expensive_agent_exceeds_its_budget_and_is_suspended(
 
 
 def _prometheus_pid() -> int:
-    run = Path(os.environ.get("AGENTFLEET_RUN_DIR", Path.home() / ".cache" / "agentfleet" / "run"))
-    return int((run / "pids" / "prometheus.pid").read_text().split()[0])
+    return int((Cluster().run_dir / "pids" / "prometheus.pid").read_text().split()[0])
 
 
 def test_prometheus_down_holds_or_fails_closed_and_recovers(
@@ -245,7 +249,7 @@ def test_prometheus_down_holds_or_fails_closed_and_recovers(
         assert "queries failed" in condition(held, "MetricsAvailable")["message"]
         assert kube.get_json("deployment", "holder", "-n", ns)["spec"]["replicas"] == 2
     finally:
-        subprocess.run([str(HACK / "cluster"), "up"], check=True, capture_output=True, timeout=120)
+        Cluster().up(timeout=120)
     poll(
         lambda: condition(status(kube, ns, "holder"), "MetricsAvailable").get("status") == "True",
         timeout=60,
@@ -318,32 +322,10 @@ def test_two_hundred_agents_one_misbehaving_and_queries_stay_flat(
             )
             return operator.metric("agentfleet_operator_evaluation_cycle_queries")
 
-        poll(
-            lambda: (
-                sum(
-                    1
-                    for a in kube.get_json("agd", "-n", quiet_ns)["items"]
-                    if (a.get("status") or {}).get("currentRevision")
-                )
-                == 19
-            ),
-            timeout=120,
-            what="19 quiet agents reconciled",
-        )
+        poll(lambda: deployed(kube, quiet_ns) == 19, timeout=120, what="19 quiet agents reconciled")
         at_20 = per_cycle()
         kube.apply([guarded(quiet_ns, f"quiet-{i}", fake_llm, "Be quiet.", rules) for i in range(19, 199)])
-        poll(
-            lambda: (
-                sum(
-                    1
-                    for a in kube.get_json("agd", "-n", quiet_ns)["items"]
-                    if (a.get("status") or {}).get("currentRevision")
-                )
-                == 199
-            ),
-            timeout=300,
-            what="199 quiet agents reconciled",
-        )
+        poll(lambda: deployed(kube, quiet_ns) == 199, timeout=300, what="199 quiet agents reconciled")
         at_200 = per_cycle()
         print(f"\nPromQL queries per evaluation cycle: {at_20:.1f} at 20 agents, {at_200:.1f} at 200 agents")
         assert at_200 == at_20

@@ -18,8 +18,9 @@ import yaml
 
 from agentfleet.api.guardconfig import AuditSink
 from agentfleet.audit import AuditLog
-from tests.conftest import ROOT, Kube, OperatorProcess, poll
-from tests.integration.test_reconcile import agent, condition, status, wait_reconciled
+from hack.harness.agents import agent, condition, status, wait_reconciled
+from hack.harness.kube import ROOT, Kube, poll
+from hack.harness.processes import OperatorProcess
 
 pytestmark = pytest.mark.integration
 

@@ -4,78 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Kube, OperatorProcess, poll
+from hack.harness.agents import agent, condition, status, wait_reconciled
+from hack.harness.kube import ROOT, Kube, poll
+from hack.harness.processes import OperatorProcess
 
 pytestmark = pytest.mark.integration
-
-
-def agent(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "agentfleet.dev/v1alpha1",
-        "kind": "AgentDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 2,
-            "agent": {
-                "image": "registry.invalid/agent:1",
-                "model": {
-                    "name": "gpt-4o-mini",
-                    "endpoint": "http://10.1.2.3:8000/v1",
-                    "apiKeySecretRef": {"name": "llm-key"},
-                    "pricing": {"inputPerMillion": "0.15", "outputPerMillion": "0.60"},
-                },
-                "systemPrompt": {"inline": "You are helpful."},
-                "tools": [{"name": "search", "maxCallsPerTask": 3}],
-            },
-            "budgets": {"tokensPerHour": 10000, "costPerDay": "1.50"},
-            "permissions": {"tools": ["search"]},
-        },
-    }
-    body["spec"].update(spec)
-    return body
-
-
-def status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    return dict(kube.get_json("agd", name, "-n", namespace).get("status") or {})
-
-
-def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
-
-
-def wait_reconciled(
-    kube: Kube, namespace: str, name: str, timeout: float = 60, check: Callable[[], None] | None = None
-) -> dict[str, Any]:
-    """Status describes the current generation and the Deployment is ready; ``check`` runs on
-    every poll, to fail fast on something the caller watches (an operator's log, say)."""
-
-    def done() -> dict[str, Any] | None:
-        if check is not None:
-            check()
-        obj = kube.get_json("agd", name, "-n", namespace)
-        st = obj.get("status") or {}
-        if st.get("observedGeneration") != obj["metadata"]["generation"] or not st.get("currentRevision"):
-            return None
-        dep = kube.kubectl("get", "deployment", name, "-n", namespace, "-o", "json", check=False)
-        if dep.returncode != 0:
-            return None
-        d = json.loads(dep.stdout)
-        want = d["spec"]["replicas"]
-        ready = d.get("status", {}).get("readyReplicas", 0) or 0
-        updated = d.get("status", {}).get("updatedReplicas", 0) or 0
-        if ready != want or (want and updated != want) or st.get("readyReplicas", 0) != ready:
-            return None
-        return dict(st)
-
-    result: dict[str, Any] = poll(done, timeout=timeout, what=f"agd {namespace}/{name} to be reconciled")
-    return result
 
 
 def test_create_renders_every_child_and_pods_run(operator: OperatorProcess, kube: Kube, namespace: str) -> None:

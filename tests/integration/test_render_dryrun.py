@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agentfleet.kube.wire import apply_patch_body
 from agentfleet.render import render, render_controller_revision
-from tests.conftest import Kube
+from hack.harness.kube import Kube
 from tests.support.strategies import agent_deployments, manifest
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ answers, when the guard refuses, or after a bounded number of steps.
 
 Its behaviour comes from the agent's system prompt: a marker ``[[sim:NAME]]`` anywhere in it picks
 one (no marker: ``healthy``). The agent turns the behaviour into ``[[fake:...]]`` directives in its
-user messages, which the fake LLM (``tests/support/fake_llm.py``) obeys after the guard forwarded
+user messages, which the fake LLM (``hack/harness/fake_llm.py``) obeys after the guard forwarded
 them, so a "bad prompt rollout" in a test is just a new system prompt containing ``[[sim:error]]``.
 
 ========== ==================================================================================
@@ -27,7 +27,7 @@ Aliases: ``ok`` = healthy, ``looping`` = loop, ``erroring`` = error.
 
 Standalone (e.g. as the command of an agent container on a cluster that runs pods, or by hand)::
 
-    python -m tests.support.dataplane.agent --base-url http://127.0.0.1:4000/v1 --tool search \\
+    python -m hack.harness.dataplane.agent --base-url http://127.0.0.1:4000/v1 --tool search \\
         --system-prompt '... [[sim:loop]]' --tasks-per-second 1 --tasks 20
 
 ``OPENAI_BASE_URL``, ``AGENTFLEET_SYSTEM_PROMPT``, ``AGENTFLEET_MODEL`` and
@@ -55,7 +55,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
-from tests.support.fake_llm import PRESETS
+from hack.harness.fake_llm import PRESETS
 
 log = logging.getLogger("dataplane.agent")
 
@@ -324,7 +324,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tests.support.dataplane.agent",
+        prog="python -m hack.harness.dataplane.agent",
         description="Scripted test agent (openai SDK) for the agentfleet guard.",
     )
     p.add_argument(

@@ -1,4 +1,4 @@
-"""``python -m tests.support.dataplane``: run the simulator until SIGTERM/SIGINT."""
+"""``python -m hack.harness.dataplane``: run the simulator until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.support.dataplane.simulator import Options, Simulator, install_signal_handlers
+from hack.harness.dataplane.simulator import Options, Simulator, install_signal_handlers
 
 
 def _llm_url(url: str) -> str:
@@ -23,7 +23,7 @@ def _llm_url(url: str) -> str:
 
 def parse(argv: list[str] | None = None) -> Options:
     p = argparse.ArgumentParser(
-        prog="python -m tests.support.dataplane",
+        prog="python -m hack.harness.dataplane",
         description="Test/demo data plane for agentfleet (not part of the product): runs a real guard and a "
         "scripted agent for every Running agent pod, and registers the guards with Prometheus (file SD).",
     )
@@ -36,7 +36,7 @@ def parse(argv: list[str] | None = None) -> Options:
     )
     llm = p.add_mutually_exclusive_group()
     llm.add_argument("--llm-url", help="fake LLM base URL for every guard whose model endpoint is not on loopback")
-    llm.add_argument("--start-llm", action="store_true", help="start tests/support/fake_llm.py and use it as --llm-url")
+    llm.add_argument("--start-llm", action="store_true", help="start hack/harness/fake_llm.py and use it as --llm-url")
     p.add_argument(
         "--namespace",
         "-n",

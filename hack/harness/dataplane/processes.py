@@ -320,7 +320,7 @@ class GuardProcess:
 
 
 async def start_fake_llm(log_path: Path, within: float = 30.0) -> tuple[asyncio.subprocess.Process, str]:
-    """``tests/support/fake_llm.py --port 0`` as a child; returns it and its base URL (no /v1)."""
+    """``hack/harness/fake_llm.py --port 0`` as a child; returns it and its base URL (no /v1)."""
     errors = log_path.open("ab")
     try:
         proc = await asyncio.create_subprocess_exec(

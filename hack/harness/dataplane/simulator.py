@@ -11,7 +11,7 @@ and not being deleted, it
    that imported the guard's code once, or ``--launcher exec``: a fresh process) and waits for
    ``/readyz``;
 3. drops a Prometheus file-SD target ``<targets-dir>/<namespace>__<pod>.json`` (atomic rename);
-4. runs a :class:`~tests.support.dataplane.agent.ScriptedAgent` (in this process) against the
+4. runs a :class:`~hack.harness.dataplane.agent.ScriptedAgent` (in this process) against the
    guard, with the behaviour the pod's system prompt asks for.
 
 When the pod stops Running, gets a deletionTimestamp or disappears, the agent is stopped, the
@@ -45,8 +45,8 @@ import aiohttp
 import yaml
 
 from agentfleet.api.guardconfig import AuditSink, GuardConfig
-from tests.support.dataplane.agent import HEALTHY, ScriptedAgent, behaviour_from_prompt
-from tests.support.dataplane.processes import (
+from hack.harness.dataplane.agent import HEALTHY, ScriptedAgent, behaviour_from_prompt
+from hack.harness.dataplane.processes import (
     ExecLauncher,
     ForkLauncher,
     GuardProcess,

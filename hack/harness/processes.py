@@ -1,28 +1,40 @@
-"""Handles for tests and benchmarks: the simulator and the fake LLM as processes.
+"""The operator, the fake LLM and the data plane simulator as processes, for tests, benchmarks
+and the demo.
 
-Synchronous on purpose (pytest tests and benchmark scripts poll with deadlines)::
+Synchronous on purpose (tests, benchmark scripts and the demo poll with deadlines)::
 
+    op = OperatorProcess(kubeconfig, tmp_path / "operator.log", ["--prometheus-url=..."])
+    op.start()                                                        # returns once /healthz is 200
     llm = FakeLLMProcess.start(tmp_path / "fake-llm.log")            # llm.url ends with /v1
     dp = DataplaneProcess.start(kube.kubeconfig, prometheus.targets_dir, tmp_path / "dp", [namespace])
     poll(lambda: dp.running("my-agent", 2), timeout=60, what="2 guards")
     ...
     dp.stop()          # SIGTERM; raises if it fails or leaves a process or a target file behind
     llm.stop()
+    op.stop()
+
+``detach=True`` starts a process in a session of its own, so that it outlives its starter (the
+demo leaves its fleet running; ``hack/demo down`` stops it by process group).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
+from hack.harness.kube import PYTHON, ROOT, VENV, free_port, http_ok, poll
+
+FAKE_LLM = Path(__file__).resolve().parent / "fake_llm.py"
+TEST_GUARD_IMAGE = "ghcr.io/agentfleet/agentfleet:test"
+"""The guard image the operator writes into pods (KWOK runs none of them)."""
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -80,22 +92,127 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float) -> int:
     return proc.returncode
 
 
+class OperatorProcess:
+    """``agentfleet operator`` as a real process, started the way its pod starts it (minus the pod).
+
+    ``command`` replaces ``.venv/bin/agentfleet`` (a benchmark's A/B against other code);
+    ``guard_image=None`` leaves the operator's default; ports 0 are chosen free at each start."""
+
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        extra: list[str] | None = None,
+        *,
+        guard_image: str | None = TEST_GUARD_IMAGE,
+        command: list[str] | None = None,
+        metrics_port: int = 0,
+        health_port: int = 0,
+        detach: bool = False,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra = extra or []
+        self.guard_image = guard_image
+        self.command = command or [str(VENV / "agentfleet")]
+        self.fixed_ports = (metrics_port, health_port)
+        self.detach = detach
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+
+    def start(self, timeout: float = 60) -> None:
+        """Start it (appending to its log) and wait for its liveness endpoint."""
+        self.metrics_port = self.fixed_ports[0] or free_port()
+        health = self.fixed_ports[1] or free_port()
+        image = [f"--guard-image={self.guard_image}"] if self.guard_image else []
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *self.command,
+                    "operator",
+                    f"--metrics-port={self.metrics_port}",
+                    "--metrics-address=127.0.0.1",
+                    f"--liveness=http://127.0.0.1:{health}/healthz",
+                    *image,
+                    *self.extra,
+                ],
+                env={**os.environ, "KUBECONFIG": self.kubeconfig},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                start_new_session=self.detach,
+            )
+        poll(lambda: self._healthy(health), timeout=timeout, what="the operator's liveness endpoint")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def _healthy(self, port: int) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+        return http_ok(f"http://127.0.0.1:{port}/healthz")
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (SIGKILL with ``kill``: no graceful shutdown); SIGKILL after 20 s."""
+        if self.proc and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's /metrics as {'name{labels}': value}."""
+        out: dict[str, float] = {}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
+            for line in resp.read().decode().splitlines():
+                if line and not line.startswith("#"):
+                    key, _, value = line.rpartition(" ")
+                    with contextlib.suppress(ValueError):
+                        out[key] = float(value)
+        return out
+
+    def metric(self, name: str) -> float:
+        """The first sample of ``name`` (whatever its labels), 0 if there is none."""
+        return next((v for k, v in self.metrics().items() if k == name or k.startswith(name + "{")), 0.0)
+
+
 @dataclass
 class FakeLLMProcess:
-    """``tests/support/fake_llm.py --port 0`` as a process."""
+    """``hack/harness/fake_llm.py --port 0`` as a process."""
 
     proc: subprocess.Popen[bytes]
     url: str
     """OpenAI base URL (``http://127.0.0.1:PORT/v1``)."""
 
+    @property
+    def base(self) -> str:
+        """The URL it printed (``http://127.0.0.1:PORT``), without ``/v1``."""
+        return self.url.removesuffix("/v1")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     @classmethod
-    def start(cls, log: Path, *args: str, timeout: float = 60) -> FakeLLMProcess:
+    def start(cls, log: Path, *args: str, timeout: float = 60, detach: bool = False) -> FakeLLMProcess:
+        """Start it (a fresh log) and wait for its ``fake-llm listening on URL`` line."""
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "tests" / "support" / "fake_llm.py"), "--port", "0", *args],
+                [PYTHON, str(FAKE_LLM), "--port", "0", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=ROOT,
+                start_new_session=detach,
             )
         try:
             base = _wait_for_line(log, "fake-llm listening on ", proc, "the fake LLM", timeout)
@@ -110,7 +227,7 @@ class FakeLLMProcess:
 
 @dataclass
 class DataplaneProcess:
-    """``python -m tests.support.dataplane`` as a process, with readers for its ``state.json``."""
+    """``python -m hack.harness.dataplane`` as a process, with readers for its ``state.json``."""
 
     proc: subprocess.Popen[bytes]
     work_dir: Path
@@ -121,7 +238,14 @@ class DataplaneProcess:
 
     @classmethod
     def start(
-        cls, kubeconfig: str, targets_dir: Path, work_dir: Path, namespaces: list[str], *extra: str, timeout: float = 60
+        cls,
+        kubeconfig: str,
+        targets_dir: Path,
+        work_dir: Path,
+        namespaces: list[str],
+        *extra: str,
+        timeout: float = 60,
+        detach: bool = False,
     ) -> DataplaneProcess:
         """Start it and wait until its first list of pods is done (``extra``: more flags, e.g.
         ``--start-llm``, ``--tasks-per-second 2``, ``--launcher exec``)."""
@@ -131,9 +255,9 @@ class DataplaneProcess:
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [
-                    sys.executable,
+                    PYTHON,
                     "-m",
-                    "tests.support.dataplane",
+                    "hack.harness.dataplane",
                     "--kubeconfig",
                     kubeconfig,
                     "--targets-dir",
@@ -145,8 +269,10 @@ class DataplaneProcess:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=ROOT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=detach,
             )
         dp = cls(proc, work_dir, targets_dir, namespaces, log)
         try:

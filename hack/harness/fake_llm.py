@@ -3,7 +3,7 @@
 Used in-process by tests (``FakeLLM``) and as a standalone process by the demo, the simulator
 and the benchmark::
 
-    python tests/support/fake_llm.py --port 8900 [--host 127.0.0.1] [--default PRESET|JSON]
+    python hack/harness/fake_llm.py --port 8900 [--host 127.0.0.1] [--default PRESET|JSON]
 
 It prints ``fake-llm listening on http://HOST:PORT`` once it accepts connections (``--port 0``
 picks a free port).

@@ -16,7 +16,7 @@ Protocol (JSON lines; no other output on stdout):
 End of stdin: SIGTERM to the remaining children, SIGKILL after 10 s, exit. Each child gets
 SIGTERM if this process dies (``PR_SET_PDEATHSIG``), and this process gets it if its parent
 dies, so a killed simulator leaves nothing running. Run as a script (``python zygote.py``),
-not as part of the ``tests`` package: it needs nothing but ``agentfleet``.
+not as part of the ``hack.harness`` package: it needs nothing but ``agentfleet``.
 """
 
 from __future__ import annotations
