@@ -23,6 +23,7 @@ from agentfleet.api import conditions as cond
 from agentfleet.api import names
 from agentfleet.api.types import AgentPolicy
 from agentfleet.controller import metrics
+from agentfleet.controller.ownership import owned_by
 from agentfleet.controller.reconcile import Context, reconcile
 from agentfleet.kube.client import Kube, KubeError
 from agentfleet.kube.status import freshest_status, merge, readiness, update_status
@@ -122,8 +123,9 @@ async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **kwar
     if type == "DELETED":
         return
     ns, agent_name = body.metadata.namespace or "", body.metadata.labels.get(names.AGENT)
-    if latest(agent_index, (ns, agent_name or "")) is None:
-        return
+    agent = latest(agent_index, (ns, agent_name or ""))
+    if agent is None or not owned_by(dict(body), str(agent["metadata"].get("uid") or "")):
+        return  # not the agent's own Deployment (labels alone are not ownership)
     seen = (int(body.spec.get("replicas") or 0), dict(body.get("status") or {}))
     mirror: ReadyMirror | None = getattr(memo, "ready_mirror", None)
     if mirror is None:  # no coalescing configured: write now

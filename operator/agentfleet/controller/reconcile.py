@@ -15,6 +15,7 @@ from agentfleet.api import conditions as cond
 from agentfleet.api import names
 from agentfleet.api.types import AgentDeployment, AgentPolicy
 from agentfleet.controller import plan as plans
+from agentfleet.controller.ownership import Children, NameConflict, owned_memory
 from agentfleet.controller.plan import Event
 from agentfleet.kube.client import Kube, KubeError
 from agentfleet.kube.status import merge, update_status, with_first_readiness
@@ -68,23 +69,28 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
         return await report(ctx, body, plans.invalid(body, str(exc), now))
     if p.pinned:  # exact: the template recorded with the revision, not today's rendering of it
         rendered = with_template(rendered, p.pinned["data"]["template"])
+    number, new = plans.revision_number(all_revisions, rendered.revision)
+    snapshot = render_controller_revision(agent, rendered, number) if new else None
 
+    children = Children(ctx.kube, owned_memory(ctx.kube), str(meta.get("uid") or ""))
     deployment: dict[str, Any] = {}
     try:
+        await children.verify([*rendered.objects, *([snapshot] if snapshot else [])])
         for obj in rendered.objects:
-            applied = await ctx.kube.apply(obj)
+            applied = await children.apply(obj)
             if obj["kind"] == "Deployment":
                 deployment = applied
+        if snapshot is not None:
+            await children.apply(snapshot)
+    except NameConflict as exc:
+        return await report(ctx, body, plans.invalid(body, str(exc), now, reason="NameConflict"))
     except KubeError as exc:
         if exc.status not in {403, 422}:
             raise  # transient: kopf retries
         # Refused for good (e.g. a Role beyond what the operator may delegate): say so, don't retry.
         message = f"the API server refused {obj['kind']} {obj['metadata']['name']}: {exc.message}"
         return await report(ctx, body, plans.invalid(body, message, now, reason="Refused"))
-    number, new = plans.revision_number(all_revisions, rendered.revision)
-    if new:
-        await ctx.kube.apply(render_controller_revision(agent, rendered, number))
-    await prune(ctx, agent, rendered, all_revisions, status)
+    await prune(children, agent, rendered, all_revisions, status)
 
     change = plans.conclude(p, body, rendered.revision, number, selector(name), now)
     mutate = merge(change.fields, change.conditions)
@@ -105,20 +111,24 @@ def with_template(rendered: Rendered, template: dict[str, Any]) -> Rendered:
 
 
 async def prune(
-    ctx: Context, agent: AgentDeployment, rendered: Rendered, existing: list[dict[str, Any]], status: dict[str, Any]
+    children: Children,
+    agent: AgentDeployment,
+    rendered: Rendered,
+    existing: list[dict[str, Any]],
+    status: dict[str, Any],
 ) -> None:
     """Delete children no longer desired, and revisions beyond revisionHistoryLimit."""
-    ns, name = agent.metadata.namespace, agent.metadata.name
+    ns, name = agent.metadata.namespace or "", agent.metadata.name
     if not status.get("currentRevision"):
         return  # a brand-new agent has nothing to prune
     desired = {(o["kind"], o["metadata"]["name"]) for o in rendered.objects}
     for kind in OPTIONAL_KINDS:
         if (kind, f"{name}-agent") not in desired:
-            await ctx.kube.delete(kind, ns, f"{name}-agent")
+            await children.delete(kind, ns, f"{name}-agent")
     keep = {rendered.revision, status.get("stableRevision"), status.get("currentRevision")}
     for rev_name, rev_hash in plans.prunable(existing, keep, agent.spec.revision_history_limit):
-        await ctx.kube.delete("ControllerRevision", ns, rev_name)
-        await ctx.kube.delete("ConfigMap", ns, f"{name}-guard-{rev_hash}")
+        await children.delete("ControllerRevision", ns, rev_name)
+        await children.delete("ConfigMap", ns, f"{name}-guard-{rev_hash}")
 
 
 async def report(ctx: Context, body: dict[str, Any], problem: plans.Problem) -> Outcome:
@@ -126,12 +136,9 @@ async def report(ctx: Context, body: dict[str, Any], problem: plans.Problem) -> 
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     if problem.withdraw:
-        try:
-            await ctx.kube.merge_patch("Deployment", ns, name, {"spec": {"replicas": 0}})
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
+        children = Children(ctx.kube, owned_memory(ctx.kube), str(meta.get("uid") or ""))
+        await children.patch("Deployment", ns, name, {"spec": {"replicas": 0}})
         for kind in OPTIONAL_KINDS:
-            await ctx.kube.delete(kind, ns, f"{name}-agent")
+            await children.delete(kind, ns, f"{name}-agent")
     await update_status(ctx.kube, body, merge({"observedGeneration": meta.get("generation")}, problem.conditions))
     return Outcome(events=list(problem.events))

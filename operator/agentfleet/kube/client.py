@@ -155,11 +155,13 @@ class Kube:
         out = await self.request("GET", RESOURCES[kind].path(namespace), query=query)
         return list((out or {}).get("items", []))
 
-    async def delete(self, kind: str, namespace: str | None, name: str) -> bool:
-        """Delete in the background (dependants are garbage-collected); False if it was gone."""
-        out = await self.request(
-            "DELETE", RESOURCES[kind].path(namespace, name), body={"propagationPolicy": "Background"}
-        )
+    async def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> bool:
+        """Delete in the background (dependants are garbage-collected); False if it was gone.
+        With ``uid``, only that object: a different one of the same name is refused (409)."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
+        out = await self.request("DELETE", RESOURCES[kind].path(namespace, name), body=options)
         return out is not None
 
     async def merge_patch(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentfleet.api import conditions as cond
+from agentfleet.api import names
 from agentfleet.kube.client import Kube, KubeError
 
 Status = dict[str, Any]
@@ -33,7 +34,7 @@ def phase_for(conditions: cond.Conditions, replicas: int, ready: int) -> str:
     if cond.is_true(conditions, cond.POLICY_VIOLATION):
         return "PolicyViolation"
     progressing = cond.get(conditions, cond.PROGRESSING)
-    if progressing and progressing.get("reason") in {"InvalidSpec", "Refused"}:
+    if progressing and progressing.get("reason") in names.DEGRADED_REASONS:
         return "Degraded"
     if cond.is_true(conditions, cond.SUSPENDED):
         return "Suspended"
