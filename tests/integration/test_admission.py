@@ -1,12 +1,12 @@
 """AgentPolicy enforced by the API server (the ValidatingAdmissionPolicy in ``crds/admission/``),
-and the pure reconcile-time check giving the same verdict with the same message for each case.
+and the pure reconcile-time check giving the same verdict with the same message for each case
+(``tests/support/policy_cases.py``, which ``tests/unit/test_policy.py`` checks too).
 
 Every policy here covers only the test's own namespace, so tests running alongside are unaffected.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -16,58 +16,11 @@ import pytest
 from agentfleet.api.types import AgentDeployment, AgentPolicy
 from agentfleet.policy import covers, violations
 from hack.harness.kube import Kube, poll
+from tests.support.policy_cases import AGENT_SPEC, ALLOWED, POLICY_SPEC, REFUSED, PolicyCase, merged
 
 pytestmark = pytest.mark.integration
 
 DENIED = "denied request: "
-
-POLICY_SPEC: dict[str, Any] = {
-    "ceilings": {
-        "tokensPerHour": 100000,
-        "costPerDay": "20",
-        "maxToolCallsPerTask": 100,
-        "maxIterationsPerTask": 50,
-        "maxTaskDuration": "30m",
-        "maxConcurrentTasks": 16,
-        "maxReplicas": 3,
-    },
-    "allowedModels": ["gpt-4o-mini"],
-    "allowedTools": ["search", "fetch"],
-    "allowedEgress": ["203.0.113.0/24"],
-    "allowedKubernetesRules": [
-        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": ["agent-config"]},
-    ],
-    "requiredGuardrails": [{"metric": "loopDetections", "actions": ["Suspend", "Rollback"]}],
-}
-
-AGENT_SPEC: dict[str, Any] = {
-    "replicas": 2,
-    "agent": {
-        "image": "example/agent:1",
-        "model": {"name": "gpt-4o-mini", "endpoint": "https://api.openai.com/v1"},
-        "tools": [{"name": "search"}],
-    },
-    "budgets": {"tokensPerHour": 50000, "costPerDay": "5", "maxTaskDuration": "10m"},
-    "permissions": {
-        "egress": [{"cidr": "203.0.113.0/28"}],
-        "kubernetes": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
-    },
-    "guardrails": [{"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Suspend"}],
-}
-
-
-def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch: ``None`` deletes, dicts merge, anything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def agent_manifest(namespace: str, patch: dict[str, Any] | None = None, name: str = "agent") -> dict[str, Any]:
@@ -111,6 +64,19 @@ def until(kube: Kube, manifest: dict[str, Any], *, accepted: bool, text: str = "
     return result
 
 
+PROBES: list[dict[str, Any]] = [{"replicas": 10000}, {"agent": {"model": {"name": "probe-model"}}}]
+
+
+def probe_for(namespace: str, policy: dict[str, Any]) -> dict[str, Any]:
+    """An agent that ``policy`` rejects (by the pure check), to see when admission has loaded it."""
+    stored = AgentPolicy.model_validate(policy)
+    for patch in PROBES:
+        probe = agent_manifest(namespace, patch, name="probe")
+        if violations(AgentDeployment.model_validate(probe), [stored], {}):
+            return probe
+    raise AssertionError(f"no probe is rejected by {policy}")
+
+
 class Policies:
     """Creates cluster-scoped AgentPolicies for one test and deletes them afterwards."""
 
@@ -125,8 +91,7 @@ class Policies:
         self.kube.kubectl("create", "-f", "-", input=json.dumps(obj))
         self.names.append(name)
         if wait and "namespaces" in spec:  # a probe only this policy rejects: its name is in the message
-            probe = agent_manifest(self.namespace, {"replicas": 10000}, name="probe")
-            until(self.kube, probe, accepted=False, text=f"AgentPolicy {name}: ")
+            until(self.kube, probe_for(self.namespace, obj), accepted=False, text=f"AgentPolicy {name}: ")
         return name
 
     def patch(self, name: str, spec: dict[str, Any]) -> None:
@@ -154,104 +119,6 @@ def assert_agree(kube: Kube, manifest: dict[str, Any], policy_name: str, stderr:
     assert found[0].message == message
 
 
-R = "permissions.kubernetes not covered by allowedKubernetesRules: "
-
-# (id, agent patch, policy patch, the message after "AgentPolicy NAME: ")
-VIOLATIONS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
-    (
-        "budget above ceiling",
-        {"budgets": {"tokensPerHour": 200000}},
-        {},
-        "budgets.tokensPerHour=200000 exceeds ceilings.tokensPerHour=100000",
-    ),
-    (
-        "budget unset under a ceiling",
-        {"budgets": {"tokensPerHour": None}},
-        {},
-        "budgets.tokensPerHour is unset (unlimited) but ceilings.tokensPerHour=100000",
-    ),
-    (
-        "money above ceiling",
-        {"budgets": {"costPerDay": "20.01"}},
-        {},
-        "budgets.costPerDay=20.01 exceeds ceilings.costPerDay=20",
-    ),
-    (
-        "duration above ceiling",
-        {"budgets": {"maxTaskDuration": "1h"}},
-        {},
-        "budgets.maxTaskDuration=1h exceeds ceilings.maxTaskDuration=30m",
-    ),
-    (
-        "default above ceiling",
-        {},
-        {"ceilings": {"maxIterationsPerTask": 10}},
-        "budgets.maxIterationsPerTask=50 exceeds ceilings.maxIterationsPerTask=10",
-    ),
-    (
-        "concurrency above ceiling",
-        {"budgets": {"maxConcurrentTasks": 64}},
-        {},
-        "budgets.maxConcurrentTasks=64 exceeds ceilings.maxConcurrentTasks=16",
-    ),
-    ("replicas above ceiling", {"replicas": 5}, {}, "replicas=5 exceeds ceilings.maxReplicas=3"),
-    (
-        "model not allowed",
-        {"agent": {"model": {"name": "gpt-4o"}}},
-        {},
-        "agent.model.name=gpt-4o is not in allowedModels",
-    ),
-    (
-        "tool beyond policy",
-        {"agent": {"tools": [{"name": "search"}, {"name": "shell"}]}},
-        {},
-        "agent.tools not in allowedTools: shell",
-    ),
-    (
-        "egress beyond policy",
-        {"permissions": {"egress": [{"cidr": "0.0.0.0/0"}]}},
-        {},
-        "permissions.egress not within allowedEgress: 0.0.0.0/0",
-    ),
-    (
-        "rbac wildcard beyond policy",
-        {"permissions": {"kubernetes": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}},
-        {},
-        R + '{apiGroups: ["*"], resources: ["*"], verbs: ["*"]}',
-    ),
-    (
-        "rbac secrets beyond policy",
-        {"permissions": {"kubernetes": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}},
-        {},
-        R + '{apiGroups: [""], resources: ["secrets"], verbs: ["get"]}',
-    ),
-    (
-        "rbac object names beyond policy",
-        {"permissions": {"kubernetes": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]}},
-        {},
-        R + '{apiGroups: [""], resources: ["configmaps"], verbs: ["get"]}',
-    ),
-    (
-        "rbac with no allowance",
-        {},
-        {"allowedKubernetesRules": None},
-        "permissions.kubernetes is not allowed: the policy sets no allowedKubernetesRules",
-    ),
-    (
-        "missing required guardrail",
-        {"guardrails": None},
-        {},
-        "guardrails missing requiredGuardrails: loopDetections (action Suspend or Rollback)",
-    ),
-    (
-        "required guardrail with weak action",
-        {"guardrails": [{"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Alert"}]},
-        {},
-        "guardrails missing requiredGuardrails: loopDetections (action Suspend or Rollback)",
-    ),
-]
-
-
 def test_compliant_agent_is_admitted(crds_installed: Kube, namespace: str, policies: Policies) -> None:
     name = policies.create()
     manifest = agent_manifest(namespace)
@@ -260,17 +127,29 @@ def test_compliant_agent_is_admitted(crds_installed: Kube, namespace: str, polic
     assert violations(agent, [stored_policy(crds_installed, name)], labels_of(crds_installed, namespace)) == []
 
 
-@pytest.mark.parametrize("case", VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
+@pytest.mark.parametrize("case", REFUSED, ids=[c.id for c in REFUSED])
 def test_violating_agent_is_rejected_naming_the_ceiling(
-    crds_installed: Kube, namespace: str, policies: Policies, case: tuple[str, dict[str, Any], dict[str, Any], str]
+    crds_installed: Kube, namespace: str, policies: Policies, case: PolicyCase
 ) -> None:
-    _, agent_patch, policy_patch, expected = case
-    name = policies.create(policy_patch)
-    manifest = agent_manifest(namespace, agent_patch)
+    assert case.refusal is not None
+    name = policies.create(case.policy)
+    manifest = agent_manifest(namespace, case.agent)
     ok, err = dry_run(crds_installed, manifest)
     assert not ok, "a violating AgentDeployment was admitted"
     assert "is forbidden: ValidatingAdmissionPolicy 'agentfleet-agentpolicy'" in err
-    assert_agree(crds_installed, manifest, name, err, expected)
+    assert_agree(crds_installed, manifest, name, err, case.refusal)
+
+
+@pytest.mark.parametrize("case", ALLOWED, ids=[c.id for c in ALLOWED])
+def test_agent_within_policy_is_admitted(
+    crds_installed: Kube, namespace: str, policies: Policies, case: PolicyCase
+) -> None:
+    name = policies.create(case.policy)  # waits until admission enforces it
+    manifest = agent_manifest(namespace, case.agent)
+    ok, err = dry_run(crds_installed, manifest)
+    assert ok, err
+    agent = AgentDeployment.model_validate(manifest)
+    assert violations(agent, [stored_policy(crds_installed, name)], labels_of(crds_installed, namespace)) == []
 
 
 def test_only_covered_namespaces_are_restricted(crds_installed: Kube, namespace: str, policies: Policies) -> None:

@@ -1,9 +1,9 @@
 """Reconcile-time policy checks (pure): coverage, every rule with its exact message, pricing and
-the kill switch. ``tests/integration/test_admission.py`` holds the CEL policy to the same answers."""
+the kill switch. ``tests/integration/test_admission.py`` holds the CEL policy to the same answers
+(the cases in ``tests/support/policy_cases.py``)."""
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 from decimal import Decimal
 from typing import Any
@@ -16,70 +16,15 @@ from agentfleet.api.types import AgentDeployment, AgentPolicy, KubernetesRule
 from agentfleet.api.units import parse_duration
 from agentfleet.policy import covers, effective_pricing, suspend_all, violations
 from agentfleet.policy.rules import describe_rule, rule_covered
+from tests.support.policy_cases import AGENT_SPEC, CASES, POLICY_SPEC, PolicyCase, merged
 
 pytestmark = pytest.mark.unit
 
 NS = "team-a"
 LABELS = {"team": "a", "kubernetes.io/metadata.name": NS}
 
-BASE_AGENT: dict[str, Any] = {
-    "metadata": {"name": "support", "namespace": NS},
-    "spec": {
-        "replicas": 2,
-        "agent": {
-            "image": "example/agent:1",
-            "model": {"name": "gpt-4o-mini", "endpoint": "https://api.openai.com/v1"},
-            "tools": [{"name": "search"}],
-        },
-        "budgets": {"tokensPerHour": 50000, "costPerDay": "5", "maxTaskDuration": "10m"},
-        "permissions": {
-            "egress": [{"cidr": "203.0.113.0/28"}],
-            "kubernetes": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
-        },
-        "guardrails": [{"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Suspend"}],
-    },
-}
-
-BASE_POLICY: dict[str, Any] = {
-    "metadata": {"name": "fleet"},
-    "spec": {
-        "ceilings": {
-            "tokensPerHour": 100000,
-            "costPerDay": "20",
-            "maxToolCallsPerTask": 100,
-            "maxIterationsPerTask": 50,
-            "maxTaskDuration": "30m",
-            "maxConcurrentTasks": 16,
-            "maxReplicas": 3,
-        },
-        "allowedModels": ["gpt-4o-mini"],
-        "allowedTools": ["search", "fetch"],
-        "allowedEgress": ["203.0.113.0/24"],
-        "allowedKubernetesRules": [
-            {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
-            {
-                "apiGroups": [""],
-                "resources": ["configmaps"],
-                "verbs": ["get"],
-                "resourceNames": ["agent-config"],
-            },
-        ],
-        "requiredGuardrails": [{"metric": "loopDetections", "actions": ["Suspend", "Rollback"]}],
-    },
-}
-
-
-def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch (RFC 7386): ``None`` deletes, dicts merge, everything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+BASE_AGENT: dict[str, Any] = {"metadata": {"name": "support", "namespace": NS}, "spec": AGENT_SPEC}
+BASE_POLICY: dict[str, Any] = {"metadata": {"name": "fleet"}, "spec": POLICY_SPEC}
 
 
 def agent(patch: dict[str, Any] | None = None) -> AgentDeployment:
@@ -134,198 +79,14 @@ def test_uncovered_agent_has_no_violations() -> None:
 # --------------------------------------------------------------------------- rules
 
 
-def test_compliant_agent_has_no_violations() -> None:
-    assert messages(agent(), policy()) == []
-
-
 P = "AgentPolicy fleet: "
-K = "permissions.kubernetes not covered by allowedKubernetesRules: "
-
-CASES: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
-    (
-        "tokens above ceiling",
-        {"budgets": {"tokensPerHour": 200000}},
-        {},
-        "budgets.tokensPerHour=200000 exceeds ceilings.tokensPerHour=100000",
-    ),
-    (
-        "tokens unset",
-        {"budgets": {"tokensPerHour": None}},
-        {},
-        "budgets.tokensPerHour is unset (unlimited) but ceilings.tokensPerHour=100000",
-    ),
-    (
-        "cost above ceiling",
-        {"budgets": {"costPerDay": "20.000001"}},
-        {},
-        "budgets.costPerDay=20.000001 exceeds ceilings.costPerDay=20",
-    ),
-    (
-        "cost unset",
-        {"budgets": {"costPerDay": None}},
-        {},
-        "budgets.costPerDay is unset (unlimited) but ceilings.costPerDay=20",
-    ),
-    (
-        "tool calls",
-        {"budgets": {"maxToolCallsPerTask": 101}},
-        {},
-        "budgets.maxToolCallsPerTask=101 exceeds ceilings.maxToolCallsPerTask=100",
-    ),
-    (
-        "iterations by default",
-        {},
-        {"ceilings": {"maxIterationsPerTask": 10}},
-        "budgets.maxIterationsPerTask=50 exceeds ceilings.maxIterationsPerTask=10",
-    ),
-    (
-        "duration",
-        {"budgets": {"maxTaskDuration": "1h0m1s"}},
-        {"ceilings": {"maxTaskDuration": "1h"}},
-        "budgets.maxTaskDuration=1h0m1s exceeds ceilings.maxTaskDuration=1h",
-    ),
-    (
-        "concurrency",
-        {"budgets": {"maxConcurrentTasks": 17}},
-        {},
-        "budgets.maxConcurrentTasks=17 exceeds ceilings.maxConcurrentTasks=16",
-    ),
-    ("replicas", {"replicas": 4}, {}, "replicas=4 exceeds ceilings.maxReplicas=3"),
-    (
-        "model",
-        {"agent": {"model": {"name": "gpt-4o"}}},
-        {},
-        "agent.model.name=gpt-4o is not in allowedModels",
-    ),
-    (
-        "tools",
-        {"agent": {"tools": [{"name": "search"}, {"name": "shell"}, {"name": "exec"}]}},
-        {},
-        "agent.tools not in allowedTools: shell, exec",
-    ),
-    (
-        "egress",
-        {"permissions": {"egress": [{"cidr": "203.0.113.0/23"}, {"cidr": "0.0.0.0/0"}]}},
-        {},
-        "permissions.egress not within allowedEgress: 203.0.113.0/23, 0.0.0.0/0",
-    ),
-    (
-        "egress v6 vs v4",
-        {"permissions": {"egress": [{"cidr": "2001:db8::/32"}]}},
-        {},
-        "permissions.egress not within allowedEgress: 2001:db8::/32",
-    ),
-    (
-        "rbac wildcard verb",
-        {"permissions": {"kubernetes": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}]}},
-        {},
-        K + '{apiGroups: [""], resources: ["pods"], verbs: ["*"]}',
-    ),
-    (
-        "rbac secrets",
-        {"permissions": {"kubernetes": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}},
-        {},
-        K + '{apiGroups: [""], resources: ["secrets"], verbs: ["get"]}',
-    ),
-    (
-        "rbac other group",
-        {"permissions": {"kubernetes": [{"apiGroups": ["apps"], "resources": ["pods"], "verbs": ["get"]}]}},
-        {},
-        K + '{apiGroups: ["apps"], resources: ["pods"], verbs: ["get"]}',
-    ),
-    (
-        "rbac names beyond",
-        {
-            "permissions": {
-                "kubernetes": [
-                    {
-                        "apiGroups": [""],
-                        "resources": ["configmaps"],
-                        "verbs": ["get"],
-                        "resourceNames": ["x"],
-                    },
-                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
-                ]
-            }
-        },
-        {},
-        K + '{apiGroups: [""], resources: ["configmaps"], '
-        'verbs: ["get"], resourceNames: ["x"]}; {apiGroups: [""], resources: ["configmaps"], verbs: ["get"]}',
-    ),
-    (
-        "rbac without allowance",
-        {},
-        {"allowedKubernetesRules": None},
-        "permissions.kubernetes is not allowed: the policy sets no allowedKubernetesRules",
-    ),
-    (
-        "guardrail missing",
-        {"guardrails": None},
-        {
-            "requiredGuardrails": [
-                {"metric": "loopDetections"},
-                {"metric": "errorRate", "actions": ["Rollback"]},
-            ]
-        },
-        "guardrails missing requiredGuardrails: loopDetections, errorRate (action Rollback)",
-    ),
-    (
-        "guardrail wrong action",
-        {"guardrails": [{"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Alert"}]},
-        {},
-        "guardrails missing requiredGuardrails: loopDetections (action Suspend or Rollback)",
-    ),
-]
 
 
-@pytest.mark.parametrize(("agent_patch", "policy_patch", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_each_rule_names_what_it_violates(
-    agent_patch: dict[str, Any], policy_patch: dict[str, Any], expected: str
-) -> None:
-    assert messages(agent(agent_patch), policy(policy_patch)) == [P + expected]
-
-
-@pytest.mark.parametrize(
-    ("agent_patch", "policy_patch"),
-    [
-        ({"budgets": {"tokensPerHour": 100000, "costPerDay": "20.0", "maxTaskDuration": "1800s"}}, {}),
-        ({"budgets": {"tokensPerHour": None, "costPerDay": None}}, {"ceilings": None}),
-        ({"permissions": {"egress": [{"cidr": "203.0.113.7/32"}]}}, {}),
-        ({"permissions": {"egress": [{"cidr": "2001:db8::/48"}]}}, {"allowedEgress": ["2001:db8::/32"]}),
-        ({"permissions": {"egress": [{"cidr": "0.0.0.0/0"}]}}, {"allowedEgress": None}),
-        (
-            {"agent": {"model": {"name": "any"}, "tools": [{"name": "x"}]}},
-            {"allowedModels": None, "allowedTools": None},
-        ),
-        (
-            {"permissions": {"kubernetes": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["*"]}]}},
-            {"allowedKubernetesRules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]},
-        ),
-        (
-            {
-                "permissions": {
-                    "kubernetes": [
-                        {
-                            "apiGroups": [""],
-                            "resources": ["configmaps"],
-                            "verbs": ["get"],
-                            "resourceNames": ["agent-config"],
-                        }
-                    ]
-                }
-            },
-            {},
-        ),
-        ({"permissions": {"kubernetes": None}}, {"allowedKubernetesRules": None}),
-        ({"permissions": {"kubernetes": []}}, {"allowedKubernetesRules": None}),
-        (
-            {"guardrails": [{"name": "l", "metric": "loopDetections", "threshold": "1", "action": "Alert"}]},
-            {"requiredGuardrails": [{"metric": "loopDetections"}]},
-        ),
-    ],
-)
-def test_within_policy(agent_patch: dict[str, Any], policy_patch: dict[str, Any]) -> None:
-    assert messages(agent(agent_patch), policy(policy_patch)) == []
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_each_case_is_allowed_or_refused_naming_what_it_violates(case: PolicyCase) -> None:
+    """The table ``tests/integration/test_admission.py`` holds the admission policy to."""
+    expected = [] if case.refusal is None else [P + case.refusal]
+    assert messages(agent(case.agent), policy(case.policy)) == expected
 
 
 def test_violations_are_listed_per_policy_in_admission_order() -> None:
