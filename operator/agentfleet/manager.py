@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
+import yaml
 from prometheus_client import start_http_server
 
 from agentfleet.api.guardconfig import AuditSink
@@ -25,6 +27,7 @@ from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.loop import Evaluator, EvaluatorSettings
 from agentfleet.evaluator.prom import Prometheus
 from agentfleet.kube.client import Kube
+from agentfleet.policy.platform import Platform, load_platform
 from agentfleet.registry import REGISTRY
 from agentfleet.render import RenderSettings
 
@@ -44,6 +47,19 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         lean: dict[str, Any] = {k: v for k, v in body.items() if k != "status"}
         lean["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
         return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
+
+
+def read_platform(path: str) -> Platform:
+    """The platform file, or the built-in deny-by-default; a bad file stops the operator."""
+    if not path:
+        return Platform()
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError("the file must hold a mapping")
+        return load_platform(data)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise SystemExit(f"agentfleet operator: --platform {path}: {exc}") from None
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -78,6 +94,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         metavar="SECONDS",
         help="mirror a Deployment's readiness onto status at most this late, coalescing its bursts",
     )
+    p.add_argument(
+        "--platform",
+        default="",
+        help="YAML with the default policy (where no AgentPolicy covers a namespace), the delegation "
+        "ceiling and the cluster's pod/service CIDRs; unset: built-in deny-by-default",
+    )
     p.add_argument("--audit-file", default="", help="also append the operator's audit trail to this file")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -108,6 +130,7 @@ def configure(args: argparse.Namespace) -> None:
         memo.ready_mirror = ReadyMirror(memo.kube, delay=args.ready_coalesce)
         upstream = tuple(args.upstream_cidr) or RenderSettings.upstream_cidrs
         memo.render_settings = RenderSettings(guard_image=args.guard_image, upstream_cidrs=upstream)
+        memo.platform = read_platform(args.platform)
         memo.evaluator = None
         if args.prometheus_url:
             memo.evaluator = start_evaluator(args, memo, kwargs)
@@ -161,6 +184,7 @@ def start_evaluator(
             settings=memo.render_settings,
             policies=policies_of(policy_index),
             namespace_labels=labels_of(namespace_index, namespace),
+            platform=memo.platform,
         )
         return (await reconcile(ctx, body)).events
 

@@ -64,7 +64,7 @@ Quantity = Annotated[
 ]
 """A Kubernetes resource quantity ("500m", "2", "256Mi"), checked as the API server does."""
 RESOURCE_NAME_PATTERN = r"^(cpu|memory|ephemeral-storage|hugepages-[0-9]+[KMG]i|[a-z0-9.-]+/[a-zA-Z0-9._-]+)$"
-NamePattern = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\*?$|^\*$", max_length=64)]
+NamePattern = Annotated[str, Field(pattern=r"^(\*|[a-z0-9][-.a-z0-9]*\*?)$", max_length=253)]
 """An object name, or a prefix ending in "*" ("llm-*"), or "*" for any."""
 Money = Annotated[str, Field(pattern=MONEY_PATTERN, max_length=20)]
 """A non-negative amount of US dollars as a decimal string, e.g. "12.50"."""

@@ -23,6 +23,7 @@ from agentfleet.api import conditions as cond
 from agentfleet.api import names
 from agentfleet.api.types import AgentPolicy
 from agentfleet.controller import metrics
+from agentfleet.controller import plan as plans
 from agentfleet.controller.ownership import owned_by
 from agentfleet.controller.reconcile import Context, reconcile
 from agentfleet.kube.client import Kube, KubeError
@@ -93,6 +94,7 @@ async def reconcile_agent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> No
         settings=memo.render_settings,
         policies=policies_of(policy_index),
         namespace_labels=labels_of(namespace_index, body.metadata.namespace or ""),
+        platform=getattr(memo, "platform", None) or plans.BUILTIN,
     )
     slots: asyncio.Semaphore | None = getattr(memo, "reconcile_slots", None)
     async with slots or contextlib.nullcontext():

@@ -9,6 +9,7 @@ a transition posts) is unit-tested without a cluster.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,11 @@ from agentfleet import policy as policy_core
 from agentfleet.api import conditions as cond
 from agentfleet.api import names
 from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy, Pricing
+from agentfleet.policy.platform import NetworkAllowances, Platform, all_violations, effective, network_allowances
+from agentfleet.policy.rules import Violation
+
+BUILTIN = Platform()
+"""Deny by default when the operator is given no platform file."""
 
 Event = tuple[str, str, str]  # (type, reason, message)
 
@@ -59,6 +65,8 @@ class Plan:
     consumed: dict[str, None] = field(default_factory=dict)
     """Request annotations to remove once status records their result."""
     events: list[Event] = field(default_factory=list)
+    allowances: NetworkAllowances = field(default_factory=NetworkAllowances)
+    """What the NetworkPolicy may open (hostname CIDRs, excluded ranges)."""
 
 
 @dataclass(frozen=True)
@@ -94,18 +102,55 @@ def owned(conditions: cond.Conditions) -> cond.Conditions:
 
 
 def judge(
-    body: dict[str, Any], policies: list[AgentPolicy], namespace_labels: dict[str, str], now: str
+    body: dict[str, Any],
+    policies: list[AgentPolicy],
+    namespace_labels: dict[str, str],
+    now: str,
+    platform: Platform = BUILTIN,
 ) -> AgentDeployment | Problem:
-    """The agent, parsed and within every covering policy; or why it cannot run."""
+    """The agent, parsed, small enough to record, and within every effective policy (the
+    covering ones, or the platform's default) and the platform's own rules; or why not."""
     try:
         agent = AgentDeployment.model_validate(body)
     except ValidationError as exc:  # the CRD schema should have caught it; never crash on it
         err = exc.errors()[0]
         return invalid(body, f"spec is invalid at {'.'.join(map(str, err['loc']))}: {err['msg']}", now)
-    found = policy_core.violations(agent, policies, namespace_labels)
+    size = encoded_size(body.get("spec"))
+    if size > MAX_SPEC_BYTES:
+        return invalid(
+            body,
+            f"spec is {size} bytes once encoded (JSON escapes counted); at most {MAX_SPEC_BYTES} fit a revision "
+            "snapshot: shorten the prompt, env or args, or load the prompt from a ConfigMap",
+            now,
+        )
+    found = all_violations(agent, policies, namespace_labels, platform)
     if found:
-        return violation(body, [f"{v.policy}: {v.message}" for v in found], now)
+        return violation(body, [_said(v) for v in found], now)
     return agent
+
+
+def _said(v: Violation) -> str:
+    """A violation as the condition says it: "POLICY: message" (platform rules say "platform")."""
+    return f"{v.policy}: {v.message}"
+
+
+MAX_SPEC_BYTES = 256 * 1024
+"""The largest spec the operator carries out. Its revision snapshot (the pod-relevant spec plus
+the pod template, which repeats env, args and the prompt's config) must stay well inside etcd's
+1.5 MiB object limit whatever the content."""
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON when every string character is escaped the way the API server
+    may escape it (control characters, quotes, backslashes and <, >, & as 6-byte escapes;
+    others as UTF-8): an upper bound on what any copy of it costs in etcd or an annotation."""
+    if isinstance(value, str):
+        return 2 + sum(6 if (c < " " or c in '"\\<>&') else len(c.encode("utf-8", "surrogatepass")) for c in value)
+    if isinstance(value, dict):
+        return 2 + sum(encoded_size(str(k)) + 1 + encoded_size(v) + 1 for k, v in value.items())
+    if isinstance(value, list):
+        return 2 + sum(encoded_size(v) + 1 for v in value)
+    return len(json.dumps(value))
 
 
 def pinned_revision(body: dict[str, Any]) -> str | None:
@@ -160,6 +205,7 @@ def plan(
     policies: list[AgentPolicy],
     namespace_labels: dict[str, str],
     now: str,
+    platform: Platform = BUILTIN,
 ) -> Plan | Problem:
     """What to run: the spec or a pinned revision, how many replicas, and the conditions so far.
 
@@ -219,11 +265,11 @@ def plan(
     source = agent
     if pinned is not None:
         source = snapshot_agent(agent, pinned)
-        found = policy_core.violations(source, policies, namespace_labels)
+        found = all_violations(source, policies, namespace_labels, platform)
         if found:
             return violation(
                 body,
-                [f"{v.policy}: {v.message} (in pinned revision {pinned.get('revision')})" for v in found],
+                [f"{_said(v)} (in pinned revision {pinned.get('revision')})" for v in found],
                 now,
             )
 
@@ -237,7 +283,9 @@ def plan(
             status["conditions"] = conditions
         consumed[names.RESUME] = None
     replicas, zero_reason = desired_replicas(agent, status, policies, namespace_labels)
+    judges = effective(source, policy_core.covering(source, policies, namespace_labels), platform)
     return Plan(
+        allowances=network_allowances(source, judges, platform),
         agent=agent,
         source=source,
         pinned=pinned,

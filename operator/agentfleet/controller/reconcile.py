@@ -19,6 +19,7 @@ from agentfleet.controller.ownership import Children, NameConflict, owned_memory
 from agentfleet.controller.plan import Event
 from agentfleet.kube.client import Kube, KubeError
 from agentfleet.kube.status import merge, update_status, with_first_readiness
+from agentfleet.policy.platform import Platform
 from agentfleet.render import Rendered, RenderError, RenderSettings, render, render_controller_revision, selector
 
 log = logging.getLogger("agentfleet.reconcile")
@@ -34,6 +35,8 @@ class Context:
     settings: RenderSettings
     policies: list[AgentPolicy]
     namespace_labels: dict[str, str]
+    platform: Platform = plans.BUILTIN
+    """The platform's own rules and default policy (deny by default)."""
 
 
 @dataclass
@@ -56,15 +59,22 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
     status: dict[str, Any] = body.get("status") or {}
     now = cond.now_rfc3339()
-    agent = plans.judge(body, ctx.policies, ctx.namespace_labels, now)
+    agent = plans.judge(body, ctx.policies, ctx.namespace_labels, now, ctx.platform)
     if isinstance(agent, plans.Problem):
         return await report(ctx, body, agent)
     all_revisions = await revisions(ctx.kube, ns, name) if status.get("currentRevision") else []
-    p = plans.plan(agent, body, all_revisions, ctx.policies, ctx.namespace_labels, now)
+    p = plans.plan(agent, body, all_revisions, ctx.policies, ctx.namespace_labels, now, ctx.platform)
     if isinstance(p, plans.Problem):
         return await report(ctx, body, p)
     try:
-        rendered = render(p.source, ctx.settings, pricing=p.pricing, replicas=p.replicas)
+        rendered = render(
+            p.source,
+            ctx.settings,
+            pricing=p.pricing,
+            replicas=p.replicas,
+            hostname_cidrs=p.allowances.hostname_cidrs,
+            excluded_cidrs=p.allowances.excluded,
+        )
     except RenderError as exc:
         return await report(ctx, body, plans.invalid(body, str(exc), now))
     if p.pinned:  # exact: the template recorded with the revision, not today's rendering of it

@@ -93,6 +93,25 @@ _HAS_GUARDRAIL = (
 )
 
 
+_SECRETS = (
+    "((has(object.spec.agent.model.apiKeySecretRef) ? [object.spec.agent.model.apiKeySecretRef.name] : []) +\n"
+    " (has(object.spec.agent.env) ? object.spec.agent.env.filter(e, has(e.secretKeyRef))"
+    ".map(e, e.secretKeyRef.name) : []) +\n"
+    " (has(object.spec.permissions) && has(object.spec.permissions.secrets) ? object.spec.permissions.secrets : []))"
+)
+"""Mirror of :func:`agentfleet.policy.rules.secrets_of`, in the same order (repeats included)."""
+_CONFIG_MAPS = (
+    "(has(object.spec.agent.systemPrompt) && has(object.spec.agent.systemPrompt.configMapKeyRef) ?\n"
+    " [object.spec.agent.systemPrompt.configMapKeyRef.name] : [])"
+)
+
+
+def _allowed(patterns: str) -> str:
+    """CEL: whether ``s`` is listed in ``patterns`` (names, "prefix*", "*"); unset lists nothing."""
+    prefix = "(a.endsWith('*') && s.startsWith(a.substring(0, size(a) - 1)))"
+    return f"(has({patterns}) && {patterns}.exists(a, a == s || {prefix}))"
+
+
 def _validation(expression: str, message_expression: str, message: str) -> Doc:
     return {
         "expression": f"!variables.covered ||\n{expression}",
@@ -143,6 +162,18 @@ def validations() -> list[Doc]:
             ".map(q, q.metric + (has(q.actions) ? ' (action ' + q.actions.join(' or ') + ')' : ''))"
             ".join(', ')",
             "violates an AgentPolicy: a required guardrail is missing",
+        ),
+        _validation(
+            f"size({_SECRETS}.filter(s, !{_allowed('params.spec.allowedSecrets')})) == 0",
+            "'Secrets not in allowedSecrets: ' +\n"
+            f"{_SECRETS}.filter(s, !{_allowed('params.spec.allowedSecrets')}).join(', ')",
+            "violates an AgentPolicy: Secret not in allowedSecrets",
+        ),
+        _validation(
+            f"size({_CONFIG_MAPS}.filter(s, !{_allowed('params.spec.allowedConfigMaps')})) == 0",
+            "'ConfigMaps not in allowedConfigMaps: ' +\n"
+            f"{_CONFIG_MAPS}.filter(s, !{_allowed('params.spec.allowedConfigMaps')}).join(', ')",
+            "violates an AgentPolicy: ConfigMap not in allowedConfigMaps",
         ),
     ]
 

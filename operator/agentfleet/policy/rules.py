@@ -84,7 +84,7 @@ def violations(
     """Every violation of every covering policy, policy by policy, rules in admission order."""
     out: list[Violation] = []
     for policy in covering(agent, policies, namespace_labels):
-        out += _check(agent, policy)
+        out += check(agent, policy)
     return out
 
 
@@ -118,7 +118,8 @@ def _narrow(
 # --------------------------------------------------------------------------- the rules
 
 
-def _check(agent: AgentDeployment, policy: AgentPolicy) -> list[Violation]:
+def check(agent: AgentDeployment, policy: AgentPolicy) -> list[Violation]:
+    """Every rule of one policy, in admission order (the policy is assumed to cover the agent)."""
     spec, pspec, name = agent.spec, policy.spec, policy.metadata.name
     found: list[tuple[str, str]] = []
     values = {
@@ -152,7 +153,33 @@ def _check(agent: AgentDeployment, policy: AgentPolicy) -> list[Violation]:
     missing = [_required(r) for r in pspec.required_guardrails or () if not _has_guardrail(agent, r)]
     if missing:
         found.append(("requiredGuardrails", "guardrails missing requiredGuardrails: " + ", ".join(missing)))
+    bad = [s for s in secrets_of(agent) if not name_allowed(s, pspec.allowed_secrets)]
+    if bad:
+        found.append(("allowedSecrets", "Secrets not in allowedSecrets: " + ", ".join(bad)))
+    bad = [c for c in config_maps_of(agent) if not name_allowed(c, pspec.allowed_config_maps)]
+    if bad:
+        found.append(("allowedConfigMaps", "ConfigMaps not in allowedConfigMaps: " + ", ".join(bad)))
     return [Violation(name, rule, f"AgentPolicy {name}: {message}") for rule, message in found]
+
+
+def secrets_of(agent: AgentDeployment) -> list[str]:
+    """Every Secret the agent (or its guard) would read, in spec order (as admission lists them)."""
+    spec = agent.spec
+    names = [spec.agent.model.api_key_secret_ref.name] if spec.agent.model.api_key_secret_ref else []
+    names += [e.secret_key_ref.name for e in spec.agent.env or () if e.secret_key_ref]
+    names += list(spec.permissions.secrets or ())
+    return names
+
+
+def config_maps_of(agent: AgentDeployment) -> list[str]:
+    """Every ConfigMap the agent's pod would read."""
+    prompt = agent.spec.agent.system_prompt
+    return [prompt.config_map_key_ref.name] if prompt and prompt.config_map_key_ref else []
+
+
+def name_allowed(name: str, allowed: Sequence[str] | None) -> bool:
+    """Whether ``allowed`` (names, "prefix*" patterns, or "*") lists ``name``; unset allows none."""
+    return any(a == name or (a.endswith("*") and name.startswith(a[:-1])) for a in allowed or ())
 
 
 _COMPARE: dict[Kind, Callable[[str], Decimal]] = {

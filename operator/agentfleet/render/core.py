@@ -4,6 +4,7 @@ same input always gives the same output, so the reconciler can apply it idempote
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from agentfleet.api.types import AgentDeployment, Pricing
@@ -20,10 +21,13 @@ def render(
     settings: RenderSettings = DEFAULT_SETTINGS,
     pricing: Pricing | None = None,
     replicas: int | None = None,
+    hostname_cidrs: Mapping[str, tuple[str, ...]] | None = None,
+    excluded_cidrs: tuple[str, ...] = (),
 ) -> Rendered:
     """``pricing`` (from an AgentPolicy's table) wins over the agent's declared price;
     ``replicas`` overrides the Deployment's count (0 when suspended by policy, or the current
-    scale); by default it is ``spec.replicas``, or 0 when ``spec.suspended``."""
+    scale); by default it is ``spec.replicas``, or 0 when ``spec.suspended``.
+    ``hostname_cidrs`` and ``excluded_cidrs`` (from the policies) shape the NetworkPolicy's egress."""
     owner = Owner.of(agent)
     names = child_names(owner.name)
     spec = agent.spec
@@ -47,7 +51,7 @@ def render(
     objects += [
         config_map,
         workload.service(owner, names, settings),
-        network.network_policy(owner, names, spec, settings),
+        network.network_policy(owner, names, spec, settings, hostname_cidrs, excluded_cidrs),
         workload.deployment(owner, names, revision, replicas, copy.deepcopy(template)),
     ]
     return Rendered(revision=revision, objects=objects, pod_template=template, guard_config=config)

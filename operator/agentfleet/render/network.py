@@ -8,6 +8,7 @@ allowed are not opened at all.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,8 +67,35 @@ def _tcp(ports: list[int]) -> list[dict[str, Any]]:
     return [{"protocol": "TCP", "port": port} for port in sorted(set(ports))]
 
 
-def upstream_rules(spec: AgentDeploymentSpec, settings: RenderSettings) -> list[dict[str, Any]]:
-    """The model endpoint and allowed HTTP tools, grouped by destination for a compact policy."""
+def ip_block(cidr: str, excluded: tuple[str, ...], where: str) -> dict[str, Any]:
+    """An ipBlock for ``cidr`` with every excluded range inside it cut out; a ``cidr`` that lies
+    inside an excluded range is an error (the policy check refuses such agents before render)."""
+    network = ipaddress.ip_network(normalize_cidr(cidr, where))
+    cut = []
+    for text in excluded:
+        other = ipaddress.ip_network(normalize_cidr(text, "excluded ranges"))
+        if other.version != network.version:
+            continue
+        if network.subnet_of(other):  # type: ignore[arg-type]
+            raise RenderError(f"{where}: {cidr} lies in {other}, a range agents may not reach")
+        if other.subnet_of(network):  # type: ignore[arg-type]
+            cut.append(str(other))
+    block: dict[str, Any] = {"cidr": str(network)}
+    if cut:
+        block["except"] = sorted(set(cut))
+    return {"ipBlock": block}
+
+
+def upstream_rules(
+    spec: AgentDeploymentSpec,
+    settings: RenderSettings,
+    hostname_cidrs: Mapping[str, tuple[str, ...]] | None = None,
+    excluded: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """The model endpoint and allowed HTTP tools, grouped by destination for a compact policy.
+    A hostname goes to where a policy rule says it lives, else to ``settings.upstream_cidrs``;
+    ``excluded`` ranges are cut out of every block, so a name that resolves to the metadata
+    service or a cluster address is still not reachable."""
     allowed = set(spec.permissions.tools) if spec.permissions.tools is not None else None
     urls = [(spec.agent.model.endpoint, "agent.model.endpoint")]
     urls += [
@@ -75,20 +103,30 @@ def upstream_rules(spec: AgentDeploymentSpec, settings: RenderSettings) -> list[
         for tool in spec.agent.tools or []
         if tool.endpoint and (allowed is None or tool.name in allowed)
     ]
-    hostname_cidrs = tuple(normalize_cidr(c, "settings.upstream_cidrs") for c in settings.upstream_cidrs)
+    default_peers = tuple(normalize_cidr(c, "settings.upstream_cidrs") for c in settings.upstream_cidrs)
     ports_by_peer: dict[tuple[str, ...], list[int]] = {}
     for url, where in urls:
         endpoint = parse_endpoint(url, where)
-        peers = (endpoint.cidr,) if endpoint.cidr else hostname_cidrs
+        host = (urlsplit(url).hostname or "").rstrip(".").lower()
+        peers = (endpoint.cidr,) if endpoint.cidr else tuple((hostname_cidrs or {}).get(host, default_peers))
         ports_by_peer.setdefault(peers, []).append(endpoint.port)
-    return [
-        {"to": [{"ipBlock": {"cidr": cidr}} for cidr in peers], "ports": _tcp(ports)}
-        for peers, ports in sorted(ports_by_peer.items())
-    ]
+    rules = []
+    for peers, ports in sorted(ports_by_peer.items()):
+        # An IP-literal endpoint the policy check admitted is reachable even in an excluded range
+        # (a policy named it); hostname blocks always have the excluded ranges cut out.
+        literal = len(peers) == 1 and ipaddress.ip_network(peers[0]).num_addresses == 1
+        blocks = [{"ipBlock": {"cidr": c}} if literal else ip_block(c, excluded, "upstream endpoints") for c in peers]
+        rules.append({"to": blocks, "ports": _tcp(ports)})
+    return rules
 
 
 def network_policy(
-    owner: Owner, names: ChildNames, spec: AgentDeploymentSpec, settings: RenderSettings
+    owner: Owner,
+    names: ChildNames,
+    spec: AgentDeploymentSpec,
+    settings: RenderSettings,
+    hostname_cidrs: Mapping[str, tuple[str, ...]] | None = None,
+    excluded: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Ingress: only the guard port, from any pod in the cluster: Prometheus may run in any
     namespace, calling agents reach it there too, and the guard's budgets bound what any
@@ -97,11 +135,9 @@ def network_policy(
         "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.dns_namespace}}}],
         "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
     }
-    egress = [dns, *upstream_rules(spec, settings)]
+    egress = [dns, *upstream_rules(spec, settings, hostname_cidrs, excluded)]
     for index, rule in enumerate(spec.permissions.egress or []):
-        allowed: dict[str, Any] = {
-            "to": [{"ipBlock": {"cidr": normalize_cidr(rule.cidr, f"permissions.egress[{index}].cidr")}}]
-        }
+        allowed: dict[str, Any] = {"to": [ip_block(rule.cidr, excluded, f"permissions.egress[{index}].cidr")]}
         if rule.ports:
             allowed["ports"] = _tcp(rule.ports)
         egress.append(allowed)
