@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import logging
-from collections.abc import Iterable
+import os
+import socket
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import kopf
 import yaml
+from kopf._core.engines.peering import Identity  # the type of kopf.operator(identity=), not re-exported
 from prometheus_client import start_http_server
 
+from agentfleet.api import names
 from agentfleet.api.guardconfig import AuditSink
 from agentfleet.audit import AuditLog
 from agentfleet.controller.handlers import ReadyMirror, labels_of, policies_of
@@ -32,21 +38,30 @@ from agentfleet.registry import REGISTRY
 from agentfleet.render import RenderSettings
 
 
-class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's annotation diff-base, without deep-copying what it throws away.
+class HashedDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base, reduced to a hash of the essence.
 
-    kopf builds the "essence" of every event's body by deep-copying the whole object and then
-    deleting ``status`` and all metadata but labels and annotations. With several status writers
-    and their managedFields, that copy was the operator's largest CPU cost at fleet scale. Same
-    essence, built from a body without those parts (unless a handler asks for extra fields).
+    kopf stores the last handled "essence" (spec, labels, annotations) in an annotation to tell
+    an update from a no-op. The whole spec in an annotation broke on large specs: annotations
+    are limited to 256 KiB in total and a legal spec can exceed that once JSON-escaped, after
+    which every reconcile failed its bookkeeping. The reconciler is level-triggered and never
+    reads the diff, so a SHA-256 of the essence says all kopf needs (changed or not) in 80 bytes
+    whatever the spec's size. The essence is built from the body without ``status`` and
+    ``managedFields`` (deep-copying them was the operator's largest CPU cost at fleet scale),
+    and without kopf's own progress annotations (which change while a handler runs).
     """
 
+    def __init__(self, progress: kopf.ProgressStorage, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._progress = progress
+
     def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
-        if extra_fields:
-            return super().build(body=body, extra_fields=extra_fields)
         lean: dict[str, Any] = {k: v for k, v in body.items() if k != "status"}
         lean["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
+        essence = super().build(body=kopf.Body(cast(kopf.RawBody, lean)), extra_fields=extra_fields)
+        essence = self._progress.clear(essence=essence)
+        digest = hashlib.sha256(json.dumps(essence, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return cast(kopf.BodyEssence, {"sha256": digest})
 
 
 def read_platform(path: str) -> Platform:
@@ -121,11 +136,12 @@ def configure(args: argparse.Namespace) -> None:
         settings.watching.client_timeout = 330
         settings.watching.connect_timeout = 10
         settings.networking.request_timeout = 30
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.agentfleet.dev")
-        settings.persistence.diffbase_storage = LeanDiffBaseStorage(
-            prefix="kopf.agentfleet.dev", key="last-handled-configuration"
+        progress = kopf.AnnotationsProgressStorage(prefix=names.KOPF_PREFIX)
+        settings.persistence.progress_storage = progress
+        settings.persistence.diffbase_storage = HashedDiffBaseStorage(
+            progress, prefix=names.KOPF_PREFIX, key="last-handled-configuration"
         )
-        settings.persistence.finalizer = "agentfleet.dev/finalizer"
+        settings.persistence.finalizer = names.FINALIZER
         memo.kube = await Kube.connect(concurrency=args.api_concurrency)
         memo.ready_mirror = ReadyMirror(memo.kube, delay=args.ready_coalesce)
         upstream = tuple(args.upstream_cidr) or RenderSettings.upstream_cidrs
@@ -203,6 +219,16 @@ def start_evaluator(
     return asyncio.create_task(evaluator.run(), name="fleet-evaluator"), prom, audit
 
 
+def identity(env: Mapping[str, str] = os.environ) -> str:
+    """Who this operator is, for kopf: the pod's name (``POD_NAME``, which the chart sets from
+    the downward API), else the host's name (a pod's hostname is its name too).
+
+    Without it kopf derives one from ``getpass.getuser()``, which raises for a uid that has no
+    passwd entry -- as in the image, which runs as 65532 -- and the operator crash-looped.
+    """
+    return env.get("POD_NAME") or socket.gethostname()
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     configure(args)
@@ -223,6 +249,7 @@ def main(argv: list[str]) -> int:
             namespaces=args.namespace,
             standalone=True,
             liveness_endpoint=args.liveness or None,
+            identity=Identity(identity()),
         )
     )
     return 0

@@ -230,12 +230,28 @@ def covering_hash(policies: Iterable[AgentPolicy], namespace: str, labels: dict[
 @kopf.on.event(*AGP)
 async def policy_changed(memo: kopf.Memo, **kwargs: Any) -> None:
     """Touch (annotate) the agents whose covering policies changed, so they reconcile now."""
-    policy_index: kopf.Index[str, AgentPolicy] = kwargs["policy_index"]
-    namespace_index: kopf.Index[str, dict[str, str]] = kwargs["namespace_index"]
-    agent_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["agent_index"]
+    await touch_changed(memo, kwargs)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_changed(name: str, type: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A namespace's labels decide which policies cover it: when they change (a namespace that
+    becomes covered, or leaves a policy), its agents are judged again now, not at some later
+    unrelated event."""
+    if type != "DELETED":
+        await touch_changed(memo, kwargs, namespace=name)
+
+
+async def touch_changed(memo: kopf.Memo, indexes: dict[str, Any], namespace: str | None = None) -> None:
+    """Annotate the agents (of ``namespace``, or all) whose covering-policy fingerprint changed."""
+    policy_index: kopf.Index[str, AgentPolicy] = indexes["policy_index"]
+    namespace_index: kopf.Index[str, dict[str, str]] = indexes["namespace_index"]
+    agent_index: kopf.Index[tuple[str, str], dict[str, Any]] = indexes["agent_index"]
     policies = policies_of(policy_index)
     touches = []
     for (ns, name), store in list(agent_index.items()):
+        if namespace is not None and ns != namespace:
+            continue
         for agent in store:
             want = covering_hash(policies, ns, labels_of(namespace_index, ns))
             if (agent["metadata"].get("annotations") or {}).get(names.POLICY_HASH) != want:
