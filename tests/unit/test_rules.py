@@ -185,13 +185,21 @@ def test_a_guard_refusing_for_budget_counts_as_exhausted() -> None:
     assert "guards are refusing requests" in v.act.message
 
 
-def test_custom_queries_fleet_wide_or_per_agent() -> None:
+def test_custom_queries_are_substituted_and_scoped_to_the_agent() -> None:
     assert is_fleet_wide("sum by (namespace, agent, revision) (up)")
     q = custom_query('rate(x{namespace="{{namespace}}", agent="{{ agent }}"}[1m])', "ns", "a", "r")
     assert q == 'rate(x{namespace="ns", agent="a"}[1m])'
-    r = rule(metric="custom", query="sum by (namespace, agent, revision) (my_metric)", threshold="1")
-    samples = Samples(custom={"sum by (namespace, agent, revision) (my_metric)": {("ns", "a", REV): 2.0}})
+    template = 'sum by (namespace, agent, revision) (my_metric{namespace="{{namespace}}", agent="{{agent}}"})'
+    r = rule(metric="custom", query=template, threshold="1")
+    sent = custom_query(template, "ns", "a", REV)
+    samples = Samples(custom={sent: {("ns", "a", REV): 2.0}})
     assert judge(view([r]), samples).act is not None
+    # Unscoped: refused, never judged, and the agent is told how to write it.
+    unscoped = rule(metric="custom", query="sum by (namespace, agent, revision) (my_metric)", threshold="1")
+    samples = Samples(custom={"sum by (namespace, agent, revision) (my_metric)": {("ns", "a", REV): 2.0}})
+    v = judge(view([unscoped]), samples)
+    assert v.act is None and v.metrics_available is not None and v.metrics_available[0] is False
+    assert v.metrics_reason == "InvalidGuardrail" and 'namespace="{{namespace}}"' in v.metrics_available[1]
 
 
 def test_queries_are_grouped_by_agent_and_revision() -> None:

@@ -10,6 +10,8 @@ audit record.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +27,8 @@ from agentfleet.evaluator.rules import Act, AgentView, Memory, Samples, Verdict,
 from agentfleet.kube.client import Kube
 from agentfleet.kube.events import post_event
 from agentfleet.kube.status import merge, update_status
+
+log = logging.getLogger("agentfleet.evaluator")
 
 Event = tuple[str, str, str]
 CarryOut = Callable[[dict[str, Any]], Awaitable[list[Event]]]
@@ -147,7 +151,15 @@ class Actor:
             async with sem:
                 await update_status(self.kube, body, merge({"usage": {**usage, "updatedAt": now}}))
 
-        await asyncio.gather(*(one(a) for a in agents))
+        results = await asyncio.gather(*(one(a) for a in agents), return_exceptions=True)
+        for agent, result in zip(agents, results, strict=True):
+            if isinstance(result, Exception):  # one agent's usage write failing is that agent's
+                metrics.AGENT_ERRORS.labels("usage").inc()
+                log.warning(
+                    "usage of %s/%s not written: %s: %s", agent.namespace, agent.name, type(result).__name__, result
+                )
+            elif isinstance(result, BaseException):
+                raise result
 
 
 def rejudge(agent: AgentView, status: dict[str, Any], act: Act) -> Act | None:
@@ -161,5 +173,5 @@ def rejudge(agent: AgentView, status: dict[str, Any], act: Act) -> Act | None:
     rule = next((r for r in agent.spec.guardrails or [] if r.name == act.rule), None)
     if rule is None or rule.action != Action.ROLLBACK:
         return act
-    current = AgentView(agent.namespace, agent.name, agent.generation, agent.spec, status, agent.resource_version)
-    return make_act(current, rule, act.value, act.revision)
+    current = dataclasses.replace(agent, status=status)
+    return make_act(current, rule, act.value, act.revision, withheld=act.withheld)

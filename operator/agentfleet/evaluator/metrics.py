@@ -41,3 +41,20 @@ PHASES = Gauge(
     registry=REGISTRY,
 )
 PHASE_NAMES = ("Pending", "Progressing", "Running", "Suspended", "RolledBack", "Degraded", "PolicyViolation")
+AGENT_ERRORS = Counter(
+    "agentfleet_operator_evaluation_agent_errors_total",
+    "Errors contained to one agent (the rest of the fleet was judged), by stage: read (its spec), "
+    "judge (its rules), act (its status or action), usage (its usage refresh).",
+    ["stage"],
+    registry=REGISTRY,
+)
+UNJUDGED_RULES = Gauge(
+    "agentfleet_operator_invalid_guardrails",
+    "Guardrail rules not judged in the last cycle: refused or unresolvable queries, unreadable fields.",
+    registry=REGISTRY,
+)
+TENANT_QUERIES_LATE = Counter(
+    "agentfleet_operator_tenant_queries_late_total",
+    "Tenant custom queries dropped from a cycle because they did not finish within its tenant budget.",
+    registry=REGISTRY,
+)

@@ -49,9 +49,12 @@ def outcome(v: Verdict, status: dict[str, Any], generation: int | None, now: str
 
     if v.metrics_available is not None:
         ok, msg = v.metrics_available
-        condition(cond.METRICS_AVAILABLE, ok, "QueriesSucceeded" if ok else "PrometheusUnavailable", msg)
-        if not ok:
-            out.events.append(("Warning", "MetricsUnavailable", msg))
+        reason = "QueriesSucceeded" if ok else v.metrics_reason
+        if not ok and reason == "QueriesSucceeded":
+            reason = "PrometheusUnavailable"
+        condition(cond.METRICS_AVAILABLE, ok, reason, msg)
+        if not ok:  # the Event names the cause: an outage, or a rule or spec the tenant can fix
+            out.events.append(("Warning", "MetricsUnavailable" if reason == "PrometheusUnavailable" else reason, msg))
     if v.budget_exceeded is not None:
         over, msg = v.budget_exceeded
         condition(cond.BUDGET_EXCEEDED, over, "BudgetExceeded" if over else "WithinBudget", msg)
@@ -67,7 +70,7 @@ def outcome(v: Verdict, status: dict[str, Any], generation: int | None, now: str
         out.fields["lastBreach"] = {
             "rule": act.rule,
             "metric": act.metric,
-            "observedValue": fmt_value(act.value),
+            "observedValue": "withheld" if act.withheld else fmt_value(act.value),
             "threshold": act.threshold,
             "revision": act.revision,
             "time": now,

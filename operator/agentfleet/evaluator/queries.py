@@ -9,9 +9,12 @@ the number of metric kinds in use, not with the number of agents. Rates use a fi
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agentfleet.api.types import Metric
+from agentfleet.api.types import CustomQuery, GuardrailRule, Metric
+from agentfleet.evaluator import scope
 
 BY = "namespace, agent, revision"
 
@@ -76,6 +79,75 @@ def custom_query(template: str, namespace: str, agent: str, revision: str) -> st
 
 def is_fleet_wide(template: str) -> bool:
     return PLACEHOLDER.search(template) is None
+
+
+@dataclass(frozen=True)
+class RuleQuery:
+    """The query one rule is judged on."""
+
+    key: str
+    """What its samples are filed under: the metric's name, or the PromQL sent."""
+    promql: str
+    label: str
+    """How messages the tenant reads name it (never a platform query's text)."""
+    tenant: bool = False
+    """Written by the tenant (an inline ``query``): scoped to the agent's own series, run in the
+    tenant lane, and a Prometheus error on it is the rule's fault, not an outage."""
+
+
+@dataclass(frozen=True)
+class PlatformQuery:
+    """A query an AgentPolicy defines for ``queryRef`` (trusted: it may read the whole fleet)."""
+
+    name: str
+    query: str
+    policy: str
+
+
+def platform_queries(policies: Iterable[tuple[str, Iterable[CustomQuery]]]) -> dict[str, PlatformQuery | str]:
+    """``customQueries`` of the policies covering one namespace, by name; a name two policies
+    define differently maps to why it cannot be used (no policy silently wins)."""
+    out: dict[str, PlatformQuery | str] = {}
+    for policy, queries in sorted(policies, key=lambda p: p[0]):
+        for q in queries:
+            known = out.get(q.name)
+            if known is None:
+                out[q.name] = PlatformQuery(q.name, q.query, policy)
+            elif isinstance(known, PlatformQuery) and known.query != q.query:
+                out[q.name] = f"AgentPolicies {known.policy} and {policy} define customQueries {q.name!r} differently"
+    return out
+
+
+def resolve(
+    rule: GuardrailRule,
+    namespace: str,
+    agent: str,
+    revision: str,
+    window: str,
+    platform: Mapping[str, PlatformQuery | str],
+) -> RuleQuery | str:
+    """The query ``rule`` is judged on for this agent, or why it cannot be judged. Pure; the
+    scope check parses PromQL, so callers cache the result per (rule, agent, revision)."""
+    if rule.metric != Metric.CUSTOM:
+        return RuleQuery(str(rule.metric), builtin_query(rule.metric, window), str(rule.metric))
+    if rule.query_ref is not None:
+        found = platform.get(rule.query_ref)
+        if found is None:
+            return (
+                f"queryRef {rule.query_ref!r} names no customQueries entry of an AgentPolicy covering "
+                f"namespace {namespace}"
+            )
+        if isinstance(found, str):
+            return found
+        promql = custom_query(found.query, namespace, agent, revision)
+        return RuleQuery(promql, promql, f"queryRef {rule.query_ref!r}")
+    if not rule.query:
+        return "metric custom needs query or queryRef"
+    promql = custom_query(rule.query, namespace, agent, revision)
+    refused = scope.check(promql, namespace, agent)
+    if refused is not None:
+        return f"query refused before it was sent: {refused}"
+    return RuleQuery(promql, promql, f"the custom query of rule {rule.name!r}", tenant=True)
 
 
 def spend_today_query(now: datetime) -> str:

@@ -13,23 +13,32 @@ Semantics (docs/guardrails.md has the long form):
 The only state kept between cycles is ``Memory`` (pending-since and last-breach-seen times); it
 is advisory: losing it on restart delays an action by at most ``for`` and never duplicates one,
 because what was done is recorded in status.
+
+Isolation: one agent can never stop the fleet from being judged. A rule that cannot be judged
+(a query refused or unresolvable, a duration past the bound, anything raising while it is
+judged) is that agent's invalid rule: reported on the agent (``MetricsAvailable=False``, reason
+``InvalidGuardrail``), its other rules still judged; anything else raising while one agent is
+judged becomes that agent's ``EvaluationFailed``. Either way ``analysis.onMetricsUnavailable``
+decides whether the agent runs on unobserved (Hold) or is suspended (Suspend).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from agentfleet.api import conditions as cond
-from agentfleet.api.types import Action, AgentDeploymentSpec, Comparison, GuardrailRule, Metric, OnMetricsUnavailable
+from agentfleet.api.types import Action, AgentDeploymentSpec, Comparison, GuardrailRule, OnMetricsUnavailable
 from agentfleet.api.units import parse_duration
-from agentfleet.evaluator.queries import REASONS, UNITS, custom_query, is_fleet_wide
+from agentfleet.evaluator.queries import REASONS, UNITS, RuleQuery, resolve
 
 Key = tuple[str, str]  # (namespace, name)
 SeriesKey = tuple[str, str, str]  # (namespace, agent, revision)
+Owner = tuple[str | None, str | None, str | None]  # a custom series' namespace, agent, revision labels, if any
 
 SEVERITY = {Action.SUSPEND: 0, Action.ROLLBACK: 1, Action.SCALE_TO: 2, Action.ALERT: 3}
 BUDGET_REASONS = {"cost_per_day_exceeded", "tokens_per_hour_exceeded"}
@@ -45,6 +54,16 @@ class AgentView:
     spec: AgentDeploymentSpec
     status: dict[str, Any]
     resource_version: str | None = None
+    queries: Mapping[str, RuleQuery | str] = field(default_factory=dict)
+    """Rule name -> the query it is judged on, or why it cannot be judged (the loop resolves
+    them with the policies it sees; a rule missing here is resolved without policies)."""
+    problems: tuple[str, ...] = ()
+    """What the evaluator could not read in the stored spec (dropped rules, fields past a bound)."""
+    readable: bool = True
+    """False when the spec could not be read at all: no rule is judged, the agent is told why."""
+    hold_stable: bool = False
+    """Do not promote a stable revision (the stabilization window itself could not be read)."""
+    uid: str = ""
 
     @property
     def key(self) -> Key:
@@ -55,12 +74,14 @@ class AgentView:
 class Samples:
     """One cycle's query results. ``failed`` names the queries that errored."""
 
-    builtin: dict[Metric, dict[SeriesKey, float]] = field(default_factory=dict)
-    custom: dict[str, dict[SeriesKey | None, float]] = field(default_factory=dict)
+    builtin: dict[str, dict[SeriesKey, float]] = field(default_factory=dict)  # by metric name
+    custom: dict[str, dict[Owner, float]] = field(default_factory=dict)  # by PromQL sent
     spend_today: dict[Key, float] = field(default_factory=dict)
     tokens_last_hour: dict[Key, float] = field(default_factory=dict)
     exhausted: dict[Key, set[str]] = field(default_factory=dict)  # budgets guards reported as used up
     failed: set[str] = field(default_factory=set)
+    rejected: dict[str, str] = field(default_factory=dict)
+    """Failed queries that Prometheus refused as bad (not an outage), with its error."""
 
 
 @dataclass
@@ -84,6 +105,8 @@ class Act:
     reason: str
     message: str
     scale_to: int | None = None
+    withheld: bool = False
+    """The value is not the agent's own (a fleet-wide platform query): never shown to the tenant."""
 
 
 @dataclass
@@ -94,6 +117,9 @@ class Verdict:
     act: Act | None = None
     alerts: list[Act] = field(default_factory=list)
     metrics_available: tuple[bool, str] | None = None
+    metrics_reason: str = "QueriesSucceeded"
+    """The MetricsAvailable reason: QueriesSucceeded, PrometheusUnavailable, InvalidGuardrail,
+    InvalidSpec or EvaluationFailed."""
     budget_exceeded: tuple[bool, str] | None = None
     resume_budget: bool = False
     promote_stable: str | None = None
@@ -109,14 +135,12 @@ class Verdict:
         )
 
 
-def query_name(rule: GuardrailRule, agent: AgentView) -> str:
-    """The key a rule's samples are filed under: the metric, or the (substituted) custom text."""
-    if rule.metric != Metric.CUSTOM:
-        return str(rule.metric)
-    template = rule.query or ""
-    if is_fleet_wide(template):
-        return template
-    return custom_query(template, agent.namespace, agent.name, agent.status.get("currentRevision") or "")
+def rule_query(rule: GuardrailRule, agent: AgentView) -> RuleQuery | str:
+    """The query ``rule`` is judged on, or why it cannot be judged."""
+    known = agent.queries.get(rule.name)
+    if known is not None:
+        return known
+    return resolve(rule, agent.namespace, agent.name, agent.status.get("currentRevision") or "", "1m", {})
 
 
 def breached(value: float, comparison: Comparison, threshold: Decimal) -> bool:
@@ -126,21 +150,42 @@ def breached(value: float, comparison: Comparison, threshold: Decimal) -> bool:
     ]
 
 
-def sample_for(rule: GuardrailRule, agent: AgentView, samples: Samples, revision: str) -> float | None:
-    if rule.metric == Metric.CUSTOM:
-        series = samples.custom.get(query_name(rule, agent), {})
-        value = series.get((agent.namespace, agent.name, revision), series.get(None))
+def sample_for(query: RuleQuery, agent: AgentView, samples: Samples, revision: str) -> tuple[float | None, bool]:
+    """The rule's value for the agent's current revision, and whether it is the agent's own.
+
+    A custom query's series count for this agent when they are labelled with it (this revision,
+    or no revision label), or with its namespace alone, or with nothing at all (one value for
+    every agent using the query, which is not the agent's own unless the tenant wrote the query:
+    a tenant query reads only the agent's series). A series labelled with another agent never
+    counts, whatever order Prometheus returns it in.
+    """
+    ns, name = agent.namespace, agent.name
+    value: float | None
+    own = True
+    if query.key in samples.builtin:
+        value = samples.builtin[query.key].get((ns, name, revision))
     else:
-        value = samples.builtin.get(rule.metric, {}).get((agent.namespace, agent.name, revision))
-    return None if value is None or math.isnan(value) or math.isinf(value) else value
+        series = samples.custom.get(query.key, {})
+        value = None
+        for owner in ((ns, name, revision), (ns, name, None), (ns, None, None), (None, None, None)):
+            if owner in series:
+                value, own = series[owner], query.tenant or owner[0] is not None
+                break
+    if value is None or math.isnan(value) or math.isinf(value):
+        return None, own
+    return value, own
 
 
 def span(duration: str) -> timedelta:
+    """A duration as a timer; ValueError past the API's bound (objects stored before the bound)."""
     return timedelta(seconds=float(parse_duration(duration)))
 
 
 def fmt(value: float) -> str:
     return f"{value:.6g}"
+
+
+OK_MESSAGE = "Prometheus answered every query"
 
 
 def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: datetime) -> Verdict:
@@ -154,42 +199,31 @@ def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: date
     rolled_back = cond.is_true(conditions, cond.ROLLED_BACK)
     rules = spec.guardrails or []
 
-    needed = {query_name(r, agent) for r in rules}
-    missing = sorted(needed & samples.failed)
-    if rules:
-        ok = not missing
-        msg = "Prometheus answered every query" if ok else f"queries failed: {', '.join(missing)}"
-        current = cond.get(conditions, cond.METRICS_AVAILABLE)
-        if current is None or (current.get("status") == "True") != ok:
-            v.metrics_available = (ok, msg)
-        if not ok and spec.analysis.on_metrics_unavailable == OnMetricsUnavailable.SUSPEND and not suspended:
-            v.act = Act(
-                Action.SUSPEND,
-                "analysis.onMetricsUnavailable",
-                "metrics",
-                math.nan,
-                "",
-                revision,
-                "metrics_unavailable",
-                f"metrics are unavailable ({msg}) and analysis.onMetricsUnavailable is Suspend (fail closed)",
-            )
+    invalid = list(agent.problems)
+    judged_rules: list[tuple[GuardrailRule, RuleQuery]] = []
+    for rule in rules:
+        found = rule_query(rule, agent)
+        if isinstance(found, str):
+            invalid.append(f"guardrail {rule.name!r} is not judged: {found}")
+        else:
+            judged_rules.append((rule, found))
+    missing = sorted({q.label for _, q in judged_rules if q.key in samples.failed})
+    for rule, q in judged_rules:
+        if q.tenant and q.key in samples.rejected:
+            invalid.append(f"guardrail {rule.name!r}: Prometheus rejected its query: {samples.rejected[q.key]}")
 
     candidates: list[Act] = []
-    for rule in rules:
-        pkey = (agent.namespace, agent.name, rule.name, revision)
-        value = sample_for(rule, agent, samples, revision)
-        if value is not None:
-            memory.data_seen.setdefault((agent.namespace, agent.name, revision), now)
-        if value is None or not breached(value, rule.comparison, Decimal(rule.threshold)):
-            memory.pending.pop(pkey, None)
+    for rule, q in judged_rules:
+        try:
+            act = judge_rule(agent, rule, q, samples, memory, now, revision)
+        except (ValueError, ArithmeticError, TypeError) as exc:  # e.g. a duration past the bound
+            invalid.append(f"guardrail {rule.name!r} is not judged: {exc}")
             continue
-        memory.breach_seen[(agent.namespace, agent.name, revision)] = now
-        since = memory.pending.setdefault(pkey, now)
-        if now - since < span(rule.for_):
-            continue
-        if in_cooldown(agent, rule, memory, now):
-            continue
-        candidates.append(make_act(agent, rule, value, revision))
+        if act is not None:
+            candidates.append(act)
+
+    if rules or invalid:
+        availability(v, agent, invalid, missing, suspended, "InvalidGuardrail" if agent.readable else "InvalidSpec")
     for act in sorted(candidates, key=lambda a: SEVERITY[a.action]):
         if act.action == Action.ALERT:
             v.alerts.append(act)
@@ -202,7 +236,8 @@ def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: date
 
     stable = status.get("stableRevision")
     judged = not rules or (agent.namespace, agent.name, revision) in memory.data_seen
-    if revision != stable and judged and not suspended and not rolled_back and not missing and v.act is None:
+    healthy = not missing and not invalid and not agent.hold_stable
+    if revision != stable and judged and healthy and not suspended and not rolled_back and v.act is None:
         started = parse_time(status.get("revisionStartedAt")) or now
         last_breach = memory.breach_seen.get((agent.namespace, agent.name, revision))
         quiet_since = max(started, last_breach) if last_breach else started
@@ -211,8 +246,73 @@ def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: date
     return v
 
 
-def in_cooldown(agent: AgentView, rule: GuardrailRule, memory: Memory, now: datetime) -> bool:
-    cooldown = span(rule.cooldown)
+def judge_rule(
+    agent: AgentView,
+    rule: GuardrailRule,
+    query: RuleQuery,
+    samples: Samples,
+    memory: Memory,
+    now: datetime,
+    revision: str,
+) -> Act | None:
+    """One rule on this cycle's samples: the action it asks for, if it breached long enough."""
+    wait, quiet = span(rule.for_), span(rule.cooldown)  # both first: a bad one is found at once
+    pkey = (agent.namespace, agent.name, rule.name, revision)
+    value, own = sample_for(query, agent, samples, revision)
+    if value is not None:
+        memory.data_seen.setdefault((agent.namespace, agent.name, revision), now)
+    if value is None or not breached(value, rule.comparison, Decimal(rule.threshold)):
+        memory.pending.pop(pkey, None)
+        return None
+    memory.breach_seen[(agent.namespace, agent.name, revision)] = now
+    since = memory.pending.setdefault(pkey, now)
+    if now - since < wait or in_cooldown(agent, rule, memory, now, quiet):
+        return None
+    return make_act(agent, rule, value, revision, withheld=not own)
+
+
+def availability(
+    v: Verdict, agent: AgentView, invalid: list[str], missing: list[str], suspended: bool, reason: str
+) -> None:
+    """``MetricsAvailable`` for this agent, only when it changes, and fail-closed when asked.
+
+    Invalid rules come first in the message (the tenant can fix those); a query that failed
+    because Prometheus is down follows."""
+    parts = [*invalid, *([f"queries failed: {', '.join(missing)}"] if missing else [])]
+    ok = not parts
+    why = "QueriesSucceeded" if ok else (reason if invalid else "PrometheusUnavailable")
+    msg = OK_MESSAGE if ok else "; ".join(parts)
+    current = cond.get(agent.status.get("conditions"), cond.METRICS_AVAILABLE)
+    if current is None or (current.get("status") == "True") != ok or (not ok and current.get("message") != msg):
+        v.metrics_available = (ok, msg)
+        v.metrics_reason = why
+    if not ok and agent.spec.analysis.on_metrics_unavailable == OnMetricsUnavailable.SUSPEND and not suspended:
+        revision = agent.status.get("currentRevision") or ""
+        what = "guardrails cannot be judged" if invalid else "metrics are unavailable"
+        v.act = Act(
+            Action.SUSPEND,
+            "analysis.onMetricsUnavailable",
+            "metrics",
+            math.nan,
+            "",
+            revision,
+            "invalid_guardrail" if invalid else "metrics_unavailable",
+            f"{what} ({msg}) and analysis.onMetricsUnavailable is Suspend (fail closed)",
+        )
+
+
+def failed_verdict(agent: AgentView, error: BaseException, suspended: bool) -> Verdict:
+    """The verdict for an agent whose judging raised: say so on it, and fail closed if asked."""
+    v = Verdict(agent.key)
+    message = f"the evaluator could not judge this agent: {type(error).__name__}: {error}"[:1024]
+    availability(v, agent, [message], [], suspended, "EvaluationFailed")
+    return v
+
+
+def in_cooldown(
+    agent: AgentView, rule: GuardrailRule, memory: Memory, now: datetime, cooldown: timedelta | None = None
+) -> bool:
+    cooldown = span(rule.cooldown) if cooldown is None else cooldown
     last = memory.acted.get((agent.namespace, agent.name, rule.name))
     breach = agent.status.get("lastBreach") or {}
     if breach.get("rule") == rule.name:
@@ -221,13 +321,15 @@ def in_cooldown(agent: AgentView, rule: GuardrailRule, memory: Memory, now: date
     return last is not None and now - last < cooldown
 
 
-def make_act(agent: AgentView, rule: GuardrailRule, value: float, revision: str) -> Act:
+def make_act(agent: AgentView, rule: GuardrailRule, value: float, revision: str, withheld: bool = False) -> Act:
     threshold = f"{rule.comparison} {rule.threshold}"
     unit = UNITS.get(rule.metric, "")
-    base = (
-        f"guardrail {rule.name!r}: {rule.metric} = {fmt(value)}{' ' + unit if unit else ''} "
-        f"{threshold} (for {rule.for_}) on revision {revision}"
+    observed = (
+        f"{rule.metric} (queryRef {rule.query_ref}, a fleet-wide value not shown)"
+        if withheld
+        else f"{rule.metric} = {fmt(value)}{' ' + unit if unit else ''}"
     )
+    base = f"guardrail {rule.name!r}: {observed} {threshold} (for {rule.for_}) on revision {revision}"
     action, message = rule.action, base
     if action == Action.ROLLBACK:
         stable = agent.status.get("stableRevision")
@@ -241,7 +343,16 @@ def make_act(agent: AgentView, rule: GuardrailRule, value: float, revision: str)
     elif action == Action.SCALE_TO:
         message = f"{base}; scaled to {rule.scale_to}"
     return Act(
-        action, rule.name, str(rule.metric), value, threshold, revision, REASONS[rule.metric], message, rule.scale_to
+        action,
+        rule.name,
+        str(rule.metric),
+        value,
+        threshold,
+        revision,
+        REASONS[rule.metric],
+        message,
+        rule.scale_to,
+        withheld,
     )
 
 
@@ -317,16 +428,26 @@ def judge_budgets(
 
 
 def parse_time(value: Any) -> datetime | None:
+    """A status timestamp, always timezone-aware (a naive one is UTC), or None."""
     if not value:
         return None
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def evaluate(agents: list[AgentView], samples: Samples, memory: Memory, now: datetime) -> list[Verdict]:
-    """Judge the whole fleet; forget memory of agents that are gone."""
+def evaluate(
+    agents: list[AgentView],
+    samples: Samples,
+    memory: Memory,
+    now: datetime,
+    on_error: Callable[[AgentView, Exception], None] = lambda agent, exc: None,
+) -> list[Verdict]:
+    """Judge the whole fleet; forget memory of agents that are gone. An agent whose judging
+    raises gets an ``EvaluationFailed`` verdict (``on_error`` counts and logs it); the others
+    are judged as if it were not there."""
     live = {a.key for a in agents}
     memory.pending = {k: t for k, t in memory.pending.items() if (k[0], k[1]) in live}
     memory.acted = {k: t for k, t in memory.acted.items() if (k[0], k[1]) in live}
@@ -334,7 +455,11 @@ def evaluate(agents: list[AgentView], samples: Samples, memory: Memory, now: dat
     memory.data_seen = {k: t for k, t in memory.data_seen.items() if (k[0], k[1]) in live}
     out = []
     for agent in agents:
-        verdict = evaluate_agent(agent, samples, memory, now)
+        try:
+            verdict = evaluate_agent(agent, samples, memory, now)
+        except Exception as exc:  # one agent never stops the fleet's judging
+            on_error(agent, exc)
+            verdict = failed_verdict(agent, exc, cond.is_true(agent.status.get("conditions"), cond.SUSPENDED))
         if not verdict.empty():
             out.append(verdict)
     return out
