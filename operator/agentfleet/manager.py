@@ -215,6 +215,8 @@ def start_evaluator(
         Actor(memo.kube, carry_out, lambda: evaluator.memory, audit),
         agents,
         EvaluatorSettings(interval=args.evaluation_interval, rate_window=args.rate_window),
+        policies=lambda: policies_of(policy_index),  # their customQueries are what queryRef names
+        namespace_labels=lambda namespace: labels_of(namespace_index, namespace),
     )
     return asyncio.create_task(evaluator.run(), name="fleet-evaluator"), prom, audit
 
