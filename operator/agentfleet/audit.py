@@ -20,6 +20,7 @@ many, so the chain stays verifiable and the loss is explicit rather than silent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +83,48 @@ def _last_record(path: Path) -> dict[str, Any] | None:
     except ValueError:
         return None
     return rec if isinstance(rec, dict) and "hash" in rec and "seq" in rec else None
+
+
+def _drop_partial_tail(path: Path) -> int:
+    """Cut off a last line left without its newline (a crash mid-write): it was never a
+    record, and appending after it would fuse it with the next one. Returns the bytes dropped."""
+    try:
+        with path.open("r+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end == 0:
+                return 0
+            fh.seek(end - 1)
+            if fh.read(1) == b"\n":
+                return 0
+            pos = end
+            while pos > 0:
+                step = min(65536, pos)
+                pos -= step
+                fh.seek(pos)
+                block = fh.read(step)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    pos += cut + 1
+                    break
+            fh.truncate(pos)
+            return end - pos
+    except OSError:
+        return 0
+
+
+def head_path(path: Path) -> Path:
+    """Where the guard publishes the chain head of audit file ``path`` (``audit.head.json`` for
+    ``audit.jsonl``: outside the rotated set ``audit.jsonl.N``)."""
+    return path.with_name(f"{path.name.split('.', 1)[0] or path.name}.head.json")
+
+
+def chain_head(path: Path) -> tuple[int, str] | None:
+    """(seq, hash) of the last complete record of an audit file: the chain head an operator
+    publishes and later passes to ``verify`` as an anchor."""
+    last = _last_record(path)
+    if last is None or not isinstance(last.get("seq"), int):
+        return None
+    return int(last["seq"]), str(last["hash"])
 
 
 class _RotatingFile:
@@ -149,12 +192,24 @@ class AuditLog:
         self._stop = threading.Event()
         self.seq = 0
         self.prev = GENESIS
+        self._head: tuple[int, str] | None = None
+        self.head_file = head_path(Path(sink.file)) if sink.file else None
+        dropped_tail = 0
         if sink.file:
+            dropped_tail = _drop_partial_tail(Path(sink.file))
             last = _last_record(Path(sink.file))
             if last is not None:
                 self.seq, self.prev = int(last["seq"]) + 1, str(last["hash"])
+                self._head = (int(last["seq"]), str(last["hash"]))
         self._thread: threading.Thread | None = None
         self.enabled = self._stream is not None or self._file is not None
+        if sink.file and dropped_tail:
+            self.record(
+                "audit_repair",
+                decision="error",
+                reason="the file ended in a partial record (a crash mid-write); it was cut off",
+                dropped_bytes=dropped_tail,
+            )
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -202,6 +257,7 @@ class AuditLog:
         rec["seq"], rec["prev"] = self.seq, self.prev
         body = canonical(rec)
         h = hashlib.sha256(body.encode()).hexdigest()
+        self._head = (self.seq, h)
         self.seq, self.prev = self.seq + 1, h
         # The hash goes last; verify re-serializes the record without it, so the line itself
         # need not be in canonical key order.
@@ -240,8 +296,24 @@ class AuditLog:
                 for line in lines:
                     self._file.write(line)
                 self._file.flush()
+                self._publish_head()
         finally:
             self._written += taken
+
+    @property
+    def head(self) -> tuple[int, str] | None:
+        """(seq, hash) of the newest record written: the chain head to publish as an anchor."""
+        return self._head  # one tuple, replaced whole by the writer: never torn
+
+    def _publish_head(self) -> None:
+        """Write the head next to the file (atomically), for whoever ships anchors off the node."""
+        head = self._head
+        if head is None or self.head_file is None:
+            return
+        tmp = self.head_file.with_name(self.head_file.name + ".tmp")
+        with contextlib.suppress(OSError):  # the trail itself was written; the head is a convenience
+            tmp.write_text(json.dumps({"seq": head[0], "hash": head[1]}) + "\n")
+            tmp.replace(self.head_file)
 
     def _run(self) -> None:
         while True:
@@ -282,11 +354,37 @@ def _lines(paths: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
                 yield path, lineno, line
 
 
-def verify(paths: list[Path]) -> VerifyResult:
-    """Check each record's own hash and its link to the record before it."""
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A chain head published earlier (off the node): the record ``seq`` had hash ``hash``."""
+
+    seq: int
+    hash: str
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        """``SEQ:HASH`` (ValueError otherwise)."""
+        seq, sep, value = text.partition(":")
+        if not sep or not seq.isdigit() or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError(f"anchor {text!r} is not SEQ:HASH (a record number and its 64-hex-digit hash)")
+        return cls(int(seq), value)
+
+
+def verify(paths: list[Path], anchors: Sequence[Anchor] = (), *, allow_restarts: bool = False) -> VerifyResult:
+    """Check each record's own hash and its link to the record before it.
+
+    The chain must start where chains start (seq 0, ``prev`` the genesis hash): a trail whose
+    first records were removed is broken, unless an anchor vouches for it. An anchor (a head
+    published earlier) must be in the chain with its hash: that proves everything up to it
+    (each record's hash covers the one before) and detects a trail cut back before it. A new
+    chain starting mid-trail (seq 0 again) is how a truncated trail followed by forged records
+    would look, so it is refused unless ``allow_restarts`` (a log concatenating guard runs).
+    """
     count, restarts = 0, 0
     first_seq: int | None = None
     last_seq, last_hash = -1, GENESIS
+    wanted = {a.seq: a for a in anchors}
+    found: set[int] = set()
     for path, lineno, raw in _lines(paths):
         where = f"{path}:{lineno}"
         if not raw.strip():
@@ -298,7 +396,7 @@ def verify(paths: list[Path]) -> VerifyResult:
         if not isinstance(rec, dict) or not {"seq", "prev", "hash"} <= rec.keys():
             return VerifyResult(False, count, f"{where}: not an audit record (no seq/prev/hash)")
         seq, label = rec["seq"], f"{where} (seq {rec['seq']})"
-        if not isinstance(seq, int):
+        if not isinstance(seq, int) or isinstance(seq, bool):
             return VerifyResult(False, count, f"{label}: seq is not an integer (edited)")
         if record_hash(rec) != rec["hash"]:
             return VerifyResult(False, count, f"{label}: content does not match its hash (the record was edited)")
@@ -307,7 +405,14 @@ def verify(paths: list[Path]) -> VerifyResult:
             if seq == 0 and rec["prev"] != GENESIS:
                 return VerifyResult(False, count, f"{label}: first record of a chain must have prev={GENESIS[:8]}…")
         elif seq == 0 and rec["prev"] == GENESIS:
-            restarts += 1  # a new chain: the guard restarted writing to a stream
+            if not allow_restarts:
+                return VerifyResult(
+                    False,
+                    count,
+                    f"{label}: a new chain starts after seq {last_seq} (a truncated trail followed by forged "
+                    "records looks like this; for a log that concatenates several guard runs pass --allow-restarts)",
+                )
+            restarts += 1
         elif rec["prev"] != last_hash:
             if seq > last_seq + 1:
                 why = f"records deleted: expected seq {last_seq + 1} after seq {last_seq}, found seq {seq}"
@@ -318,40 +423,105 @@ def verify(paths: list[Path]) -> VerifyResult:
             return VerifyResult(False, count, f"{label}: {why}")
         elif seq != last_seq + 1:
             return VerifyResult(False, count, f"{label}: seq {seq} does not follow seq {last_seq} (edited)")
+        anchor = wanted.get(seq)
+        if anchor is not None:
+            if rec["hash"] != anchor.hash:
+                return VerifyResult(
+                    False,
+                    count,
+                    f"{label}: does not match the anchor {seq}:{anchor.hash[:12]}… (the trail was rewritten)",
+                )
+            found.add(seq)
         last_seq, last_hash = seq, rec["hash"]
         count += 1
     if count == 0:
         return VerifyResult(False, 0, "no records found")
+    missing = sorted(set(wanted) - found)
+    if missing:
+        return VerifyResult(
+            False,
+            count,
+            f"the anchor at seq {missing[0]} is not in the trail (seq {first_seq}..{last_seq}): "
+            + (
+                f"records after seq {last_seq} were removed"
+                if missing[0] > last_seq
+                else "its records are missing (pass the older rotated files first)"
+            ),
+        )
+    if first_seq and not found:
+        return VerifyResult(
+            False,
+            count,
+            f"the trail starts at seq {first_seq}, not at the start of a chain: earlier records are missing "
+            "(pass the older rotated files first, or --anchor SEQ:HASH from a published head)",
+        )
     notes = []
     if first_seq:
-        notes.append(f"starts at seq {first_seq}: earlier records are in rotated files (pass them first to check)")
+        notes.append(f"starts at seq {first_seq}, vouched for by the anchor")
+    if found:
+        notes.append(f"anchor{'s' if len(found) > 1 else ''} at seq {', '.join(map(str, sorted(found)))} matched")
     if restarts:
-        notes.append(f"{restarts} chain restart(s)")
+        notes.append(f"{restarts} chain restart(s), each new chain unanchored")
     extra = f" ({'; '.join(notes)})" if notes else ""
     return VerifyResult(True, count, f"{count} records, seq {first_seq}..{last_seq}, chain intact{extra}")
 
 
-USAGE = """usage: agentfleet audit verify FILE [FILE...]
+USAGE = """usage: agentfleet audit verify [--anchor SEQ:HASH]... [--allow-restarts] FILE [FILE...]
+       agentfleet audit head FILE
 
-Verify the hash chain of a guard audit trail. With rotated files, pass them oldest first
-(e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl). Exit 0 if intact, 1 if broken (naming the
-first broken record), 2 on usage errors."""
+verify: check the hash chain of a guard audit trail. With rotated files, pass them oldest first
+(e.g. audit.jsonl.2 audit.jsonl.1 audit.jsonl). The trail must start at seq 0 unless an anchor
+(a chain head published earlier, e.g. from the guard's GET /audit/head) vouches for it; each
+anchor must be in the trail with its hash, which also detects a trail cut back before it.
+Exit 0 if intact, 1 if broken (naming the first broken record), 2 on usage errors.
+
+head: print the chain head of a file as SEQ:HASH (to publish as a later anchor)."""
 
 
 def main(argv: list[str]) -> int:
-    """``agentfleet audit verify FILE...``."""
+    """``agentfleet audit verify|head ...``."""
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(USAGE)
         return 0 if argv else 2
-    if argv[0] != "verify" or len(argv) < 2:
+    command, rest = argv[0], argv[1:]
+    if command == "head" and len(rest) == 1:
+        head = chain_head(Path(rest[0]))
+        if head is None:
+            print(f"agentfleet audit head: {rest[0]}: no audit record found", file=sys.stderr)
+            return 1
+        print(f"{head[0]}:{head[1]}")
+        return 0
+    if command != "verify":
         print(USAGE, file=sys.stderr)
         return 2
-    paths = [Path(p) for p in argv[1:]]
+    anchors: list[Anchor] = []
+    allow_restarts = False
+    files: list[str] = []
+    it = iter(rest)
+    for arg in it:
+        if arg == "--allow-restarts":
+            allow_restarts = True
+        elif arg == "--anchor" or arg.startswith("--anchor="):
+            value = arg.partition("=")[2] if "=" in arg else next(it, "")
+            try:
+                anchors.append(Anchor.parse(value))
+            except ValueError as exc:
+                print(f"agentfleet audit verify: {exc}", file=sys.stderr)
+                return 2
+        elif arg.startswith("--"):
+            print(f"agentfleet audit verify: unknown option {arg}\n\n{USAGE}", file=sys.stderr)
+            return 2
+        else:
+            files.append(arg)
+    if not files:
+        print(USAGE, file=sys.stderr)
+        return 2
+    paths = [Path(p) for p in files]
     for p in paths:
         if not p.is_file():
             print(f"agentfleet audit verify: {p}: no such file", file=sys.stderr)
             return 2
-    result = verify(paths)
+    result = verify(paths, anchors, allow_restarts=allow_restarts)
     if result.ok:
         print(f"OK: {result.message}")
         return 0

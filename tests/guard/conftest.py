@@ -25,6 +25,7 @@ from agentfleet.guard.app import application
 from agentfleet.guard.config import Tuning, build_config
 from agentfleet.guard.state import Guard
 from hack.harness.fake_llm import FakeLLM
+from tests.guard.scripted import ScriptedUpstream
 
 UPSTREAM_KEY = "sk-upstream-secret-never-shown-to-agents"
 AGENT_KEY = "sk-agent-placeholder"
@@ -94,7 +95,7 @@ class Harness:
             try:
                 parsed: Any = json.loads(raw)
             except ValueError:
-                parsed = raw.decode()
+                parsed = raw.decode("utf-8", "replace")
             return r.status, r.headers, parsed
 
     def metric(self, name: str, **labels: str) -> float:
@@ -141,6 +142,21 @@ async def fake(fake_server: FakeLLM) -> FakeLLM:
     """The session's fake upstream, reset for this test."""
     fake_server.reset()
     return fake_server
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def scripted_server() -> AsyncIterator[ScriptedUpstream]:
+    server = ScriptedUpstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def scripted(scripted_server: ScriptedUpstream) -> ScriptedUpstream:
+    """The session's byte-exact scripted upstream, emptied for this test."""
+    scripted_server.reset()
+    return scripted_server
 
 
 MakeGuard = Callable[..., Awaitable[Harness]]

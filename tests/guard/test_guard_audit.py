@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentfleet.api.guardconfig import AuditSink
-from agentfleet.audit import GENESIS, AuditLog, main, verify
+from agentfleet.audit import GENESIS, Anchor, AuditLog, chain_head, head_path, main, verify
 
 pytestmark = pytest.mark.unit
 
@@ -134,7 +134,10 @@ def test_chain_continues_across_restarts_and_rotation(tmp_path: Path) -> None:
     result = verify(files)
     assert result.ok and result.records == 40, result.message
     alone = verify([path])
-    assert alone.ok and "rotated files" in alone.message
+    assert not alone.ok and "earlier records are missing" in alone.message
+    first = json.loads(lines(path)[0])
+    anchored = verify([path], [Anchor(first["seq"], first["hash"])])
+    assert anchored.ok and "vouched for by the anchor" in anchored.message, anchored.message
     assert not verify([rotated[1], path]).ok  # a missing middle file is a deletion
 
 
@@ -170,3 +173,90 @@ def test_verify_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     path.write_text("")
     assert main(["verify", str(path)]) == 1
+
+
+def test_verify_detects_a_missing_first_record(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    write(path, 5)
+    tamper(path, lambda rows: rows.pop(0))
+    result = verify([path])
+    assert not result.ok and "starts at seq 1" in result.message and "missing" in result.message
+
+
+def test_a_truncated_trail_followed_by_a_forged_chain_is_refused(tmp_path: Path) -> None:
+    """Cut the trail back, then append a fresh chain (seq 0, genesis prev) with forged records:
+    every record is internally consistent, but a chain restarting mid-file is refused."""
+    path, forged = tmp_path / "a.jsonl", tmp_path / "forged.jsonl"
+    write(path, 6)
+    write(forged, 4)
+    path.write_text("\n".join(lines(path)[:3] + lines(forged)) + "\n")
+    result = verify([path])
+    assert not result.ok and "(seq 0): a new chain starts after seq 2" in result.message
+    assert verify([path], allow_restarts=True).ok  # only when asked: a log of several guard runs
+    # Forged from record 0 on (the whole file replaced) is caught by an anchor published earlier.
+    write(tmp_path / "b.jsonl", 6)
+    original_head = chain_head(tmp_path / "b.jsonl")
+    assert original_head is not None
+    other = AuditLog(AuditSink(stdout=False, file=str(tmp_path / "c.jsonl")), IDENTITY)
+    other.start()
+    for i in range(9):  # a different trail, longer than the original
+        other.record("llm_call", task="forged", decision="allow", tokens_in=i)
+    other.close()
+    assert verify([tmp_path / "c.jsonl"]).ok
+    forged_result = verify([tmp_path / "c.jsonl"], [Anchor(*original_head)])
+    assert not forged_result.ok and "does not match the anchor" in forged_result.message
+
+
+def test_anchors_prove_the_start_and_detect_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    write(path, 8)
+    head = chain_head(path)
+    assert head == (7, json.loads(lines(path)[-1])["hash"])
+    assert verify([path], [Anchor(*head)]).ok
+    tamper(path, lambda rows: rows.__delitem__(slice(6, None)))  # the newest two records removed
+    assert verify([path]).ok  # the file alone cannot tell
+    result = verify([path], [Anchor(*head)])
+    assert not result.ok and "anchor at seq 7 is not in the trail" in result.message
+    assert "records after seq 5 were removed" in result.message
+    wrong = verify([path], [Anchor(3, "f" * 64)])
+    assert not wrong.ok and "does not match the anchor" in wrong.message
+    with pytest.raises(ValueError, match="SEQ:HASH"):
+        Anchor.parse("7:abc")
+    assert Anchor.parse(f"7:{'a' * 64}") == Anchor(7, "a" * 64)
+
+
+def test_the_writer_publishes_its_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = write(path, 4)
+    assert log.head == chain_head(path) and log.head is not None
+    published = json.loads(head_path(path).read_text())
+    assert (published["seq"], published["hash"]) == log.head
+    assert head_path(path).name == "audit.head.json"  # not one of the rotated audit.jsonl.N
+
+
+def test_a_partial_last_line_is_cut_off_and_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 3)
+    with path.open("ab") as fh:
+        fh.write(b'{"seq":3,"prev":"abc","kind":"llm_ca')  # a crash mid-write
+    write(path, 2)
+    records = [json.loads(line) for line in lines(path)]
+    assert [r["seq"] for r in records] == [0, 1, 2, 3, 4, 5]
+    assert records[3]["kind"] == "audit_repair" and records[3]["dropped_bytes"] == 36
+    assert verify([path]).ok
+
+
+def test_verify_cli_anchor_and_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "a.jsonl"
+    write(path, 5)
+    assert main(["head", str(path)]) == 0
+    head = capsys.readouterr().out.strip()
+    assert head.startswith("4:") and len(head) == 66
+    assert main(["verify", "--anchor", head, str(path)]) == 0
+    assert "anchor at seq 4 matched" in capsys.readouterr().out
+    tamper(path, lambda rows: rows.pop())
+    assert main(["verify", f"--anchor={head}", str(path)]) == 1
+    assert "records after seq 3 were removed" in capsys.readouterr().err
+    assert main(["verify", "--anchor", "nonsense", str(path)]) == 2
+    assert main(["verify", "--bogus", str(path)]) == 2
+    assert main(["head", str(tmp_path / "empty")]) == 1

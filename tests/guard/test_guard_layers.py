@@ -29,7 +29,7 @@ LAYERS = {
         "breaker",
         "metrics",
     },
-    "transport": {"upstream"},
+    "transport": {"sse", "upstream"},
     "state": {"state"},
     "core": {"core"},
     "adapters": {"httpio", "openai_wire", "openai_chat", "openai_stream", "toolproxy"},

@@ -36,6 +36,9 @@ class GuardConfig(Model):
     """Revision hash (metric label)."""
     model: ModelSpec
     """Upstream model. ``model.pricing`` is replaced by ``pricing`` below."""
+    embeddings_model: str | None = Field(default=None, min_length=1, max_length=128)
+    """Model every embeddings request is pinned to (priced at ``pricing``'s input price); unset:
+    ``model.name``, like chat."""
     pricing: Pricing = Pricing()
     """Effective price: the AgentPolicy price table wins over the agent's declaration."""
     api_key_file: str | None = None

@@ -30,6 +30,18 @@ Handler = Callable[[Guard, web.Request], Awaitable[web.StreamResponse]]
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler: Route) -> web.StreamResponse:
+    """aiohttp's own refusals (no such route, wrong method) as OpenAI-style JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        what = "is not served by the guard" if exc.status == 404 else f"refused: {exc.reason}"
+        return error_response(GuardError(Code.INVALID_REQUEST, f"{request.method} {request.path} {what}", exc.status))
+
+
 def _route(guard: Guard, handler: Handler) -> Route:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
@@ -78,7 +90,7 @@ async def _metrics(guard: Guard, request: web.Request) -> web.StreamResponse:
 
 def application(guard: Guard) -> web.Application:
     """The aiohttp application (startup opens the upstream pool and the audit writer)."""
-    app = web.Application(client_max_size=guard.tuning.max_request_bytes)
+    app = web.Application(client_max_size=guard.tuning.max_request_bytes, middlewares=[_json_errors])
     chat, emb, tool, models = (
         _route(guard, openai_chat.chat_completions),
         _route(guard, openai_chat.embeddings),

@@ -73,15 +73,20 @@ class Tuning:
     max_response_bytes: int = 64 * 1024 * 1024
     """Largest non-streaming upstream or tool response read."""
     max_sse_line_bytes: int = 8 * 1024 * 1024
-    """Largest single server-sent-event line accepted from the upstream."""
+    """Largest server-sent event (and line) accepted from the upstream."""
+    max_messages: int = 10_000
+    """Messages one chat request may carry."""
+    max_tools: int = 128
+    """Tools one chat request may offer (OpenAI's own bound)."""
     default_completion_tokens: int = 4096
     """Completion tokens reserved when a request sets neither max_tokens nor max_completion_tokens."""
     drain_timeout: float = 30.0
     """Seconds to let in-flight requests finish after SIGTERM."""
     scan_user_content: bool = False
     """Also run the injection heuristics on user messages (tool results are always scanned)."""
-    injection_scan_bytes: int = 256 * 1024
-    """Characters of one text scanned for injection (head and tail when longer)."""
+    injection_scan_bytes: int = 1024 * 1024
+    """Longest text scanned for injection (all of it, in windows); a longer tool result is
+    refused (413) unless injection checks are off."""
     audit_queue: int = 100_000
     """Audit records buffered before the writer; beyond it records are dropped and a gap record
     says how many (the chain stays valid)."""

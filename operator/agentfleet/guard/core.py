@@ -13,6 +13,7 @@ so a check and the reservation or slot it guards cannot be interleaved with anot
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from agentfleet.api.types import InjectionMode
 from agentfleet.guard.budgets import Reservation
 from agentfleet.guard.config import TASK_HEADER, ToolInfo
 from agentfleet.guard.errors import Code, GuardError, invalid
-from agentfleet.guard.injection import scan
+from agentfleet.guard.injection import Verdict, scan, signals, steps, verdict
 from agentfleet.guard.loops import error_signature, tool_error_text
 from agentfleet.guard.shapes import ToolCall, ToolResult, Turn, Usage
 from agentfleet.guard.state import Guard
@@ -47,6 +48,7 @@ class CallLog:
         "detail",
         "guard",
         "kind",
+        "model",
         "outcome",
         "prompt",
         "reason",
@@ -64,6 +66,8 @@ class CallLog:
     def __init__(self, guard: Guard, kind: str) -> None:
         self.guard = guard
         self.kind = kind
+        self.model = guard.model
+        """The model the call was pinned to (for the audit trail)."""
         self.t0 = time.perf_counter()
         self.task: Task | None = None
         self.res: Reservation | None = None
@@ -134,7 +138,7 @@ class CallLog:
         g.audit.record(
             self.kind,
             task=self.task.id if self.task is not None and self.task.named else None,
-            model=g.model,
+            model=self.model,
             decision=decision,
             reason=self.reason,
             detail=self.detail,
@@ -262,13 +266,60 @@ def admit(g: Guard, task: Task, *, llm_call: bool) -> None:
 # ------------------------------------------------------------------------------ inputs
 
 
-def check_injection(g: Guard, task: Task, text: str, source: str, tool: str | None) -> None:
+Scans = dict[str, Verdict]
+"""Verdicts of texts scanned ahead of the checks (by ``scan_turn`` / ``scan_text``)."""
+
+
+def _scannable(g: Guard, text: str, source: str) -> None:
+    """A text too long to scan is refused: an attack must not hide in what goes unread."""
+    limit = g.tuning.injection_scan_bytes
+    if len(text) > limit:
+        raise GuardError(
+            Code.INVALID_REQUEST,
+            f"{source} of {len(text)} characters is longer than the {limit} the guard checks for prompt "
+            "injection; truncate it",
+            413,
+        )
+
+
+async def scan_text(g: Guard, text: str, source: str) -> Verdict:
+    """Scan one text, giving the event loop a turn between windows (a long text never stalls
+    other requests)."""
+    _scannable(g, text, source)
+    found: set[str] = set()
+    for i, (window, raw) in enumerate(steps(text)):
+        if i:
+            await asyncio.sleep(0)
+        found |= signals(window, raw=raw)
+    return verdict(found)
+
+
+async def scan_turn(g: Guard, turn: Turn) -> Scans:
+    """Scan a turn's new inputs before its checks run (the checks then never await)."""
+    scans: Scans = {}
+    if g.cfg.guard.injection is InjectionMode.OFF:
+        return scans
+    task = g.tasks.peek(turn.task_id) if turn.task_id else None
+    for result in turn.new_results:
+        if result.text not in scans and not (task is not None and task.saw_result(result.call_id)):
+            scans[result.text] = await scan_text(g, result.text, "tool result")
+    if g.tuning.scan_user_content:
+        for text in turn.user_texts:
+            if text not in scans:
+                scans[text] = await scan_text(g, text, "user message")
+    return scans
+
+
+def check_injection(g: Guard, task: Task, text: str, source: str, tool: str | None, scans: Scans | None = None) -> None:
     """Flag (count + audit) or block a suspected prompt injection."""
     mode = g.cfg.guard.injection
     if mode is InjectionMode.OFF:
         return
-    verdict = scan(text, g.tuning.injection_scan_bytes)
-    if not verdict.suspicious:
+    found = scans.get(text) if scans else None
+    if found is None:
+        _scannable(g, text, source)
+        found = scan(text)
+    if not found.suspicious:
         return
     g.metrics.injections_c.inc()
     block = mode is InjectionMode.BLOCK
@@ -279,27 +330,29 @@ def check_injection(g: Guard, task: Task, text: str, source: str, tool: str | No
         source=source,
         decision="reject" if block else "flag",
         reason=Code.INJECTION_DETECTED.value,
-        score=verdict.score,
-        signals=list(verdict.signals),
+        score=found.score,
+        signals=list(found.signals),
         content=g.audit.content(text),
     )
     if block:
         raise GuardError(
             Code.INJECTION_DETECTED,
             f"suspected prompt injection in {source}{f' of tool {tool!r}' if tool else ''} "
-            f"({', '.join(verdict.signals)}); the request was blocked",
+            f"({', '.join(found.signals)}); the request was blocked",
             403,
         )
 
 
-def inspect_inputs(g: Guard, task: Task, results: Sequence[ToolResult], user_texts: Sequence[str]) -> None:
+def inspect_inputs(
+    g: Guard, task: Task, results: Sequence[ToolResult], user_texts: Sequence[str], scans: Scans | None = None
+) -> None:
     """Look at what is new since the model last spoke: tool results (injection, repeated
     errors) and, if enabled, the user's text."""
     for result in results:
         if task.named and task.saw_result(result.call_id):
             continue
         tool = result.tool
-        check_injection(g, task, result.text, "tool result", tool or None)
+        check_injection(g, task, result.text, "tool result", tool or None, scans)
         err = tool_error_text(result.text)
         if err is not None:
             g.metrics.tool_call(tool, "error")
@@ -312,18 +365,18 @@ def inspect_inputs(g: Guard, task: Task, results: Sequence[ToolResult], user_tex
             task.mark_result(result.call_id)  # only once its checks passed: a blocked result stays blocked
     if g.tuning.scan_user_content:
         for text in user_texts:
-            check_injection(g, task, text, "user message", None)
+            check_injection(g, task, text, "user message", None, scans)
 
 
 # ------------------------------------------------------------------------------ an LLM call
 
 
-def open_turn(g: Guard, call: CallLog, turn: Turn) -> list[bool]:
+def open_turn(g: Guard, call: CallLog, turn: Turn, scans: Scans | None = None) -> list[bool]:
     """Every check before an LLM call may reserve budget: the task, the new inputs, the tools
     offered. Returns which offered tools the model may see (the adapter removes the others)."""
     task = call.task = resolve_task(g, turn.task_id, turn)
     admit(g, task, llm_call=True)
-    inspect_inputs(g, task, turn.new_results, turn.user_texts)
+    inspect_inputs(g, task, turn.new_results, turn.user_texts, scans)
     if turn.forced is not None and not g.gate.permitted(turn.forced):
         raise g.gate.not_permitted(turn.forced)
     return [name is not None and g.gate.permitted(name) for name in turn.offered]
@@ -399,7 +452,7 @@ def tool_failure(g: Guard, task: Task, name: str, message: str, kind: str) -> Gu
     return refusal or GuardError(Code.TOOL_UNAVAILABLE, message, 502, should_retry=False)
 
 
-def tool_answer(g: Guard, task: Task, name: str, status: int, text: str) -> None:
+def tool_answer(g: Guard, task: Task, name: str, status: int, text: str, scans: Scans | None = None) -> None:
     """Judge a tool's answer before the agent reads it: errors count (a repeated one ends the
     task), and the text is scanned for injection."""
     error_text = f"HTTP {status}: {text[:2000]}" if status >= 400 else tool_error_text(text)
@@ -409,4 +462,4 @@ def tool_answer(g: Guard, task: Task, name: str, status: int, text: str) -> None
         if refusal is not None:
             raise refusal
     if text:
-        check_injection(g, task, text, "tool result", name)
+        check_injection(g, task, text, "tool result", name, scans)

@@ -12,8 +12,12 @@ documents, emails and code low. The test-suite measures both rates on fixed corp
 
 from __future__ import annotations
 
+import html
+import json
 import re
+import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 THRESHOLD = 3
 
@@ -100,6 +104,114 @@ _PATTERNS: tuple[tuple[str, int, re.Pattern[str]], ...] = (
 )
 
 
+_WEIGHTS = {name: weight for name, weight, _ in _PATTERNS}
+_RAW_ONLY = frozenset({"invisible_tags"})
+"""Patterns that look at the text as sent (the normalized views strip what they detect)."""
+
+WINDOW = 64 * 1024
+"""Characters scanned in one step (the event loop gets a turn between steps)."""
+OVERLAP = 1024
+"""Characters windows share, more than any pattern spans, so no match falls between two."""
+
+# Characters that render as nothing (format characters, variation selectors, fillers) and are
+# used to split trigger words: removed in the normalized view.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U0001d173-\U0001d17a"
+    "\U000e0000-\U000e0fff]"
+)
+# Latin look-alikes from Cyrillic and Greek (the common homoglyph substitutions).
+_CONFUSABLES = str.maketrans(
+    "\u0430\u0432\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u04bb\u051b\u051d\u04cf"
+    "\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0406\u0408\u0405"
+    "\u03b1\u03bf\u03c1\u03bd\u03b9\u03ba\u03c5"
+    "\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a7\u03a5",
+    "abeopcyxijsdhqwlABEKMHOPCTXIJSaopvikvABEZHIKMNOPTXY",
+)
+_JSON_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+_TAG = re.compile(r"<[^<>\n]{0,200}>")
+
+
+def _normalize(text: str) -> str:
+    """Compatibility forms folded (fullwidth, ligatures), invisible characters removed,
+    homoglyphs mapped to Latin."""
+    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).translate(_CONFUSABLES)
+
+
+def _strings(value: Any, out: list[str], depth: int) -> None:
+    """Every string (keys included) in a parsed JSON value; strings holding JSON again are
+    decoded too (double encoding), a few levels deep."""
+    if isinstance(value, str):
+        out.append(value)
+        stripped = value.lstrip()
+        if depth and stripped[:1] in ("{", "[", '"') and ("\\" in value or '"' in value):
+            try:
+                inner = json.loads(value)
+            except (ValueError, RecursionError):
+                return
+            _strings(inner, out, depth - 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            out.append(str(key))
+            _strings(item, out, depth)
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, out, depth)
+
+
+def _decoded_json(text: str) -> str | None:
+    """The text's JSON string contents with their escapes (\\n, \\u0049, ...) decoded: the whole
+    document when it is JSON, else every string literal in it (JSON inside prose or logs)."""
+    if "\\" not in text:
+        return None
+    out: list[str] = []
+    try:
+        _strings(json.loads(text), out, 3)
+    except (ValueError, RecursionError):
+        for m in _JSON_STRING.finditer(text):
+            if "\\" in m.group(1):
+                try:
+                    _strings(json.loads(m.group(0)), out, 3)
+                except (ValueError, RecursionError):
+                    continue
+    return "\n".join(out) or None
+
+
+def views(text: str) -> list[str]:
+    """The text as sent, plus the forms an encoding hides it in: JSON escapes decoded, HTML
+    entities decoded and tags removed, Unicode normalized. An attack has to survive none of
+    them to be seen, while benign text rarely changes in any."""
+    out = [text]
+    decoded = _decoded_json(text)
+    if decoded is not None:
+        out.append(decoded)
+    unescaped = html.unescape(text) if "&" in text else text
+    if unescaped != text:
+        out.append(unescaped)
+    unmarked = _TAG.sub("", unescaped) if "<" in unescaped else unescaped
+    if unmarked != unescaped:
+        out.append(unmarked)
+    for view in list(out):
+        if not view.isascii():
+            normalized = _normalize(view)
+            if normalized != view:
+                out.append(normalized)
+    return out
+
+
+def windows(text: str, size: int = WINDOW) -> list[str]:
+    """``text`` in overlapping slices of at most ``size`` characters."""
+    if len(text) <= size:
+        return [text]
+    step = size - OVERLAP
+    return [text[i : i + size] for i in range(0, len(text) - OVERLAP, step)]
+
+
+def signals(text: str, *, raw: bool = True) -> set[str]:
+    """Names of the patterns found in ``text`` (``raw``: the text as sent, not a derived view)."""
+    return {name for name, _, pattern in _PATTERNS if (raw or name not in _RAW_ONLY) and pattern.search(text)}
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """Result of a scan: score and the names of the patterns that matched."""
@@ -116,16 +228,27 @@ class Verdict:
 CLEAN = Verdict(0, ())
 
 
-def scan(text: str, limit: int = 256 * 1024) -> Verdict:
-    """Score ``text``; longer texts are scanned at head and tail (``limit`` characters in all)."""
+def verdict(found: set[str]) -> Verdict:
+    """The verdict for a set of matched pattern names (in pattern order)."""
+    if not found:
+        return CLEAN
+    names = tuple(name for name, _, _ in _PATTERNS if name in found)
+    return Verdict(sum(_WEIGHTS[n] for n in names), names)
+
+
+def steps(text: str) -> list[tuple[str, bool]]:
+    """The (window, is raw text) pieces a scan of ``text`` looks at, in order."""
+    out: list[tuple[str, bool]] = []
+    for i, view in enumerate(views(text)):
+        out.extend((w, i == 0) for w in windows(view))
+    return out
+
+
+def scan(text: str) -> Verdict:
+    """Score all of ``text`` in one go (see ``steps`` to interleave a long scan with other work)."""
     if not text:
         return CLEAN
-    if len(text) > limit:
-        half = limit // 2
-        text = text[:half] + "\n" + text[-half:]
-    score, signals = 0, []
-    for name, weight, pattern in _PATTERNS:
-        if pattern.search(text):
-            score += weight
-            signals.append(name)
-    return Verdict(score, tuple(signals)) if signals else CLEAN
+    found: set[str] = set()
+    for window, raw in steps(text):
+        found |= signals(window, raw=raw)
+    return verdict(found)

@@ -45,8 +45,14 @@ async def chat_completions(guard: Guard, request: web.Request) -> web.StreamResp
 
 async def _chat(guard: Guard, request: web.Request, call: CallLog) -> web.StreamResponse:
     raw, payload = await read_json(request)
-    turn = openai_wire.chat_turn(payload, request.headers.get(TASK_HEADER))
-    keep = core.open_turn(guard, call, turn)
+    turn = openai_wire.chat_turn(
+        payload,
+        request.headers.get(TASK_HEADER),
+        max_messages=guard.tuning.max_messages,
+        max_tools=guard.tuning.max_tools,
+    )
+    scans = await core.scan_turn(guard, turn)
+    keep = core.open_turn(guard, call, turn, scans)
     call.removed = openai_wire.apply_tool_filter(payload, keep)
     payload["model"] = guard.model
     stream = call.stream = payload.get("stream") is True
@@ -108,19 +114,20 @@ async def _chat(guard: Guard, request: web.Request, call: CallLog) -> web.Stream
 
 
 async def embeddings(guard: Guard, request: web.Request) -> web.StreamResponse:
-    """``POST /v1/embeddings``: budgets, deadline, retries and breaker."""
+    """``POST /v1/embeddings``: the configured model, budgets, deadline, retries and breaker."""
     call = CallLog(guard, "embeddings")
     try:
         with guard.slot():
             raw, payload = await read_json(request)
             if "input" not in payload:
                 raise invalid("embeddings request needs an input")
+            payload["model"] = call.model = guard.cfg.embeddings_model or guard.model  # pinned, like chat
             estimate = openai_wire.estimate_embedding_tokens(payload["input"])
             call.reserve(estimate, 0)
             call.prompt = guard.audit.content(raw)
             call.upstream = True
             deadline = asyncio.get_running_loop().time() + guard.limits.call_deadline
-            reply = await guard.upstream.call("/embeddings", raw, deadline)
+            reply = await guard.upstream.call("/embeddings", json.dumps(payload).encode(), deadline)
             call.attempts = reply.attempts
             if reply.status != 200:
                 call.passthrough(reply.status)

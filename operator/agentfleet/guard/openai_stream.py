@@ -1,10 +1,14 @@
-"""The OpenAI adapter's streaming chat completions: relay the upstream's server-sent events, holding tool calls.
+"""The OpenAI adapter's streaming chat completions: relay the upstream's events, holding tool calls.
 
-Content deltas pass through as they arrive (the raw bytes when nothing changed). Tool-call
-deltas are stripped from their chunks and assembled; when a call is complete (the next call
+Content deltas pass through as they arrive (the same data when nothing changed). Tool-call
+deltas (of every kind: ``function``, ``custom``, and kinds the guard cannot read, which are
+refused) are stripped from their chunks and assembled; when a call is complete (the next call
 starts, or its choice finishes) it is judged like a non-streaming call and then emitted as one
 synthesized chunk carrying the whole call, or the stream ends with an error event. So streaming
 is enforced exactly as strictly as non-streaming: no fragment of a refused call reaches the agent.
+
+An upstream error (a chunk with ``error``, or an ``event: error``) ends the stream: the agent
+gets the error alone, never the tool calls that rode on it or were still held.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.httpio import error_body
 from agentfleet.guard.openai_wire import legacy_call_refusal, usage_of
 from agentfleet.guard.shapes import ToolCall
+from agentfleet.guard.sse import Event, encode
 from agentfleet.guard.state import Guard
 from agentfleet.guard.tasks import Task
 from agentfleet.guard.upstream import StreamStart, classify
@@ -37,7 +42,7 @@ SSE_HEADERS = {
 def error_event(err: GuardError) -> bytes:
     """A refusal or failure as a server-sent event, for after a stream has started; the OpenAI
     SDKs raise ``APIError`` on it."""
-    return _event(json.dumps(error_body(err)).encode())
+    return encode(json.dumps(error_body(err)).encode())
 
 
 async def _write(resp: web.StreamResponse, data: bytes) -> bool:
@@ -69,7 +74,7 @@ async def relay_stream(
         r = start.reply
         return web.Response(status=r.status, body=r.body, content_type=r.content_type)
     assert start.reader is not None
-    relay = StreamRelay(guard, task, want_usage)
+    relay = StreamRelay(guard, task, want_usage, held_limit=guard.tuning.max_response_bytes)
     resp = web.StreamResponse(headers=SSE_HEADERS)
     failure: GuardError | None = None
     client_alive = True
@@ -78,17 +83,17 @@ async def relay_stream(
             await resp.prepare(request)
         except (ConnectionError, aiohttp.ClientError, RuntimeError):
             client_alive = False
-        data: bytes | None = start.first if client_alive else None
+        event: Event | None = start.first if client_alive else None
         try:
             async with asyncio.timeout_at(deadline):
-                while data is not None:
-                    out, failure = relay.feed(data)
+                while event is not None:
+                    out, failure = relay.feed(event)
                     if out and not await _write(resp, out):
                         client_alive = False
                         break
                     if failure is not None or relay.finished:
                         break
-                    data = await start.reader.next()
+                    event = await start.reader.next()
         except TimeoutError:
             guard.metrics.upstream["timeout"].inc()
             failure = GuardError(Code.UPSTREAM_UNAVAILABLE, "the stream exceeded the call deadline", 503)
@@ -97,7 +102,7 @@ async def relay_stream(
             guard.metrics.upstream[reason].inc()
             guard.breaker.failure(reason)
             failure = GuardError(Code.UPSTREAM_UNAVAILABLE, f"upstream stream failed mid-way: {detail}", 503)
-        if failure is None and client_alive and not relay.finished and data is None:
+        if failure is None and client_alive and not relay.finished and event is None:
             guard.metrics.upstream["truncated"].inc()
             guard.breaker.failure("stream truncated")
             failure = GuardError(Code.UPSTREAM_UNAVAILABLE, "upstream stream ended before [DONE] (truncated)", 503)
@@ -121,33 +126,81 @@ async def relay_stream(
     return resp
 
 
-def _event(data: bytes) -> bytes:
-    return b"data: " + data + b"\n\n"
-
-
 class _Builder:
-    __slots__ = ("args", "id", "index", "name")
+    """One tool call being assembled from its deltas."""
+
+    __slots__ = ("args", "broken", "id", "index", "kind", "name")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.id: str | None = None
+        self.kind: str | None = None
         self.name = ""
         self.args: list[str] = []
+        self.broken = False
+        """A delta the guard could not read: the call is refused, not passed on."""
+
+    def add(self, tc: dict[str, Any]) -> int:
+        """Take one delta; returns the bytes of arguments it added."""
+        if tc.get("id"):
+            self.id = str(tc["id"])
+        kind = tc.get("type")
+        if kind is not None:
+            if self.kind is not None and kind != self.kind:
+                self.broken = True
+            self.kind = str(kind)
+        added = 0
+        for key, arg_key in (("function", "arguments"), ("custom", "input")):
+            part = tc.get(key)
+            if part is None:
+                continue
+            if not isinstance(part, dict):
+                self.broken = True
+                continue
+            if self.kind is None:
+                self.kind = key
+            elif self.kind != key:
+                self.broken = True
+            if isinstance(part.get("name"), str):
+                self.name += part["name"]
+            if isinstance(part.get(arg_key), str):
+                self.args.append(part[arg_key])
+                added += len(part[arg_key])
+        return added
+
+    def call(self) -> ToolCall:
+        kind = self.kind or "function"
+        known = not self.broken and kind in ("function", "custom") and bool(self.name)
+        return ToolCall(self.name, "".join(self.args), self.id, kind=kind, known=known)
+
+    def delta(self, call: ToolCall) -> dict[str, Any]:
+        """The whole call as one ``tool_calls`` delta, in the shape of its kind."""
+        if call.kind == "custom":
+            return {
+                "index": self.index,
+                "id": self.id,
+                "type": "custom",
+                "custom": {"name": call.name, "input": call.arguments},
+            }
+        fn = {"name": call.name, "arguments": call.arguments}
+        return {"index": self.index, "id": self.id, "type": "function", "function": fn}
 
 
 class StreamRelay:
     """Re-emits an upstream chat stream, holding each tool call until it is complete.
 
-    ``feed`` takes one event's data and returns the bytes for the agent plus a refusal if the
-    stream must stop. Content deltas pass through untouched (raw bytes when nothing changed);
+    ``feed`` takes one event and returns the bytes for the agent plus a refusal if the stream
+    must stop. Content deltas pass through untouched (the same data when nothing changed);
     tool-call deltas are stripped from their chunks, assembled, judged, and emitted as one
-    synthesized chunk carrying the complete call.
+    synthesized chunk carrying the complete call. What is held is bounded by ``held_limit``.
     """
 
-    def __init__(self, guard: Guard, task: Task, want_usage: bool) -> None:
+    def __init__(self, guard: Guard, task: Task, want_usage: bool, *, held_limit: int = 64 * 1024 * 1024) -> None:
         self.guard = guard
         self.task = task
         self.want_usage = want_usage
+        self.held_limit = held_limit
+        self.held = 0
         self.builders: dict[tuple[int, int], _Builder] = {}
         self.envelope: dict[str, Any] = {}
         self.usage: Any = None
@@ -155,6 +208,7 @@ class StreamRelay:
         self.out_bytes = 0
         self.digest = hashlib.sha256()
         self.content: list[str] = []
+        self.captured = 0
         self.emitted_calls: list[dict[str, Any]] = []
         self.finished = False
         """[DONE] (or an upstream error event) was relayed."""
@@ -173,25 +227,35 @@ class StreamRelay:
         self.out_bytes += len(raw)
         self.digest.update(raw)
 
-    def _call_chunk(self, choice: int, b: _Builder) -> bytes:
-        fn = {"name": b.name, "arguments": "".join(b.args)}
-        tc = {"index": b.index, "id": b.id, "type": "function", "function": fn}
-        if self.guard.audit.capture_content:
-            self.emitted_calls.append(tc)
-        chunk = {**self.envelope, "choices": [{"index": choice, "delta": {"tool_calls": [tc]}, "finish_reason": None}]}
-        return _event(json.dumps(chunk).encode())
+    def _capture(self, item: str | dict[str, Any], size: int) -> None:
+        """Keep content for the audit trail when capture is on (bounded like the stream)."""
+        if self.guard.audit.capture_content and self.captured + size <= self.held_limit:
+            self.captured += size
+            if isinstance(item, str):
+                self.content.append(item)
+            else:
+                self.emitted_calls.append(item)
+
+    def _call_chunk(self, choice: int, delta: dict[str, Any]) -> bytes:
+        self._capture(delta, len(json.dumps(delta)))
+        chunk = {
+            **self.envelope,
+            "choices": [{"index": choice, "delta": {"tool_calls": [delta]}, "finish_reason": None}],
+        }
+        return encode(json.dumps(chunk).encode())
 
     def _complete(self, choice: int) -> tuple[bytes, GuardError | None]:
         """Judge and emit every open call of ``choice``."""
         out: list[bytes] = []
         for key in [k for k in self.builders if k[0] == choice]:
             b = self.builders.pop(key)
-            args = "".join(b.args)
-            self._account(args)
-            refusal = judge_calls(self.guard, self.task, [ToolCall(b.name, args, b.id)])
+            call = b.call()
+            self.held -= sum(len(a) for a in b.args)
+            self._account(call.arguments)
+            refusal = judge_calls(self.guard, self.task, [call])
             if refusal is not None:
                 return b"".join(out), refusal
-            out.append(self._call_chunk(choice, b))
+            out.append(self._call_chunk(choice, b.delta(call)))
         return b"".join(out), None
 
     def _complete_all(self) -> tuple[bytes, GuardError | None]:
@@ -203,8 +267,25 @@ class StreamRelay:
                 return b"".join(out), refusal
         return b"".join(out), None
 
-    def feed(self, data: bytes) -> tuple[bytes, GuardError | None]:
+    def _upstream_error(self, error: Any) -> bytes:
+        """End the stream with the upstream's error alone: held calls never reach the agent."""
+        self.builders.clear()
+        self.held = 0
+        self.finished = self.upstream_error = True
+        if not isinstance(error, dict):
+            error = {"message": str(error)[:2000], "type": "server_error", "code": "upstream_stream_error"}
+        return encode(json.dumps({"error": error}).encode())
+
+    def feed(self, event: Event) -> tuple[bytes, GuardError | None]:
         """Process one event; returns bytes for the agent and a refusal that ends the stream."""
+        data = event.data
+        if event.type == b"error":
+            try:
+                parsed = json.loads(data)
+            except (ValueError, RecursionError):
+                parsed = None
+            inner = parsed.get("error") if isinstance(parsed, dict) else None
+            return self._upstream_error(inner or data.decode("utf-8", "replace")), None
         if data.strip() == b"[DONE]":
             out, refusal = self._complete_all()
             if refusal is not None:
@@ -213,13 +294,12 @@ class StreamRelay:
             return out + b"data: [DONE]\n\n", None
         try:
             chunk = json.loads(data)
-        except ValueError:
-            return _event(data), None
+        except (ValueError, RecursionError):
+            return encode(data), None
         if not isinstance(chunk, dict):
-            return _event(data), None
+            return encode(data), None
         if chunk.get("error"):
-            self.finished = self.upstream_error = True
-            return _event(data), None
+            return self._upstream_error(chunk["error"]), None
         modified = False
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
@@ -245,14 +325,13 @@ class StreamRelay:
                     content = delta.get("content")
                     if isinstance(content, str) and content:
                         self._account(content)
-                        if self.guard.audit.capture_content:
-                            self.content.append(content)
+                        self._capture(content, len(content))
                     if delta.get("function_call"):
                         return b"".join(before), legacy_call_refusal()
                     calls = delta.pop("tool_calls", None)
                     if calls is not None:
                         modified = True
-                        for tc in calls if isinstance(calls, list) else ():
+                        for tc in calls if isinstance(calls, list) else (calls,):
                             part, refusal = self._add(idx, tc)
                             before.append(part)
                             if refusal is not None:
@@ -271,12 +350,10 @@ class StreamRelay:
         prefix = b"".join(before)
         if not keep:
             return prefix, None
-        return prefix + _event(json.dumps(chunk).encode() if modified else data), None
+        return prefix + encode(json.dumps(chunk).encode() if modified else data), None
 
     def _add(self, choice: int, tc: Any) -> tuple[bytes, GuardError | None]:
-        if not isinstance(tc, dict):
-            return b"", None
-        index = tc.get("index", 0)
+        index = tc.get("index", 0) if isinstance(tc, dict) else 0
         key = (choice, index if isinstance(index, int) else 0)
         out, refusal = b"", None
         b = self.builders.get(key)
@@ -285,12 +362,12 @@ class StreamRelay:
             if refusal is not None:
                 return out, refusal
             b = self.builders[key] = _Builder(key[1])
-        if tc.get("id"):
-            b.id = str(tc["id"])
-        fn = tc.get("function")
-        if isinstance(fn, dict):
-            if isinstance(fn.get("name"), str):
-                b.name += fn["name"]
-            if isinstance(fn.get("arguments"), str):
-                b.args.append(fn["arguments"])
+        if not isinstance(tc, dict):
+            b.broken = True
+            return out, None
+        self.held += b.add(tc)
+        if self.held > self.held_limit:
+            return out, GuardError(
+                Code.UPSTREAM_UNAVAILABLE, f"upstream tool-call arguments exceed {self.held_limit} bytes", 502
+            )
         return out, None

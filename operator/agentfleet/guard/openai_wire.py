@@ -8,6 +8,7 @@ sit in a response, and how to estimate tokens. The HTTP handlers (``openai_chat`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,10 @@ from agentfleet.guard.budgets import text_tokens
 from agentfleet.guard.errors import Code, GuardError, invalid
 from agentfleet.guard.shapes import History, ToolCall, ToolResult, Turn, Usage
 
+MAX_N = 128
+"""Choices one request may ask for (OpenAI's own bound)."""
+MAX_TOOLS = 128
+"""Tools one request may offer (OpenAI's own bound)."""
 _MESSAGE_OVERHEAD = 4
 _IMAGE_TOKENS = 1500
 
@@ -32,23 +37,30 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def tool_call(tc: Any) -> ToolCall | None:
-    """A ``tool_calls`` entry of a message as a ``ToolCall`` (None if it is not a tool call)."""
+def tool_call(tc: Any) -> ToolCall:
+    """A ``tool_calls`` entry as a ``ToolCall``: ``function`` and ``custom`` calls by name, and
+    anything else as an unknown call, which the gate refuses (never passed on unchecked)."""
     if not isinstance(tc, dict):
-        return None
-    fn = tc.get("function")
-    if not isinstance(fn, dict):
-        return None
-    call_id = tc.get("id")
-    return ToolCall(str(fn.get("name", "")), fn.get("arguments", ""), str(call_id) if call_id is not None else None)
+        return ToolCall("", tc, None, kind=type(tc).__name__, known=False)
+    raw_id = tc.get("id")
+    call_id = str(raw_id) if raw_id is not None else None
+    kind = tc.get("type", "function")
+    for key, arg_key in (("function", "arguments"), ("custom", "input")):
+        part = tc.get(key)
+        if kind == key and isinstance(part, dict) and isinstance(part.get("name"), str) and part["name"]:
+            return ToolCall(part["name"], part.get(arg_key, ""), call_id, kind=key)
+    inner = tc.get(kind) if isinstance(kind, str) else None
+    name = inner.get("name") if isinstance(inner, dict) else None
+    return ToolCall(name if isinstance(name, str) else "", tc, call_id, kind=str(kind), known=False)
 
 
 def message_calls(msg: dict[str, Any]) -> list[ToolCall]:
-    """The tool calls of one assistant message."""
+    """The tool calls of one assistant message (a ``tool_calls`` that is not a list is one
+    unreadable call: refused rather than ignored)."""
     calls = msg.get("tool_calls")
-    if not isinstance(calls, list):
+    if calls is None or calls == []:
         return []
-    return [c for c in (tool_call(tc) for tc in calls) if c is not None]
+    return [tool_call(tc) for tc in calls] if isinstance(calls, list) else [tool_call(calls)]
 
 
 def tool_names_by_call_id(messages: list[Any]) -> dict[str, str]:
@@ -57,7 +69,8 @@ def tool_names_by_call_id(messages: list[Any]) -> dict[str, str]:
     for msg in messages:
         if isinstance(msg, dict) and msg.get("role") == "assistant":
             for call in message_calls(msg):
-                names[str(call.id)] = call.name
+                if call.known:
+                    names[str(call.id)] = call.name
     return names
 
 
@@ -71,11 +84,20 @@ def history(messages: list[Any]) -> History:
         role = msg.get("role")
         if role == "assistant":
             out.iterations += 1
-            out.calls.extend(message_calls(msg))
-        elif role == "tool":
-            call_id = str(msg.get("tool_call_id"))
-            out.results.append(ToolResult(call_id, names.get(call_id, ""), text_of(msg.get("content"))))
+            out.calls.extend(c for c in message_calls(msg) if c.known)
+        elif role in ("tool", "function"):
+            out.results.append(_result(msg, names))
     return out
+
+
+def _result(msg: dict[str, Any], names: dict[str, str]) -> ToolResult:
+    """A tool result message (or a legacy ``function`` one, named by itself) as a ``ToolResult``."""
+    if msg.get("role") == "function":
+        name = msg.get("name")
+        name = name if isinstance(name, str) else ""
+        return ToolResult(f"function:{name}", name, text_of(msg.get("content")))
+    call_id = str(msg.get("tool_call_id", ""))
+    return ToolResult(call_id, names.get(call_id, ""), text_of(msg.get("content")))
 
 
 def new_inputs(messages: list[Any]) -> tuple[list[ToolResult], list[str]]:
@@ -93,11 +115,10 @@ def new_inputs(messages: list[Any]) -> tuple[list[ToolResult], list[str]]:
         if not isinstance(msg, dict):
             continue
         role = msg.get("role")
-        if role == "tool":
+        if role in ("tool", "function"):
             if names is None:
                 names = tool_names_by_call_id(messages)
-            call_id = str(msg.get("tool_call_id", ""))
-            results.append(ToolResult(call_id, names.get(call_id, ""), text_of(msg.get("content"))))
+            results.append(_result(msg, names))
         elif role == "user":
             users.append(text_of(msg.get("content")))
     return results, users
@@ -129,16 +150,23 @@ def forced_tool_name(choice: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def chat_turn(payload: dict[str, Any], task_id: str | None) -> Turn:
+def chat_turn(
+    payload: dict[str, Any], task_id: str | None, *, max_messages: int = 10_000, max_tools: int = MAX_TOOLS
+) -> Turn:
     """The neutral view of a chat completion request (400 for what the guard cannot check)."""
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages must be a non-empty list")
+    if len(messages) > max_messages:
+        raise invalid(f"a request may carry at most {max_messages} messages, this one has {len(messages)}")
     if "functions" in payload or "function_call" in payload:
         raise invalid("the legacy functions/function_call parameters are not supported by the guard; use tools")
     tools = payload.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise invalid("tools must be a list")
+    if tools is not None and len(tools) > max_tools:
+        raise invalid(f"a request may offer at most {max_tools} tools, this one offers {len(tools)}")
+    check_sampling(payload)
     results, users = new_inputs(messages)
     return Turn(
         task_id=task_id,
@@ -197,12 +225,9 @@ def estimate_prompt_tokens(messages: Iterable[Any], tools: Any = None) -> int:
         if not isinstance(msg, dict):
             continue
         total += _MESSAGE_OVERHEAD + _content_tokens(msg.get("content"))
-        calls = msg.get("tool_calls")
-        if isinstance(calls, list):
-            for call in calls:
-                fn = call.get("function") if isinstance(call, dict) else None
-                if isinstance(fn, dict):
-                    total += 4 + text_tokens(str(fn.get("name", ""))) + text_tokens(str(fn.get("arguments", "")))
+        if msg.get("tool_calls"):
+            for call in message_calls(msg):
+                total += 4 + text_tokens(call.name) + text_tokens(str(call.arguments))
     if tools:
         total += text_tokens(repr(tools))
     return total
@@ -225,15 +250,30 @@ def estimate_embedding_tokens(inputs: Any) -> int:
     return 1
 
 
-def completion_cap(payload: dict[str, Any], default: int) -> int:
-    """Completion tokens a chat request may produce: its own cap times ``n``, else ``default``."""
-    cap = payload.get("max_completion_tokens")
-    if not isinstance(cap, int) or cap <= 0:
-        cap = payload.get("max_tokens")
-    if not isinstance(cap, int) or cap <= 0:
-        cap = default
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sampling(payload: dict[str, Any]) -> None:
+    """The fields that size a completion must be what the reservation can count (400 otherwise):
+    ``n`` from 1 to ``MAX_N``, token caps positive integers."""
     n = payload.get("n")
-    return cap * (n if isinstance(n, int) and 1 <= n <= 128 else 1)
+    if n is not None and not (_is_int(n) and 1 <= n <= MAX_N):
+        raise invalid(f"n must be an integer from 1 to {MAX_N}, got {json.dumps(n)[:40]}")
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(key)
+        if value is not None and not (_is_int(value) and value > 0):
+            raise invalid(f"{key} must be a positive integer, got {json.dumps(value)[:40]}")
+
+
+def completion_cap(payload: dict[str, Any], default: int) -> int:
+    """Completion tokens a chat request may produce: its cap (the larger of ``max_tokens`` and
+    ``max_completion_tokens``: upstreams differ in which they honour) times ``n``, ``default``
+    when it sets none."""
+    check_sampling(payload)
+    caps = [v for v in (payload.get("max_completion_tokens"), payload.get("max_tokens")) if v is not None]
+    n = payload.get("n")
+    return (max(caps) if caps else default) * (n if n is not None else 1)
 
 
 # ------------------------------------------------------------------------------ the response

@@ -142,6 +142,10 @@ class TaskTable:
         self._tasks[task_id] = task
         return task, True
 
+    def peek(self, task_id: str) -> Task | None:
+        """The task named ``task_id`` if it exists (not created, not touched)."""
+        return self._tasks.get(task_id)
+
     def _evict(self, now: float) -> None:
         tasks = self._tasks
         # Idle expiry from the LRU end, then the size bound; tasks in flight are skipped.

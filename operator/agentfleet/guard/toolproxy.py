@@ -18,6 +18,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from agentfleet.api.types import InjectionMode
 from agentfleet.guard import core
 from agentfleet.guard.config import TASK_HEADER, TOOL_CALL_ID_HEADER
 from agentfleet.guard.core import ToolLog
@@ -26,7 +27,15 @@ from agentfleet.guard.httpio import error_response, read_body
 from agentfleet.guard.state import Guard
 from agentfleet.guard.upstream import ResponseTooLarge, read_limited
 
-_TEXT_TYPES = ("application/json", "text/", "application/xml", "application/x-ndjson")
+_MEDIA_TYPES = ("image/", "audio/", "video/")
+"""Results the injection heuristics cannot read; every other type (JSON variants, YAML, octet
+streams, a missing or made-up type) is decoded and checked as text."""
+_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+"""Content encodings the client decodes, so the guard checks what the agent will read."""
+
+
+class UnreadableResult(Exception):
+    """A tool answer the guard cannot decode, so cannot check."""
 
 
 async def tool_call(guard: Guard, request: web.Request) -> web.StreamResponse:
@@ -40,24 +49,36 @@ async def tool_call(guard: Guard, request: web.Request) -> web.StreamResponse:
             task = core.open_tool_call(guard, log, request.headers.get(TASK_HEADER), body.decode("utf-8", "replace"))
             assert info.endpoint is not None
             url = info.endpoint + (f"?{request.query_string}" if request.query_string else "")
-            headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+            headers = {
+                "Content-Type": request.headers.get("Content-Type", "application/json"),
+                "Accept-Encoding": "gzip, deflate",
+            }
             deadline = guard.limits.call_deadline
             try:
                 async with asyncio.timeout(deadline):
                     async with guard.upstream.session.request(request.method, url, data=body, headers=headers) as resp:
                         log.status = resp.status
                         content_type = resp.content_type
+                        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+                        if encoding not in _ENCODINGS:
+                            raise UnreadableResult(f"unsupported content encoding {encoding[:40]!r}")
                         log.result = await read_limited(resp, guard.tuning.max_response_bytes)
             except TimeoutError:
                 raise core.tool_failure(
                     guard, task, name, f"tool {name!r} did not answer within {deadline:g}s", "timeout"
                 ) from None
-            except (aiohttp.ClientError, OSError, ResponseTooLarge) as exc:
+            except (aiohttp.ClientError, OSError, ResponseTooLarge, UnreadableResult) as exc:
                 raise core.tool_failure(
                     guard, task, name, f"tool {name!r} failed: {type(exc).__name__}: {exc}", type(exc).__name__
                 ) from None
-            text = log.result.decode("utf-8", "replace") if content_type.startswith(_TEXT_TYPES) else ""
-            core.tool_answer(guard, task, name, log.status, text)
+            text = "" if content_type.startswith(_MEDIA_TYPES) else log.result.decode("utf-8", "replace")
+            scans = {}
+            if text and guard.cfg.guard.injection is not InjectionMode.OFF:
+                try:
+                    scans[text] = await core.scan_text(guard, text, f"the result of tool {name!r}")
+                except GuardError as exc:
+                    raise core.tool_failure(guard, task, name, exc.message, "result_too_large") from None
+            core.tool_answer(guard, task, name, log.status, text, scans)
             log.outcome = "ok" if log.status < 400 else "error"
             return web.Response(status=log.status, body=log.result, content_type=content_type)
     except GuardError as err:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from agentfleet.guard.breaker import CircuitBreaker
 from agentfleet.guard.config import Tuning
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.metrics import GuardMetrics
+from agentfleet.guard.sse import Event, SSEError, SSEParser
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 T = TypeVar("T")
@@ -60,28 +62,22 @@ class Reply:
 
 
 class SSEReader:
-    """Reads ``data:`` payloads of server-sent events from a response body."""
+    """Reads the events of a server-sent-event response body (``sse`` parses them per the spec)."""
 
-    def __init__(self, content: aiohttp.StreamReader, max_line: int) -> None:
+    def __init__(self, content: aiohttp.StreamReader, max_event: int) -> None:
         self._content = content
-        self._max_line = max_line
+        self._parser = SSEParser(max_event)
+        self._ready: deque[Event] = deque()
 
-    async def next(self) -> bytes | None:
-        """The next event's data (multi-line data joined by newlines), or None at the end."""
-        parts: list[bytes] = []
-        while True:
-            line = await self._content.readline(max_line_length=self._max_line)
-            if not line:
-                return None  # EOF; a partial event without its blank line is incomplete, drop it
-            line = line.rstrip(b"\r\n")
-            if not line:
-                if parts:
-                    return parts[0] if len(parts) == 1 else b"\n".join(parts)
-                continue
-            if line.startswith(b"data:"):
-                data = line[5:]
-                parts.append(data[1:] if data.startswith(b" ") else data)
-            # event:, id:, retry: and comments carry nothing the guard needs
+    async def next(self) -> Event | None:
+        """The next event, or None at the end (an event left without its blank line is dropped)."""
+        while not self._ready:
+            self._parser.check()
+            chunk = await self._content.readany()
+            if not chunk:
+                return None
+            self._ready.extend(self._parser.feed(chunk))
+        return self._ready.popleft()
 
 
 @dataclass(slots=True)
@@ -90,7 +86,7 @@ class StreamStart:
 
     response: aiohttp.ClientResponse | None
     reader: SSEReader | None
-    first: bytes | None
+    first: Event | None
     reply: Reply | None
     attempts: int = 1
 
@@ -143,6 +139,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "timeout", "read timeout"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "truncated", "response body truncated"
+    if isinstance(exc, SSEError):
+        return "invalid_response", str(exc)
     return "reset", f"connection failed: {type(exc).__name__}: {exc}"
 
 
