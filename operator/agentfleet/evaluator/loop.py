@@ -207,7 +207,7 @@ class Evaluator:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # this agent's write or action failed; the others go on
-                    await self._act_failed(agent, exc)
+                    await self._act_failed(agent, exc, verdict)
 
         # Actions first: a suspension must not queue behind a fleet's worth of status-only writes.
         verdicts.sort(key=lambda v: v.act is None and not v.resume_budget)
@@ -220,10 +220,17 @@ class Evaluator:
         metrics.AGENT_ERRORS.labels("judge").inc()
         log.error("judging %s/%s failed: %s: %s", agent.namespace, agent.name, type(exc).__name__, exc, exc_info=exc)
 
-    async def _act_failed(self, agent: AgentView, exc: Exception) -> None:
-        """Count and log it; tell the agent once per distinct error (it is retried next cycle)."""
+    async def _act_failed(self, agent: AgentView, exc: Exception, verdict: Verdict) -> None:
+        """Count and log it; tell the agent once per distinct error (it is retried next cycle).
+
+        The Event is a separate object, so it reaches the agent's owner even when the agent
+        itself cannot be written (an object stored before a schema bound fails every write); it
+        carries what the status would have said."""
         metrics.AGENT_ERRORS.labels("act").inc()
-        message = f"the evaluator could not act on this agent: {type(exc).__name__}: {exc}"[:1024]
+        message = f"the evaluator could not act on this agent: {type(exc).__name__}: {exc}"
+        if verdict.metrics_available is not None and not verdict.metrics_available[0]:
+            message += f"; {verdict.metrics_reason}: {verdict.metrics_available[1]}"
+        message = message[:1024]
         log.warning("%s/%s: %s", agent.namespace, agent.name, message)
         if self._reported.get(agent.key) == message:
             return
