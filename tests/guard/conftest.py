@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,14 @@ import aiohttp
 import openai
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
-from agentfleet.guard.app import application
-from agentfleet.guard.config import Tuning, build_config
+from agentfleet.guard.app import Server
+from agentfleet.guard.config import Tuning, build_config, listeners
 from agentfleet.guard.state import Guard
 from hack.harness.fake_llm import FakeLLM
 from tests.guard.scripted import ScriptedUpstream
 
+ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "sk-upstream-secret-never-shown-to-agents"
 AGENT_KEY = "sk-agent-placeholder"
 FAST = Tuning(
@@ -59,6 +61,7 @@ def base_config(endpoint: str, audit_file: Path) -> dict[str, Any]:
             "latency": {"per_call_deadline": "5s"},
         },
         "audit": {"stdout": False, "file": str(audit_file)},
+        "metrics_host": "127.0.0.1",
     }
 
 
@@ -68,7 +71,7 @@ class Harness:
 
     guard: Guard
     url: str
-    runner: web.AppRunner
+    server: Server
     audit_file: Path
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
@@ -114,7 +117,11 @@ class Harness:
     async def close(self) -> None:
         for c in self.clients:
             await c.close()
-        await self.runner.cleanup()
+        await self.server.stop()
+
+    @property
+    def metrics_url(self) -> str:
+        return self.server.metrics_url
 
 
 async def wait_for(check: Callable[[], Any], within: float = 10.0, what: str = "condition") -> Any:
@@ -171,11 +178,9 @@ async def make_guard(fake: FakeLLM, tmp_path: Path) -> AsyncIterator[MakeGuard]:
         audit_file = tmp_path / f"audit-{len(made)}.jsonl"
         cfg = build_config(None, merge(base_config(fake.url, audit_file), overrides))
         guard = Guard(cfg, tuning, api_key=api_key)
-        runner = web.AppRunner(application(guard), access_log=None, shutdown_timeout=tuning.drain_timeout)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
-        await site.start()
-        harness = Harness(guard, f"http://127.0.0.1:{runner.addresses[0][1]}", runner, audit_file)
+        server = Server(guard, listeners(cfg, api_port=0, metrics_port=0))
+        await server.start()
+        harness = Harness(guard, server.api_url, server, audit_file)
         made.append(harness)
         return harness
 
@@ -199,3 +204,36 @@ def tools() -> list[dict[str, Any]]:
         }
 
     return [tool("search"), tool("lookup"), tool("shell")]
+
+
+def start(cmd: list[str], ready: str, log: Path, stream: str = "stdout") -> tuple[subprocess.Popen[bytes], str]:
+    """Start a process and return it with the first output line containing ``ready``."""
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE if stream == "stdout" else out,
+        stderr=subprocess.PIPE if stream == "stderr" else out,
+        cwd=ROOT,
+    )
+    pipe = proc.stdout if stream == "stdout" else proc.stderr
+    assert pipe is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = pipe.readline().decode()
+        out.write(line.encode())
+        if ready in line:
+            return proc, line
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"{cmd[:3]} did not become ready: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def fake_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fake LLM as its own process (as the demo and the benchmark run it); its base URL."""
+    log = tmp_path_factory.mktemp("fake") / "fake.log"
+    proc, line = start([sys.executable, "hack/harness/fake_llm.py", "--port", "0"], "listening on", log)
+    yield line.rsplit(" ", 1)[1].strip()
+    proc.terminate()
+    proc.wait(timeout=10)

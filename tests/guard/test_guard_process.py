@@ -10,9 +10,8 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,36 +24,12 @@ import yaml
 
 from agentfleet.api.guardconfig import AuditSink, GuardConfig
 from agentfleet.api.types import Budgets, LatencyBudget, ModelSpec, Pricing, ToolSpec
-from tests.guard.conftest import AGENT_KEY, UPSTREAM_KEY
+from tests.guard.conftest import AGENT_KEY, ROOT, UPSTREAM_KEY, start
 from tests.guard.test_guard_metrics import promtool_check
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 AGENTFLEET = str(ROOT / ".venv" / "bin" / "agentfleet")
-
-
-def start(cmd: list[str], ready: str, log: Path, stream: str = "stdout") -> tuple[subprocess.Popen[bytes], str]:
-    """Start a process and return it with the first output line containing ``ready``."""
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE if stream == "stdout" else out,
-        stderr=subprocess.PIPE if stream == "stderr" else out,
-        cwd=ROOT,
-    )
-    pipe = proc.stdout if stream == "stdout" else proc.stderr
-    assert pipe is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = pipe.readline().decode()
-        out.write(line.encode())
-        if ready in line:
-            return proc, line
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(f"{cmd[:3]} did not become ready: {log.read_text()[-2000:]}")
 
 
 @dataclass
@@ -67,15 +42,6 @@ class Proc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def fake_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("fake") / "fake.log"
-    proc, line = start([sys.executable, "hack/harness/fake_llm.py", "--port", "0"], "listening on", log)
-    yield line.rsplit(" ", 1)[1].strip()
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def write_config(tmp: Path, fake_url: str, **budgets: Any) -> Path:

@@ -52,8 +52,15 @@ class GuardConfig(Model):
     guard: GuardSettings = GuardSettings()
     """Loop threshold, injection mode, content capture."""
     listen_host: str = "127.0.0.1"
-    """Address to listen on (in a pod: 0.0.0.0 so Prometheus can scrape /metrics)."""
+    """Address of the OpenAI-compatible API and /tools. Only the agent in the same pod may use
+    them, so the guard refuses anything but a loopback address."""
     listen_port: int = Field(default=4000, ge=1, le=65535)
-    """Port for the OpenAI-compatible API, /tools, /metrics and health endpoints."""
+    """Port of the OpenAI-compatible API and /tools (on loopback it also answers /healthz,
+    /readyz and /metrics)."""
+    metrics_host: str = "0.0.0.0"
+    """Address of the second listener: /metrics, /healthz, /readyz and /audit/head only, for
+    Prometheus, the kubelet's probes and the operator (never the LLM API or tools)."""
+    metrics_port: int = Field(default=9090, ge=1, le=65535)
+    """Port of the metrics/health listener (must differ from listen_port)."""
     audit: AuditSink = AuditSink()
     """Audit trail sinks."""

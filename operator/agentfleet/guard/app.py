@@ -4,12 +4,18 @@ This module only wires: the shared state lives in ``state``, the checks in ``cor
 protocol's HTTP handling in its adapter (``openai_chat``, ``openai_stream``, ``toolproxy``).
 Nothing imports this module but the CLI, so the package has no import cycle.
 
-One port serves everything (the pod spec stays simple and Prometheus scrapes the same port):
-the OpenAI-compatible API, ``/tools/NAME``, ``/metrics``, ``/healthz`` and ``/readyz``.
+Two listeners, so that nothing outside the pod can spend the agent's budget or call its tools:
 
-Shutdown on SIGTERM drains: readiness turns 503, the listener closes, and requests in flight
-(streams included) get up to ``drain_timeout`` to finish before the process exits; then the
-audit trail is flushed.
+- the API listener, on loopback only (``config.listeners`` refuses any other address): the
+  OpenAI-compatible API and ``/tools/NAME`` for the agent in the same pod, plus ``/healthz``,
+  ``/readyz`` and ``/metrics`` for local use;
+- the metrics listener (``metricsHost:metricsPort``, by default ``0.0.0.0:9090``): ``/metrics``
+  for Prometheus, ``/healthz`` and ``/readyz`` for the kubelet's probes and ``/audit/head`` (the
+  audit chain's head, for the operator to publish as an anchor); no LLM API, no tools.
+
+Shutdown on SIGTERM drains: readiness turns 503, the API listener closes, and requests in flight
+(streams included) get up to ``drain_timeout`` to finish; then the metrics listener closes and
+the audit trail is flushed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from agentfleet.guard import openai_chat, toolproxy
+from agentfleet.guard.config import Listeners
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.httpio import error_response
 from agentfleet.guard.state import Guard, log
@@ -88,8 +95,30 @@ async def _metrics(guard: Guard, request: web.Request) -> web.StreamResponse:
     )
 
 
-def application(guard: Guard) -> web.Application:
-    """The aiohttp application (startup opens the upstream pool and the audit writer)."""
+async def _audit_head(guard: Guard, request: web.Request) -> web.StreamResponse:
+    head = guard.audit.head
+    identity = {"namespace": guard.cfg.namespace, "agent": guard.cfg.agent, "revision": guard.cfg.revision}
+    if head is None:
+        return web.json_response({**identity, "seq": None, "hash": None, "anchor": None})
+    return web.json_response({**identity, "seq": head[0], "hash": head[1], "anchor": f"{head[0]}:{head[1]}"})
+
+
+def _ops_routes(guard: Guard, app: web.Application) -> None:
+    app.router.add_get("/metrics", _route(guard, _metrics))
+    app.router.add_get("/healthz", _route(guard, _healthz))
+    app.router.add_get("/readyz", _route(guard, _readyz))
+
+
+def metrics_application(guard: Guard) -> web.Application:
+    """The metrics listener's application: metrics, health and the audit head, nothing else."""
+    app = web.Application(client_max_size=64 * 1024, middlewares=[_json_errors])
+    _ops_routes(guard, app)
+    app.router.add_get("/audit/head", _route(guard, _audit_head))
+    return app
+
+
+def api_application(guard: Guard) -> web.Application:
+    """The API listener's application (loopback only): the LLM API and tools."""
     app = web.Application(client_max_size=guard.tuning.max_request_bytes, middlewares=[_json_errors])
     chat, emb, tool, models = (
         _route(guard, openai_chat.chat_completions),
@@ -103,37 +132,95 @@ def application(guard: Guard) -> web.Application:
         app.router.add_get(f"{prefix}/models", models)
         app.router.add_get(f"{prefix}/models/{{model}}", models)
     app.router.add_route("*", "/tools/{name}", tool)
-    app.router.add_get("/metrics", _route(guard, _metrics))
-    app.router.add_get("/healthz", _route(guard, _healthz))
-    app.router.add_get("/readyz", _route(guard, _readyz))
-
-    async def startup(app: web.Application) -> None:
-        await guard.start()
-
-    async def cleanup(app: web.Application) -> None:
-        await guard.stop()
-
-    app.on_startup.append(startup)
-    app.on_cleanup.append(cleanup)
+    _ops_routes(guard, app)
     return app
 
 
-async def serve(guard: Guard, host: str, port: int, *, stop: asyncio.Event | None = None) -> None:
+MAX_LINE = 8190
+"""Longest request line or header field (aiohttp refuses longer ones with a plain 400 before any
+guard code runs)."""
+MAX_HEADERS = 128
+"""Most header fields in one request (likewise)."""
+
+
+class Server:
+    """Both listeners of one guard; ``start`` binds them, ``stop`` drains and flushes."""
+
+    def __init__(self, guard: Guard, where: Listeners) -> None:
+        self.guard = guard
+        self.where = where
+        self._api = web.AppRunner(
+            api_application(guard),
+            access_log=None,
+            shutdown_timeout=guard.tuning.drain_timeout,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_LINE,
+            max_headers=MAX_HEADERS,
+        )
+        self._metrics = web.AppRunner(
+            metrics_application(guard),
+            access_log=None,
+            shutdown_timeout=5,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_LINE,
+            max_headers=MAX_HEADERS,
+        )
+        self.api_port = 0
+        self.metrics_port = 0
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_url_host(self.where.api_host)}:{self.api_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        host = "127.0.0.1" if self.where.metrics_host in ("0.0.0.0", "::", "") else self.where.metrics_host
+        return f"http://{_url_host(host)}:{self.metrics_port}"
+
+    async def start(self) -> None:
+        """Open the upstream pool and the audit writer, then bind both listeners."""
+        await self.guard.start()
+        try:
+            await self._api.setup()
+            await web.TCPSite(self._api, self.where.api_host, self.where.api_port, backlog=2048).start()
+            self.api_port = self._api.addresses[0][1]
+            await self._metrics.setup()
+            await web.TCPSite(self._metrics, self.where.metrics_host, self.where.metrics_port).start()
+            self.metrics_port = self._metrics.addresses[0][1]
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop taking API connections, drain, close the metrics listener, flush the audit trail."""
+        self.guard.draining = True
+        try:
+            await self._api.cleanup()
+            await self._metrics.cleanup()
+        finally:
+            await self.guard.stop()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(guard: Guard, where: Listeners, *, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``), then drain in-flight requests and exit."""
-    runner = web.AppRunner(application(guard), access_log=None, shutdown_timeout=guard.tuning.drain_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
+    server = Server(guard, where)
+    await server.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log(
         "listening",
-        host=host,
-        port=bound,
-        url=f"http://{host}:{bound}",
+        host=where.api_host,
+        port=server.api_port,
+        url=server.api_url,
+        metrics_host=where.metrics_host,
+        metrics_port=server.metrics_port,
+        metrics_url=server.metrics_url,
         agent=guard.cfg.agent,
         revision=guard.cfg.revision,
         upstream=guard.upstream.base_url,
@@ -141,9 +228,8 @@ async def serve(guard: Guard, host: str, port: int, *, stop: asyncio.Event | Non
     try:
         await stop.wait()
     finally:
-        guard.draining = True
         log("draining", inflight=guard.inflight, timeout=guard.tuning.drain_timeout)
-        await runner.cleanup()
+        await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log("stopped")

@@ -2,8 +2,10 @@
 
 In a pod the operator passes ``--config /etc/agentfleet/guard.yaml`` and nothing else. For local
 runs every field that matters has a flag, so ``agentfleet guard --upstream URL --port 4000``
-works without a file; flags override the file. ``--port 0`` picks a free port and reports it in
-the ``listening`` log line (stderr, JSON), which is how tests and benchmarks find the guard.
+works without a file; flags override the file. ``--port 0`` picks free ports (for the API and,
+unless ``--metrics-port`` is given, the metrics listener) and reports them in the ``listening``
+log line (stderr, JSON: ``port``/``url`` for the API, ``metrics_port``/``metrics_url``), which is
+how tests and benchmarks find the guard.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
-from agentfleet.guard.config import ConfigError, Tuning, build_config, parse_duration, read_api_key, read_config_file
+from agentfleet.guard.config import (
+    ConfigError,
+    Tuning,
+    build_config,
+    listeners,
+    parse_duration,
+    read_api_key,
+    read_config_file,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="model name sent upstream (default: gpt-4o-mini)")
     g.add_argument("--provider", choices=["openai", "azure-openai", "anthropic", "vllm", "openai-compatible"])
     g.add_argument("--api-key-file", metavar="FILE", help="file holding the upstream API key")
-    g.add_argument("--host", help="listen address (default 127.0.0.1)")
-    g.add_argument("--port", type=int, help="listen port (0: pick a free one)")
+    g.add_argument("--host", help="address of the LLM API and /tools: loopback only (default 127.0.0.1)")
+    g.add_argument("--port", type=int, help="port of the LLM API and /tools (0: pick free ports for both listeners)")
+    g.add_argument("--metrics-host", help="address of /metrics, /healthz, /readyz, /audit/head (default 0.0.0.0)")
+    g.add_argument("--metrics-port", type=int, help="port of the metrics listener (default 9090; 0: pick a free one)")
     g.add_argument("--price-input", metavar="USD", help="dollars per million input tokens")
     g.add_argument("--price-output", metavar="USD", help="dollars per million output tokens")
     b = p.add_argument_group("budgets")
@@ -94,6 +106,10 @@ def _overrides(a: argparse.Namespace, has_file: bool) -> dict[str, Any]:
         del o["model"]
     if a.host is not None:
         o["listen_host"] = a.host
+    if a.metrics_host is not None:
+        o["metrics_host"] = a.metrics_host
+    if a.metrics_port:
+        o["metrics_port"] = a.metrics_port
     if a.port:
         o["listen_port"] = a.port
     pricing = {
@@ -182,6 +198,9 @@ def main(argv: list[str]) -> int:
             raise ConfigError("either --config FILE or --upstream URL is required")
         cfg = build_config(file_data, _overrides(args, file_data is not None))
         tuning = _tuning(args)
+        # --port 0 is a local run: both listeners on free ports unless --metrics-port says otherwise.
+        metrics_port = args.metrics_port if args.metrics_port is not None else 0 if args.port == 0 else None
+        where = listeners(cfg, api_port=args.port, metrics_port=metrics_port)
         api_key = read_api_key(cfg.api_key_file)
     except ConfigError as exc:
         print(f"agentfleet guard: {exc}", file=sys.stderr)
@@ -193,13 +212,14 @@ def main(argv: list[str]) -> int:
     from agentfleet.guard.app import serve
     from agentfleet.guard.state import Guard
 
-    host = cfg.listen_host
-    port = args.port if args.port is not None else cfg.listen_port
-
     try:
-        _run(serve(Guard(cfg, tuning, api_key=api_key), host, port))
+        _run(serve(Guard(cfg, tuning, api_key=api_key), where))
     except OSError as exc:
-        print(f"agentfleet guard: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"agentfleet guard: cannot listen on {where.api_host}:{where.api_port} and "
+            f"{where.metrics_host}:{where.metrics_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

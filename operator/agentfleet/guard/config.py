@@ -11,6 +11,7 @@ CRD does not grow fields that nobody should need to change.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,6 +146,46 @@ class Limits:
     def cost(self, tokens_in: int, tokens_out: int) -> Decimal:
         """Dollars for a number of input and output tokens at the effective price."""
         return self.price_in * tokens_in + self.price_out * tokens_out
+
+
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    """Where the guard listens: the API (loopback only) and the metrics/health port."""
+
+    api_host: str
+    api_port: int
+    metrics_host: str
+    metrics_port: int
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def listeners(cfg: GuardConfig, *, api_port: int | None = None, metrics_port: int | None = None) -> Listeners:
+    """The two listeners, checked: the LLM API and /tools are for the agent in the same pod
+    only, so their address must be loopback (there is no way to serve them on another one by
+    accident); the metrics port is separate and serves no API. Ports 0 pick free ports."""
+    out = Listeners(
+        cfg.listen_host,
+        cfg.listen_port if api_port is None else api_port,
+        cfg.metrics_host,
+        cfg.metrics_port if metrics_port is None else metrics_port,
+    )
+    if not is_loopback(out.api_host):
+        raise ConfigError(
+            f"listenHost {out.api_host!r} is not a loopback address: the LLM API and /tools are served to the "
+            "agent in the same pod only (127.0.0.1); Prometheus and probes use metricsHost:metricsPort"
+        )
+    if out.api_port and out.api_port == out.metrics_port:
+        raise ConfigError(f"metricsPort {out.metrics_port} must differ from listenPort {out.api_port}")
+    return out
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
