@@ -77,6 +77,9 @@ class Evaluator:
         self.namespace_labels = namespace_labels
         self.memory = Memory()
         self._specs: dict[str, tuple[int, Reading]] = {}
+        self._queries: dict[str, tuple[Any, dict[str, RuleQuery | str]]] = {}
+        """Per uid: what its queries were resolved from (generation, revision, the platform's
+        queries) and the result; resolved again only when one of those changed."""
         self._reported: dict[tuple[str, str], str] = {}  # last action error Event per agent
         self._cycles = 0
 
@@ -113,6 +116,7 @@ class Evaluator:
                 out.append(view)
         for uid in set(self._specs) - seen:
             del self._specs[uid]
+            self._queries.pop(uid, None)
         return out
 
     def _view(
@@ -138,14 +142,20 @@ class Evaluator:
         if namespace not in platform:
             platform[namespace] = self._platform(namespace)
         revision = status.get("currentRevision") or ""
-        queries: dict[str, RuleQuery | str] = {}
-        for rule in reading.spec.guardrails or []:
-            try:
-                queries[rule.name] = resolve(
-                    rule, namespace, name, revision, self.settings.rate_window, platform[namespace]
-                )
-            except Exception as exc:  # the rule's own problem, reported on it
-                queries[rule.name] = f"its query could not be built: {type(exc).__name__}: {exc}"
+        basis = (generation, revision, platform[namespace])
+        known = self._queries.get(uid)
+        if known is not None and known[0] == basis:
+            queries = known[1]
+        else:
+            queries = {}
+            for rule in reading.spec.guardrails or []:
+                try:
+                    queries[rule.name] = resolve(
+                        rule, namespace, name, revision, self.settings.rate_window, platform[namespace]
+                    )
+                except Exception as exc:  # the rule's own problem, reported on it
+                    queries[rule.name] = f"its query could not be built: {type(exc).__name__}: {exc}"
+            self._queries[uid] = (basis, queries)
         return AgentView(
             namespace,
             name,

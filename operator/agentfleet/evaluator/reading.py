@@ -37,6 +37,10 @@ def read_spec(raw: Any) -> Reading:
     """The spec with unreadable rules and analysis durations dropped, and what was dropped."""
     if not isinstance(raw, dict):
         return unreadable(raw, ["spec is not an object"])
+    try:  # the common case, without a copy
+        return Reading(AgentDeploymentSpec.model_validate(raw))
+    except ValidationError:
+        pass
     data = copy.deepcopy(raw)
     problems: list[str] = []
     hold = False
