@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from hack.harness.kube import Cluster, Kube, Prometheus, install_crds, poll
-from hack.harness.processes import OperatorProcess
+from hack.harness.processes import DEV_PLATFORM, OperatorProcess
 from tests.support.session import EVALUATION_INTERVAL
 
 
@@ -84,6 +84,7 @@ def operator(
             f"--evaluation-interval={EVALUATION_INTERVAL}",
             "--rate-window=30s",
             f"--audit-file={logs / 'audit.jsonl'}",
+            f"--platform={DEV_PLATFORM}",
         ],
     )
     op.start()

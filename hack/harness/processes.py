@@ -33,6 +33,8 @@ from typing import Any
 from hack.harness.kube import PYTHON, ROOT, VENV, free_port, http_ok, poll
 
 FAKE_LLM = Path(__file__).resolve().parent / "fake_llm.py"
+DEV_PLATFORM = Path(__file__).resolve().parent / "dev-platform.yaml"
+"""The --platform file of the tests' and the demo's operator (a development cluster's defaults)."""
 TEST_GUARD_IMAGE = "ghcr.io/agentfleet/agentfleet:test"
 """The guard image the operator writes into pods (KWOK runs none of them)."""
 

@@ -59,6 +59,16 @@ def test_an_uncovered_namespace_gets_the_default_policy_not_nothing() -> None:
     assert messages(agent(), []) == []  # a public endpoint and nothing else is fine
 
 
+def test_a_covering_policy_that_sets_nothing_about_secrets_leaves_the_default_in_force() -> None:
+    kill_switch = policy(suspendAll=True)
+    out = messages(agent(apiKey="llm-key"), [kill_switch])
+    assert out == [
+        "default (for what no covering AgentPolicy sets): AgentPolicy default (for what no covering AgentPolicy "
+        "sets): Secrets not in allowedSecrets: llm-key"
+    ]
+    assert messages(agent(apiKey="llm-key"), [policy(allowedSecrets=["llm-key"])]) == []
+
+
 def test_a_platform_default_can_allow_more() -> None:
     platform = Platform(default_policy=AgentPolicySpec.model_validate({"allowedSecrets": ["llm-*"]}))
     assert messages(agent(apiKey="llm-key"), [], platform) == []
@@ -143,8 +153,10 @@ def test_egress_into_a_forbidden_range_is_refused_and_wide_egress_has_it_cut_out
         for m in messages(meta, [policy()])
     )
     wide = agent(permissions={"egress": [{"cidr": "0.0.0.0/0", "ports": [443]}]})
-    assert messages(wide, [policy()]) == []
-    allowances = network_allowances(wide, [policy()], CLUSTER)
+    assert any("not within allowedEgress" in m for m in messages(wide, [policy()]))  # the default: no egress
+    open_egress = policy(allowedEgress=["0.0.0.0/0"])
+    assert messages(wide, [open_egress]) == []
+    allowances = network_allowances(wide, [open_egress], CLUSTER)
     objects = render(wide, RenderSettings(), excluded_cidrs=allowances.excluded).objects
     netpol = next(o for o in objects if o["kind"] == "NetworkPolicy")
     blocks = [to["ipBlock"] for rule in netpol["spec"]["egress"] for to in rule.get("to", []) if "ipBlock" in to]

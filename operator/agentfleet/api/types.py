@@ -708,7 +708,8 @@ class AgentPolicySpec(Model):
     allowed_tools: list[ToolName] | None = Field(default=None, max_length=1024)
     """Tool names agents may declare."""
     allowed_egress: list[Cidr] | None = Field(default=None, max_length=256)
-    """CIDRs agents' egress rules must fall within."""
+    """CIDRs agents' egress rules must fall within. Unset in every covering policy: the default
+    policy decides (built in: no extra egress)."""
     allowed_kubernetes_rules: list[KubernetesRule] | None = Field(default=None, max_length=256)
     """Every rule an agent asks for must be covered by one of these (groups, resources and verbs
     each a subset). Unset: agents may not have Kubernetes permissions at all."""
@@ -720,12 +721,15 @@ class AgentPolicySpec(Model):
     """Fleet kill switch: suspends every covered agent within one evaluation interval."""
     allowed_secrets: list[NamePattern] | None = Field(default=None, max_length=256)
     """Secrets agents may reference (model API key, env, permissions.secrets): names, or prefixes
-    ending in "*". Unset: agents may not reference any Secret."""
+    ending in "*". Unset in every covering policy: the platform's default policy decides (the
+    chart's defaultPolicy; built in: none)."""
     allowed_config_maps: list[NamePattern] | None = Field(default=None, max_length=256)
-    """ConfigMaps agents may reference (systemPrompt.configMapKeyRef). Unset: none."""
+    """ConfigMaps agents may reference (systemPrompt.configMapKeyRef). Unset in every covering
+    policy: the platform's default policy decides (built in: none)."""
     allowed_endpoints: list[EndpointRule] | None = Field(default=None, max_length=256)
-    """Model and tool endpoints agents may use. Unset: any public hostname or address; loopback,
-    link-local, metadata and the cluster's pod and service ranges only where a rule names them."""
+    """Model and tool endpoints agents may use. Unset in every covering policy: the default
+    policy's rules, or any public hostname or address. Loopback, link-local, metadata and the
+    cluster's pod and service ranges are reachable only where a rule names them."""
     custom_queries: list[CustomQuery] | None = Field(default=None, max_length=256, json_schema_extra=_map_list("name"))
     """PromQL queries covered agents' guardrails may use by name (queryRef)."""
 

@@ -107,9 +107,9 @@ _CONFIG_MAPS = (
 
 
 def _allowed(patterns: str) -> str:
-    """CEL: whether ``s`` is listed in ``patterns`` (names, "prefix*", "*"); unset lists nothing."""
+    """CEL: whether ``s`` is listed in ``patterns`` (names, "prefix*", "*")."""
     prefix = "(a.endsWith('*') && s.startsWith(a.substring(0, size(a) - 1)))"
-    return f"(has({patterns}) && {patterns}.exists(a, a == s || {prefix}))"
+    return f"{patterns}.exists(a, a == s || {prefix})"
 
 
 def _validation(expression: str, message_expression: str, message: str) -> Doc:
@@ -164,12 +164,14 @@ def validations() -> list[Doc]:
             "violates an AgentPolicy: a required guardrail is missing",
         ),
         _validation(
+            f"!has(params.spec.allowedSecrets) ||\n"
             f"size({_SECRETS}.filter(s, !{_allowed('params.spec.allowedSecrets')})) == 0",
             "'Secrets not in allowedSecrets: ' +\n"
             f"{_SECRETS}.filter(s, !{_allowed('params.spec.allowedSecrets')}).join(', ')",
             "violates an AgentPolicy: Secret not in allowedSecrets",
         ),
         _validation(
+            f"!has(params.spec.allowedConfigMaps) ||\n"
             f"size({_CONFIG_MAPS}.filter(s, !{_allowed('params.spec.allowedConfigMaps')})) == 0",
             "'ConfigMaps not in allowedConfigMaps: ' +\n"
             f"{_CONFIG_MAPS}.filter(s, !{_allowed('params.spec.allowedConfigMaps')}).join(', ')",

@@ -53,9 +53,16 @@ PLATFORM = "platform"
 DEFAULT_POLICY_NAME = "default"
 """The name the default policy's violations carry: "AgentPolicy default (no AgentPolicy covers ...)"."""
 
-BUILTIN_DEFAULT = AgentPolicySpec(allowed_egress=[])
+BUILTIN_DEFAULT = AgentPolicySpec(allowed_egress=[], allowed_secrets=[], allowed_config_maps=[])
 """No Kubernetes permissions (allowedKubernetesRules unset), no Secrets, no ConfigMaps, no extra
 egress, public endpoints only."""
+
+DEFAULTED_FIELDS = ("allowed_secrets", "allowed_config_maps", "allowed_egress", "allowed_endpoints")
+"""Where no covering policy sets one of these, the default policy's value holds: a policy written
+for another purpose (a kill switch, budget ceilings) never opens what the platform denies by
+default. (allowedKubernetesRules needs no such rule: unset, a policy already allows nothing.)"""
+
+_NEUTRAL_RULES = [KubernetesRule(api_groups=["*"], resources=["*"], verbs=["*"])]
 
 
 @dataclass(frozen=True)
@@ -142,11 +149,24 @@ def _forbidden_host(host: str) -> bool:
 
 
 def effective(agent: AgentDeployment, covering: Sequence[AgentPolicy], platform: Platform) -> list[AgentPolicy]:
-    """The policies that judge the agent: the covering ones, or else the default policy."""
-    if covering:
+    """The policies that judge the agent: the default policy where none covers it; else the
+    covering ones, plus the default policy's values for what none of them sets."""
+    default = platform.default_policy
+    if not covering:
+        name = f"{DEFAULT_POLICY_NAME} (no AgentPolicy covers namespace {agent.metadata.namespace})"
+        return [AgentPolicy.model_validate({"metadata": {"name": name}, "spec": default.wire()})]
+    residual = {
+        f: getattr(default, f)
+        for f in DEFAULTED_FIELDS
+        if getattr(default, f) is not None and all(getattr(p.spec, f) is None for p in covering)
+    }
+    if not residual:
         return list(covering)
-    name = f"{DEFAULT_POLICY_NAME} (no AgentPolicy covers namespace {agent.metadata.namespace})"
-    return [AgentPolicy.model_validate({"metadata": {"name": name}, "spec": platform.default_policy.wire()})]
+    spec = AgentPolicySpec.model_validate(
+        {**AgentPolicySpec(**residual).wire(), "allowedKubernetesRules": [r.wire() for r in _NEUTRAL_RULES]}
+    )
+    name = f"{DEFAULT_POLICY_NAME} (for what no covering AgentPolicy sets)"
+    return [*covering, AgentPolicy.model_validate({"metadata": {"name": name}, "spec": spec.wire()})]
 
 
 def platform_violations(agent: AgentDeployment, policies: Sequence[AgentPolicy], platform: Platform) -> list[Violation]:

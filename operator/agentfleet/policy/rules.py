@@ -153,12 +153,14 @@ def check(agent: AgentDeployment, policy: AgentPolicy) -> list[Violation]:
     missing = [_required(r) for r in pspec.required_guardrails or () if not _has_guardrail(agent, r)]
     if missing:
         found.append(("requiredGuardrails", "guardrails missing requiredGuardrails: " + ", ".join(missing)))
-    bad = [s for s in secrets_of(agent) if not name_allowed(s, pspec.allowed_secrets)]
-    if bad:
-        found.append(("allowedSecrets", "Secrets not in allowedSecrets: " + ", ".join(bad)))
-    bad = [c for c in config_maps_of(agent) if not name_allowed(c, pspec.allowed_config_maps)]
-    if bad:
-        found.append(("allowedConfigMaps", "ConfigMaps not in allowedConfigMaps: " + ", ".join(bad)))
+    if pspec.allowed_secrets is not None:
+        bad = [s for s in secrets_of(agent) if not name_allowed(s, pspec.allowed_secrets)]
+        if bad:
+            found.append(("allowedSecrets", "Secrets not in allowedSecrets: " + ", ".join(bad)))
+    if pspec.allowed_config_maps is not None:
+        bad = [c for c in config_maps_of(agent) if not name_allowed(c, pspec.allowed_config_maps)]
+        if bad:
+            found.append(("allowedConfigMaps", "ConfigMaps not in allowedConfigMaps: " + ", ".join(bad)))
     return [Violation(name, rule, f"AgentPolicy {name}: {message}") for rule, message in found]
 
 
@@ -177,9 +179,9 @@ def config_maps_of(agent: AgentDeployment) -> list[str]:
     return [prompt.config_map_key_ref.name] if prompt and prompt.config_map_key_ref else []
 
 
-def name_allowed(name: str, allowed: Sequence[str] | None) -> bool:
-    """Whether ``allowed`` (names, "prefix*" patterns, or "*") lists ``name``; unset allows none."""
-    return any(a == name or (a.endswith("*") and name.startswith(a[:-1])) for a in allowed or ())
+def name_allowed(name: str, allowed: Sequence[str]) -> bool:
+    """Whether ``allowed`` (names, "prefix*" patterns, or "*") lists ``name``."""
+    return any(a == name or (a.endswith("*") and name.startswith(a[:-1])) for a in allowed)
 
 
 _COMPARE: dict[Kind, Callable[[str], Decimal]] = {
