@@ -51,6 +51,17 @@ def agent(
     return body
 
 
+def agent_policy(name: str, **spec: Any) -> dict[str, Any]:
+    """An AgentPolicy (cluster-scoped) with ``spec``."""
+    return {"apiVersion": "agentfleet.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": name}, "spec": spec}
+
+
+def objects_of(kube: Kube, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The objects of ``kind`` labelled as the agent's (pods, controllerrevisions, ...)."""
+    items: list[dict[str, Any]] = kube.get_json(kind, "-n", namespace, "-l", f"agentfleet.dev/agent={name}")["items"]
+    return items
+
+
 def status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return dict(kube.get_json("agd", name, "-n", namespace).get("status") or {})
 

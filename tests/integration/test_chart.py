@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hack.harness.agents import agent, condition, phase_is, status
+from hack.harness.agents import agent, agent_policy, condition, objects_of, phase_is, status
 from hack.harness.agents import wait_reconciled as reconciled
 from hack.harness.kube import ROOT, VERSIONS, Cluster, Kube, free_port, poll
 from hack.harness.processes import OperatorProcess
@@ -542,12 +542,7 @@ def test_chart_admission_policy_rejects_agents_over_a_ceiling(installed: Private
     vap = kube.get_json("validatingadmissionpolicy", "agentfleet-agentpolicy")
     assert vap["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
     ns = installed.namespace("admission")
-    policy = {
-        "apiVersion": "agentfleet.dev/v1alpha1",
-        "kind": "AgentPolicy",
-        "metadata": {"name": f"cap-{ns}"},
-        "spec": {"namespaces": [ns], "ceilings": {"tokensPerHour": 5000}},
-    }
+    policy = agent_policy(f"cap-{ns}", namespaces=[ns], ceilings={"tokensPerHour": 5000})
     kube.apply(policy)
     try:
         over = agent("greedy-tokens", ns)
@@ -701,7 +696,7 @@ def test_operator_as_chart_service_account_reconciles_suspends_and_resumes(
     assert condition(st, "Suspended")["reason"] == "ManualSuspend"
     assert kube.get_json("deployment", "alpha", "-n", ns)["spec"]["replicas"] == 0
     poll(
-        lambda: not kube.get_json("pods", "-n", ns, "-l", "agentfleet.dev/agent=alpha")["items"],
+        lambda: not objects_of(kube, "pods", ns, "alpha"),
         timeout=60,
         what="the agent's pods to go away",
     )
@@ -759,12 +754,7 @@ def test_operator_as_chart_service_account_prunes_withdraws_and_enforces_policy(
         what="the Role and RoleBinding to be withdrawn",
     )
 
-    policy = {
-        "apiVersion": "agentfleet.dev/v1alpha1",
-        "kind": "AgentPolicy",
-        "metadata": {"name": f"tight-{ns}"},
-        "spec": {"namespaces": [ns], "ceilings": {"tokensPerHour": 5000}},
-    }
+    policy = agent_policy(f"tight-{ns}", namespaces=[ns], ceilings={"tokensPerHour": 5000})
     kube.apply(policy)
     try:
         st = poll(lambda: phase_is(kube, ns, "beta", "PolicyViolation"), timeout=60, what="PolicyViolation")

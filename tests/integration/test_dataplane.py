@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hack.harness.agents import BIG_BUDGETS, agent, wait_reconciled
+from hack.harness.agents import BIG_BUDGETS, agent, objects_of, wait_reconciled
 from hack.harness.dataplane.agent import HEALTHY, behaviour_from_prompt, directive
 from hack.harness.dataplane.simulator import local_config, runnable_pod, target_document
 from hack.harness.kube import Kube, Prometheus, poll
@@ -67,7 +67,7 @@ def test_guards_follow_pods_and_prometheus_sees_them(
     # One real guard per Running pod, each registered with Prometheus under the pod's labels.
     workers = poll(lambda: dataplane.running("worker", 2, rev), timeout=60, what="2 worker guards")
     poll(lambda: dataplane.running("looper", 1, loop_rev), timeout=60, what="1 looper guard")
-    listed = kube.get_json("pods", "-n", ns, "-l", "agentfleet.dev/agent=worker")["items"]
+    listed = objects_of(kube, "pods", ns, "worker")
     pods = {p["metadata"]["name"] for p in listed}
     assert {k.split("/", 1)[1] for k in workers} == pods
     for key, pod in workers.items():

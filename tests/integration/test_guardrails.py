@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hack.harness.agents import BIG_BUDGETS, agent, condition, status, wait_reconciled
+from hack.harness.agents import BIG_BUDGETS, agent, condition, phase_is, status, wait_reconciled
 from hack.harness.kube import Cluster, Kube, Prometheus, poll
 from hack.harness.processes import DataplaneProcess, OperatorProcess
 from tests.support.session import EVALUATION_INTERVAL
@@ -151,7 +151,7 @@ def test_bad_prompt_rollout_is_rolled_back_to_the_exact_stable_revision(
         what="the bad revision to roll out",
     )
     st = poll(
-        lambda: (s := status(kube, ns, "support")).get("phase") == "RolledBack" and s,
+        lambda: phase_is(kube, ns, "support", "RolledBack"),
         timeout=90,
         what="the automatic rollback",
     )
@@ -199,7 +199,7 @@ def test_expensive_agent_exceeds_its_budget_and_is_suspended(
     )
     kube.apply(body)
     st = poll(
-        lambda: (s := status(kube, ns, "spender")).get("phase") == "Suspended" and s,
+        lambda: phase_is(kube, ns, "spender", "Suspended"),
         timeout=120,
         what="the budget suspension",
     )
@@ -233,7 +233,7 @@ def test_prometheus_down_holds_or_fails_closed_and_recovers(
     os.kill(_prometheus_pid(), signal.SIGTERM)
     try:
         st = poll(
-            lambda: (s := status(kube, ns, "closed")).get("phase") == "Suspended" and s,
+            lambda: phase_is(kube, ns, "closed", "Suspended"),
             timeout=60,
             what="fail-closed suspension",
         )

@@ -18,7 +18,7 @@ import yaml
 
 from agentfleet.api.guardconfig import AuditSink
 from agentfleet.audit import AuditLog
-from hack.harness.agents import agent, condition, status, wait_reconciled
+from hack.harness.agents import agent, condition, objects_of, phase_is, status, wait_reconciled
 from hack.harness.kube import ROOT, Kube, poll
 from hack.harness.processes import OperatorProcess
 
@@ -94,7 +94,7 @@ def wait_breach(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
 
 
 def revision_hashes(kube: Kube, namespace: str, name: str) -> dict[int, str]:
-    items = kube.get_json("controllerrevisions", "-n", namespace, "-l", f"agentfleet.dev/agent={name}")["items"]
+    items = objects_of(kube, "controllerrevisions", namespace, name)
     return {r["revision"]: r["metadata"]["labels"]["agentfleet.dev/revision"] for r in items}
 
 
@@ -187,7 +187,7 @@ def test_suspend_resume_round_trip_and_resume_clears_an_automatic_suspension(
     )
     assert kube.get_json("agd", "manual", "-n", namespace)["spec"]["suspended"] is True
     st = poll(
-        lambda: (s := status(kube, namespace, "manual")).get("phase") == "Suspended" and s,
+        lambda: phase_is(kube, namespace, "manual", "Suspended"),
         timeout=30,
         what="phase Suspended",
     )
@@ -218,7 +218,7 @@ def test_suspend_resume_round_trip_and_resume_clears_an_automatic_suspension(
         == f"agentdeployment.agentfleet.dev/auto resumed (was suspended: {reason})"
     )
     st = poll(
-        lambda: (s := status(kube, namespace, "auto")).get("phase") == "Running" and s,
+        lambda: phase_is(kube, namespace, "auto", "Running"),
         timeout=60,
         what="the automatic suspension to be lifted",
     )
@@ -279,7 +279,7 @@ def test_history_and_rollback(operator: OperatorProcess, kube: Kube, namespace: 
         lambda: (
             {
                 p["metadata"]["labels"]["agentfleet.dev/revision"]
-                for p in kube.get_json("pods", "-n", namespace, "-l", "agentfleet.dev/agent=gamma")["items"]
+                for p in objects_of(kube, "pods", namespace, "gamma")
                 if not p["metadata"].get("deletionTimestamp")
             }
             == {first}
@@ -479,7 +479,7 @@ def test_audit_reads_the_guard_container_logs(operator: OperatorProcess, kube: K
     must say so per pod, name the guard container it asked for, and exit non-zero."""
     kube.apply(agent("logged", namespace, replicas=1))
     wait_reconciled(kube, namespace, "logged")
-    pod = kube.get_json("pods", "-n", namespace, "-l", "agentfleet.dev/agent=logged")["items"][0]["metadata"]["name"]
+    pod = objects_of(kube, "pods", namespace, "logged")[0]["metadata"]["name"]
     res = plugin(kube, "audit", "logged", "-n", namespace)
     assert res.returncode == 1, res
     assert res.stdout.splitlines()[1].split()[:2] == [f"pod/{pod}", "0"]
@@ -488,7 +488,7 @@ def test_audit_reads_the_guard_container_logs(operator: OperatorProcess, kube: K
 
     ok(plugin(kube, "suspend", "logged", "-n", namespace))
     poll(
-        lambda: not kube.get_json("pods", "-n", namespace, "-l", "agentfleet.dev/agent=logged")["items"],
+        lambda: not objects_of(kube, "pods", namespace, "logged"),
         timeout=60,
         what="the pods to go away",
     )

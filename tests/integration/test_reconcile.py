@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hack.harness.agents import agent, condition, status, wait_reconciled
+from hack.harness.agents import agent, agent_policy, condition, objects_of, phase_is, status, wait_reconciled
 from hack.harness.kube import ROOT, Kube, poll
 from hack.harness.processes import OperatorProcess
 
@@ -62,7 +62,7 @@ def test_create_renders_every_child_and_pods_run(operator: OperatorProcess, kube
     assert not [m for m in pod_spec["containers"][0].get("volumeMounts", []) if m["name"] in key_volumes]
     assert [m for m in guard["volumeMounts"] if m["name"] in key_volumes]
 
-    pods = kube.get_json("pods", "-n", namespace, "-l", "agentfleet.dev/agent=alpha")["items"]
+    pods = objects_of(kube, "pods", namespace, "alpha")
     assert len(pods) == 2
     for pod in pods:
         assert pod["status"]["phase"] == "Running"
@@ -86,7 +86,7 @@ def test_update_makes_a_new_revision_and_rolls_pods(operator: OperatorProcess, k
         timeout=60,
         what="a new revision",
     )
-    revisions = kube.get_json("controllerrevisions", "-n", namespace, "-l", "agentfleet.dev/agent=beta")["items"]
+    revisions = objects_of(kube, "controllerrevisions", namespace, "beta")
     assert sorted((r["revision"], r["metadata"]["labels"]["agentfleet.dev/revision"]) for r in revisions) == [
         (1, first),
         (2, second),
@@ -95,7 +95,7 @@ def test_update_makes_a_new_revision_and_rolls_pods(operator: OperatorProcess, k
         lambda: (
             {
                 p["metadata"]["labels"]["agentfleet.dev/revision"]
-                for p in kube.get_json("pods", "-n", namespace, "-l", "agentfleet.dev/agent=beta")["items"]
+                for p in objects_of(kube, "pods", namespace, "beta")
                 if not p["metadata"].get("deletionTimestamp")
             }
             == {second}
@@ -165,14 +165,14 @@ def test_suspend_and_resume(operator: OperatorProcess, kube: Kube, namespace: st
     wait_reconciled(kube, namespace, "delta")
     kube.kubectl("patch", "agd", "delta", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspended":true}}')
     st = poll(
-        lambda: (s := status(kube, namespace, "delta")).get("phase") == "Suspended" and s,
+        lambda: phase_is(kube, namespace, "delta", "Suspended"),
         timeout=30,
         what="phase Suspended",
     )
     assert condition(st, "Suspended")["reason"] == "ManualSuspend"
     assert kube.get_json("deployment", "delta", "-n", namespace)["spec"]["replicas"] == 0
     poll(
-        lambda: not kube.get_json("pods", "-n", namespace, "-l", "agentfleet.dev/agent=delta")["items"],
+        lambda: not objects_of(kube, "pods", namespace, "delta"),
         timeout=30,
         what="pods to go away",
     )
@@ -191,7 +191,7 @@ def test_delete_garbage_collects_children(operator: OperatorProcess, kube: Kube,
     poll(
         lambda: (
             not any(
-                kube.get_json(kind, "-n", namespace, "-l", "agentfleet.dev/agent=epsilon")["items"]
+                objects_of(kube, kind, namespace, "epsilon")
                 for kind in (
                     "deployments",
                     "configmaps",
@@ -244,17 +244,10 @@ def test_policy_tightened_after_creation_is_enforced_at_reconcile(
     kube.apply(agent("eta", namespace))
     wait_reconciled(kube, namespace, "eta")
     name = f"cap-{namespace}"[:63]
-    kube.apply(
-        {
-            "apiVersion": "agentfleet.dev/v1alpha1",
-            "kind": "AgentPolicy",
-            "metadata": {"name": name},
-            "spec": {"namespaces": [namespace], "ceilings": {"tokensPerHour": 5000}},
-        }
-    )
+    kube.apply(agent_policy(name, namespaces=[namespace], ceilings={"tokensPerHour": 5000}))
     try:
         st = poll(
-            lambda: (s := status(kube, namespace, "eta")).get("phase") == "PolicyViolation" and s,
+            lambda: phase_is(kube, namespace, "eta", "PolicyViolation"),
             timeout=60,
             what="PolicyViolation at reconcile",
         )
@@ -281,17 +274,10 @@ def test_fleet_kill_switch_suspends_and_lifting_it_resumes(
     kube.apply(agent("theta", namespace))
     wait_reconciled(kube, namespace, "theta")
     name = f"kill-{namespace}"[:63]
-    kube.apply(
-        {
-            "apiVersion": "agentfleet.dev/v1alpha1",
-            "kind": "AgentPolicy",
-            "metadata": {"name": name},
-            "spec": {"namespaces": [namespace], "suspendAll": True},
-        }
-    )
+    kube.apply(agent_policy(name, namespaces=[namespace], suspendAll=True))
     try:
         st = poll(
-            lambda: (s := status(kube, namespace, "theta")).get("phase") == "Suspended" and s,
+            lambda: phase_is(kube, namespace, "theta", "Suspended"),
             timeout=60,
             what="the kill switch",
         )
