@@ -29,7 +29,7 @@ LAYERS = {
         "breaker",
         "metrics",
     },
-    "transport": {"sse", "upstream"},
+    "transport": {"sse", "upstream", "classifier"},
     "state": {"state"},
     "core": {"core"},
     "adapters": {"httpio", "openai_wire", "openai_chat", "openai_stream", "toolproxy"},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field
 
-from agentfleet.api.types import Budgets, GuardSettings, Model, ModelSpec, Pricing, ToolSpec
+from agentfleet.api.types import Budgets, Duration, GuardSettings, Model, ModelSpec, Pricing, ToolSpec
 
 
 class AuditSink(Model):
@@ -22,6 +22,23 @@ class AuditSink(Model):
     """Rotate the file when it grows past this size."""
     backups: int = Field(default=3, ge=0, le=100)
     """Rotated files to keep."""
+
+
+class InjectionClassifier(Model):
+    """An HTTP prompt-injection classifier the guard asks about every tool result it scans, in
+    addition to its own heuristics (a text is suspicious when either says so).
+
+    The guard POSTs ``{"text", "source", "tool"}`` as JSON and expects ``{"injection": bool}``
+    (an optional ``"score"`` number is recorded in the audit trail)."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=512)
+    """Endpoint of the classifier (the pod's egress must allow it)."""
+    timeout: Duration = "2s"
+    """Longest wait for one answer."""
+    fail_open: bool = False
+    """When the classifier cannot answer (timeout, error, an answer without ``injection``):
+    true lets the heuristics decide alone; false (the default) treats the text as suspicious,
+    so ``Block`` refuses it and ``Flag`` flags it."""
 
 
 class GuardConfig(Model):
@@ -64,3 +81,5 @@ class GuardConfig(Model):
     """Port of the metrics/health listener (must differ from listen_port)."""
     audit: AuditSink = AuditSink()
     """Audit trail sinks."""
+    injection_classifier: InjectionClassifier | None = None
+    """An HTTP classifier consulted besides the built-in heuristics (unset: heuristics only)."""

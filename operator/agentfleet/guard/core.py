@@ -24,7 +24,7 @@ from agentfleet.api.types import InjectionMode
 from agentfleet.guard.budgets import Reservation
 from agentfleet.guard.config import TASK_HEADER, ToolInfo
 from agentfleet.guard.errors import Code, GuardError, invalid
-from agentfleet.guard.injection import Verdict, scan, signals, steps, verdict
+from agentfleet.guard.injection import CLASSIFIER, CLASSIFIER_UNAVAILABLE, Verdict, scan, signals, steps, verdict
 from agentfleet.guard.loops import error_signature, tool_error_text
 from agentfleet.guard.shapes import ToolCall, ToolResult, Turn, Usage
 from agentfleet.guard.state import Guard
@@ -282,15 +282,29 @@ def _scannable(g: Guard, text: str, source: str) -> None:
         )
 
 
-async def scan_text(g: Guard, text: str, source: str) -> Verdict:
+async def scan_text(g: Guard, text: str, source: str, tool: str | None = None) -> Verdict:
     """Scan one text, giving the event loop a turn between windows (a long text never stalls
-    other requests)."""
+    other requests), and ask the classifier if one is configured."""
     _scannable(g, text, source)
     found: set[str] = set()
     for i, (window, raw) in enumerate(steps(text)):
         if i:
             await asyncio.sleep(0)
         found |= signals(window, raw=raw)
+    if g.classifier is not None and text:
+        answer = await g.classifier.classify(text, source, tool)
+        if answer.injection:
+            found.add(CLASSIFIER)
+        elif answer.injection is None:
+            g.audit.record(
+                "classifier_error",
+                decision="allow" if g.classifier.fail_open else "flag",
+                reason=answer.error,
+                source=source,
+                tool=tool,
+            )
+            if not g.classifier.fail_open:
+                found.add(CLASSIFIER_UNAVAILABLE)
     return verdict(found)
 
 
@@ -302,7 +316,7 @@ async def scan_turn(g: Guard, turn: Turn) -> Scans:
     task = g.tasks.peek(turn.task_id) if turn.task_id else None
     for result in turn.new_results:
         if result.text not in scans and not (task is not None and task.saw_result(result.call_id)):
-            scans[result.text] = await scan_text(g, result.text, "tool result")
+            scans[result.text] = await scan_text(g, result.text, "tool result", result.tool or None)
     if g.tuning.scan_user_content:
         for text in turn.user_texts:
             if text not in scans:

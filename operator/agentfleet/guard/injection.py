@@ -28,8 +28,78 @@ _PATTERNS: tuple[tuple[str, int, re.Pattern[str]], ...] = (
         3,
         re.compile(
             r"\b(ignore|disregard|forget|override|bypass)\b[^.\n]{0,40}?\b(previous|prior|above|earlier|preceding|"
-            r"all|any|your|system|original)\b[^.\n]{0,25}?\b(instructions?|prompts?|rules|directives|guidelines|"
-            r"guardrails|constraints)\b",
+            r"all|any|your|system|original)\b[^.\n]{0,25}?\b(\w{0,2}ns?t?r?u?c?t?\w*ctions?|instr\w*|prompts?|rules|"
+            r"directives|guidelines|guardrails|constraints)\b"
+            # "ignore the above." / "disregard everything above and ...": the object left out
+            r"|\b(ignore|disregard|forget)\s+(all\s+|everything\s+)?(of\s+)?(the\s+|that\s+)?(above|before|prior|previous)"
+            r"(\s+text|\s+content)?(?=\s*([.,;:!]|and\b|then\b|$))",
+            _I,
+        ),
+    ),
+    (
+        # A system message where only data belongs: "###(system_message)", "[SYSTEM]", a line
+        # "system: ...", an HTML comment addressed to the assistant, a closing tag that pretends
+        # the untrusted part is over.
+        "fake_system_message",
+        3,
+        re.compile(
+            r"#{2,}\s*\(?\s*system[ _-]?(message|prompt|note)?\s*\)?|\(system[ _-]message\)"
+            r"|\[\s*(system|admin|developer)\s*(message|note|override)?\s*\]"
+            r"|^\s*(system|developer)\s*(message|prompt)?\s*:\s*\S"
+            r"|<!--\s*(assistant|ai|system|llm|agent|model)\b"
+            r"|</\s*(untrusted|document|data|context|tool[_ -]?(output|result)|search[_ -]?results?)\s*>",
+            _I | re.MULTILINE,
+        ),
+    ),
+    (
+        # The attacker speaks as the user to the model and puts a task before the real one.
+        "task_hijack",
+        3,
+        re.compile(
+            r"\bbefore you (can )?(solve|complete|finish|do|continue|start)\b[^.\n]{0,30}?\btask\b"
+            r"|\b(the )?task (that )?I (gave|assigned|asked) (to )?you\b"
+            r"|\b(new|real|actual|your next|the prior|the previous|the original) task (is|:)"
+            r"|\btask (is|has been) cancell?ed\b"
+            r"|\bfor the rest of (this|the) conversation\b",
+            _I,
+        ),
+    ),
+    (
+        "speaks_to_the_model",
+        2,
+        re.compile(
+            r"\bto you,? (the )?(ai|assistant|language model|gpt[-\w.]*|claude|llm|agent|model)\b"
+            r"|\b(message|note|notice|instructions?) from "
+            r"(me|the (user|developer|admin|administrator|owner|operator))\b"
+            r"|\b(the user|you) (has|have) already (approved|authori[sz]ed|confirmed|agreed)\b"
+            r"|\bearlier you (confirmed|agreed|promised|said you would)\b",
+            _I,
+        ),
+    ),
+    (
+        # Pseudo-XML wrappers that frame data as instructions: <INFORMATION>, <important>, <system>.
+        "instruction_tags",
+        2,
+        re.compile(r"</?\s*(information|important|instructions?|system|admin|secret)\s*>", _I),
+    ),
+    (
+        # "call delete_file with path ..." in data: a tool call the data asks for.
+        "tool_call_lure",
+        2,
+        re.compile(
+            r"\b(now |then |please |first |,\s*)?call\s+[a-z][a-z0-9]*_[a-z0-9_]+\b[^.\n]{0,40}?"
+            r"\b(with|on|url|path|to|input)\b"
+            r"|\bbefore (replying|responding|answering|you (reply|respond|answer))\b[^.\n]{0,20}?"
+            r"\b(call|run|invoke|execute)\b",
+            _I,
+        ),
+    ),
+    (
+        "decode_and_follow",
+        3,
+        re.compile(
+            r"\b(decode|base64[- ]?decode|rot13|reverse|unscramble) (this|the following|it|the text)?\s*(and|then|,)\s*"
+            r"(follow|execute|run|obey|do|act on)\b",
             _I,
         ),
     ),
@@ -104,7 +174,12 @@ _PATTERNS: tuple[tuple[str, int, re.Pattern[str]], ...] = (
 )
 
 
-_WEIGHTS = {name: weight for name, weight, _ in _PATTERNS}
+CLASSIFIER = "classifier"
+"""Signal: the configured classifier says injection (enough alone)."""
+CLASSIFIER_UNAVAILABLE = "classifier_unavailable"
+"""Signal: the classifier could not answer and fails closed (enough alone)."""
+_WEIGHTS = {name: weight for name, weight, _ in _PATTERNS} | {CLASSIFIER: THRESHOLD, CLASSIFIER_UNAVAILABLE: THRESHOLD}
+_ORDER = [name for name, _, _ in _PATTERNS] + [CLASSIFIER, CLASSIFIER_UNAVAILABLE]
 _RAW_ONLY = frozenset({"invisible_tags"})
 """Patterns that look at the text as sent (the normalized views strip what they detect)."""
 
@@ -232,7 +307,7 @@ def verdict(found: set[str]) -> Verdict:
     """The verdict for a set of matched pattern names (in pattern order)."""
     if not found:
         return CLEAN
-    names = tuple(name for name, _, _ in _PATTERNS if name in found)
+    names = tuple(name for name in _ORDER if name in found)
     return Verdict(sum(_WEIGHTS[n] for n in names), names)
 
 

@@ -24,6 +24,7 @@ from agentfleet.api.guardconfig import GuardConfig
 from agentfleet.audit import AuditLog
 from agentfleet.guard.breaker import BreakerState, CircuitBreaker
 from agentfleet.guard.budgets import Ledger
+from agentfleet.guard.classifier import Classifier
 from agentfleet.guard.config import Limits, Tuning
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.metrics import GuardMetrics
@@ -79,6 +80,9 @@ class Guard:
             provider=cfg.model.provider,
         )
         self.gate = ToolGate(self.limits, self._loop_detected)
+        self.classifier = (
+            Classifier(cfg.injection_classifier, lambda: self.upstream.session) if cfg.injection_classifier else None
+        )
         self.inflight = 0
         self.draining = False
         self._audit_dropped_seen = 0

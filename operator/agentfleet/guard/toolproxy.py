@@ -75,7 +75,7 @@ async def tool_call(guard: Guard, request: web.Request) -> web.StreamResponse:
             scans = {}
             if text and guard.cfg.guard.injection is not InjectionMode.OFF:
                 try:
-                    scans[text] = await core.scan_text(guard, text, f"the result of tool {name!r}")
+                    scans[text] = await core.scan_text(guard, text, f"the result of tool {name!r}", name)
                 except GuardError as exc:
                     raise core.tool_failure(guard, task, name, exc.message, "result_too_large") from None
             core.tool_answer(guard, task, name, log.status, text, scans)
