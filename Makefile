@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY    := .venv/bin/python
 export PATH := $(HOME)/.cache/agentfleet/bin/kubernetes-$(shell sed -n 's/^KUBERNETES_VERSION=//p' hack/versions.env):$(HOME)/.cache/agentfleet/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' hack/versions.env):$(PATH)
 
-.PHONY: format help deps build cluster-up cluster-down cluster-status lint typecheck unit integration test demo bench crds generate docs clean
+.PHONY: format help deps build cluster-up cluster-down cluster-status lint typecheck unit integration e2e images test demo bench crds generate docs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -24,7 +24,7 @@ cluster-down: ## stop the local control plane and remove its state
 cluster-status:
 	@hack/cluster status
 
-LINTED := operator tests hack/*.py hack/bench hack/harness hack/cluster hack/demo
+LINTED := operator tests hack/*.py hack/bench hack/harness hack/cluster hack/demo hack/node hack/image hack/images
 
 lint: deps ## ruff check and ruff format --check
 	.venv/bin/ruff check $(LINTED)
@@ -42,7 +42,13 @@ unit: deps ## fast tests of pure logic
 integration: deps build ## tests on the real control plane (started if needed)
 	.venv/bin/pytest -m integration -q
 
-test: deps build lint typecheck ## everything: lint, types, unit and integration tests
+e2e: deps build ## real containers on a real node (hack/cluster up --real-node, private ports and namespace)
+	.venv/bin/pytest -m e2e -q
+
+images: deps ## build the images (project, agent, fake LLM, pause) as one OCI archive, without a registry
+	@hack/image build
+
+test: deps build lint typecheck ## everything: lint, types, unit, integration and e2e tests (tests/e2e runs a real node)
 	.venv/bin/pytest -q
 
 crds: deps ## regenerate crds/, the chart's CRDs, the admission policy and docs/api.md
