@@ -85,9 +85,9 @@ class Tuning:
     """Seconds to let in-flight requests finish after SIGTERM."""
     scan_user_content: bool = False
     """Also run the injection heuristics on user messages (tool results are always scanned)."""
-    injection_scan_bytes: int = 1024 * 1024
-    """Longest text scanned for injection (all of it, in windows); a longer tool result is
-    refused (413) unless injection checks are off."""
+    injection_scan_bytes: int = 512 * 1024
+    """Longest text scanned for injection (all of it, in windows, at about 2-4 s of CPU per MiB
+    in the worst case); a longer tool result is refused (413) unless injection checks are off."""
     audit_queue: int = 100_000
     """Audit records buffered before the writer; beyond it records are dropped and a gap record
     says how many (the chain stays valid)."""

@@ -183,7 +183,7 @@ _ORDER = [name for name, _, _ in _PATTERNS] + [CLASSIFIER, CLASSIFIER_UNAVAILABL
 _RAW_ONLY = frozenset({"invisible_tags"})
 """Patterns that look at the text as sent (the normalized views strip what they detect)."""
 
-WINDOW = 64 * 1024
+WINDOW = 16 * 1024
 """Characters scanned in one step (the event loop gets a turn between steps)."""
 OVERLAP = 1024
 """Characters windows share, more than any pattern spans, so no match falls between two."""
