@@ -203,7 +203,7 @@ def test_agent_gets_an_answer_through_its_guard(
     }
     t0 = time.monotonic()
     kube.apply([policy, secret, agent])
-    pod = wait_pod_ready(kube, NS, "app.kubernetes.io/name=greeter", timeout=180)
+    pod = wait_pod_ready(kube, NS, "agentfleet.dev/agent=greeter", timeout=180)
     real_node.timings["AgentDeployment to agent pod Ready"] = time.monotonic() - t0
     name = pod["metadata"]["name"]
 
