@@ -88,6 +88,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--guard-image", default=RenderSettings.guard_image, help="image of the guard sidecar")
     p.add_argument(
+        "--metrics-from-namespace",
+        action="append",
+        default=None,
+        help="namespace whose pods (Prometheus) may scrape the guards' metrics port (repeatable; default: monitoring)",
+    )
+    p.add_argument(
         "--upstream-cidr",
         action="append",
         default=[],
@@ -145,7 +151,10 @@ def configure(args: argparse.Namespace) -> None:
         memo.kube = await Kube.connect(concurrency=args.api_concurrency)
         memo.ready_mirror = ReadyMirror(memo.kube, delay=args.ready_coalesce)
         upstream = tuple(args.upstream_cidr) or RenderSettings.upstream_cidrs
-        memo.render_settings = RenderSettings(guard_image=args.guard_image, upstream_cidrs=upstream)
+        scrapers = tuple(args.metrics_from_namespace) if args.metrics_from_namespace is not None else ("monitoring",)
+        memo.render_settings = RenderSettings(
+            guard_image=args.guard_image, upstream_cidrs=upstream, metrics_from_namespaces=scrapers
+        )
         memo.platform = read_platform(args.platform)
         memo.evaluator = None
         if args.prometheus_url:

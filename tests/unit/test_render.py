@@ -283,13 +283,16 @@ def test_pod_security_context() -> None:
 
 
 def test_guard_is_a_native_sidecar_with_probes_and_resources() -> None:
-    guard = container(pod(agent(), settings=RenderSettings(guard_image="reg/guard:2", guard_port=4100)), "guard")
+    guard = container(
+        pod(agent(), settings=RenderSettings(guard_image="reg/guard:2", guard_port=4100, metrics_port=9100)), "guard"
+    )
     assert guard["restartPolicy"] == "Always"
     assert guard["image"] == "reg/guard:2"
     assert guard["args"] == ["guard", "--config", "/etc/agentfleet/guard.yaml"]
-    assert guard["ports"] == [{"name": "guard", "containerPort": 4100, "protocol": "TCP"}]
-    assert guard["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "guard"}
-    assert guard["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "guard"}
+    # Only the metrics listener is exposed; probes use it; the LLM API stays on loopback.
+    assert guard["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    assert guard["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert guard["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert guard["startupProbe"]["httpGet"]["path"] == "/healthz"  # the agent starts after it passes
     assert guard["resources"]["requests"] and guard["resources"]["limits"]
 
@@ -435,10 +438,10 @@ def test_deployment() -> None:
 
 
 def test_metrics_service() -> None:
-    svc = by_kind(render(agent(), settings=RenderSettings(guard_port=4100)).objects, "Service")
+    svc = by_kind(render(agent(), settings=RenderSettings(guard_port=4100, metrics_port=9100)).objects, "Service")
     assert svc["spec"]["type"] == "ClusterIP"
     assert svc["spec"]["selector"] == selector("support")
-    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 4100, "targetPort": "guard", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}]
     assert svc["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     assert svc["metadata"]["labels"]["agentfleet.dev/metrics"] == "true"
 
@@ -504,7 +507,7 @@ def test_tool_endpoints_and_egress_allowlist() -> None:
 
 
 def test_dns_sub_agents_and_ingress() -> None:
-    settings_ = RenderSettings(dns_namespace="dns", guard_port=4100)
+    settings_ = RenderSettings(dns_namespace="dns", guard_port=4100, metrics_from_namespaces=("prom", "mon"))
     spec = by_kind(
         render(agent(permissions={"subAgents": ["researcher", "planner"]}), settings=settings_).objects,
         "NetworkPolicy",
@@ -515,20 +518,26 @@ def test_dns_sub_agents_and_ingress() -> None:
         "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}}}],
         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
     }
-    assert spec["egress"][-1] == {
-        "to": [
-            {
-                "podSelector": {
-                    "matchLabels": {"app.kubernetes.io/managed-by": "agentfleet"},
-                    "matchExpressions": [
-                        {"key": "agentfleet.dev/agent", "operator": "In", "values": ["planner", "researcher"]}
-                    ],
+    # Sub-agents get no path to another agent's guard (its API listens on loopback; calls between
+    # agents are not supported yet), and nothing reaches this guard but Prometheus, on metrics.
+    assert "podSelector" not in json.dumps(spec["egress"])
+    assert spec["ingress"] == [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchExpressions": [
+                            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["mon", "prom"]}
+                        ]
+                    }
                 }
-            }
-        ],
-        "ports": [{"protocol": "TCP", "port": 4100}],
-    }
-    assert spec["ingress"] == [{"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 4100}]}]
+            ],
+            "ports": [{"protocol": "TCP", "port": 9090}],
+        }
+    ]
+    assert 4100 not in [p["port"] for rule in spec["ingress"] for p in rule["ports"]]
+    no_scrapers = RenderSettings(metrics_from_namespaces=())
+    assert by_kind(render(agent(), settings=no_scrapers).objects, "NetworkPolicy")["spec"]["ingress"] == []
 
 
 @pytest.mark.parametrize(
@@ -552,7 +561,8 @@ def test_guard_config() -> None:
     rendered = render(with_key(**spec), settings=RenderSettings(guard_port=4100))
     config = rendered.guard_config
     assert (config.namespace, config.agent, config.revision) == ("team-a", "support", rendered.revision)
-    assert (config.listen_host, config.listen_port) == ("0.0.0.0", 4100)
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 4100)
+    assert (config.metrics_host, config.metrics_port) == ("0.0.0.0", 9090)
     assert [t.name for t in config.tools] == ["search", "calc"]
     assert config.allowed_tools == ["search"]
     assert config.budgets.tokens_per_hour == 10000 and config.budgets.cost_per_day == "5.00"

@@ -20,13 +20,21 @@ class RenderSettings:
 
     guard_image: str = "ghcr.io/agentfleet/agentfleet:0.1.0"
     guard_port: int = 4000
+    """The guard's LLM API and tools, on loopback (the agent's OPENAI_BASE_URL)."""
+    metrics_port: int = 9090
+    """The guard's metrics, probes and audit head, the only port reachable from outside the pod."""
+    metrics_from_namespaces: tuple[str, ...] = ("monitoring",)
+    """Namespaces whose pods may reach the metrics port (Prometheus); empty: none."""
     upstream_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     """Egress for hostname upstreams: a NetworkPolicy cannot match hostnames, only CIDRs."""
     dns_namespace: str = "kube-system"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.guard_port <= 65535:
-            raise RenderError(f"guard_port {self.guard_port} is not a TCP port")
+        for name, port in (("guard_port", self.guard_port), ("metrics_port", self.metrics_port)):
+            if not 1 <= port <= 65535:
+                raise RenderError(f"{name} {port} is not a TCP port")
+        if self.guard_port == self.metrics_port:
+            raise RenderError("guard_port and metrics_port must differ")
         if not self.guard_image.strip():
             raise RenderError("guard_image is empty")
 

@@ -37,8 +37,10 @@ def guard_config(
         allowed_tools=list(spec.permissions.tools) if spec.permissions.tools is not None else None,
         budgets=spec.budgets,
         guard=spec.guard,
-        listen_host="0.0.0.0",
+        listen_host="127.0.0.1",  # the LLM API and tools: for the agent in this pod only
         listen_port=settings.guard_port,
+        metrics_host="0.0.0.0",  # metrics, probes and the audit head: for Prometheus and the kubelet
+        metrics_port=settings.metrics_port,
         audit=AuditSink(stdout=True, file=AUDIT_FILE),
     )
 

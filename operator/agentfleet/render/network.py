@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from agentfleet.api import names as api_names
 from agentfleet.api.types import AgentDeploymentSpec
 from agentfleet.render.base import RenderError, RenderSettings
 from agentfleet.render.children import ChildNames, Owner, selector
@@ -120,6 +119,21 @@ def upstream_rules(
     return rules
 
 
+def metrics_ingress(settings: RenderSettings) -> list[dict[str, Any]]:
+    """Only the metrics port, only from the Prometheus namespaces: the LLM API listens on the
+    pod's loopback and has no ingress at all, so no other pod can spend this agent's budget."""
+    if not settings.metrics_from_namespaces:
+        return []
+    peers = {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": sorted(settings.metrics_from_namespaces)}
+            ]
+        }
+    }
+    return [{"from": [peers], "ports": _tcp([settings.metrics_port])}]
+
+
 def network_policy(
     owner: Owner,
     names: ChildNames,
@@ -128,9 +142,9 @@ def network_policy(
     hostname_cidrs: Mapping[str, tuple[str, ...]] | None = None,
     excluded: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Ingress: only the guard port, from any pod in the cluster: Prometheus may run in any
-    namespace, calling agents reach it there too, and the guard's budgets bound what any
-    caller can spend."""
+    """Egress: DNS, the model and tool endpoints (as the policies allow them) and
+    ``permissions.egress``, every block with the forbidden ranges cut out. Ingress: the metrics
+    port from Prometheus only (``metrics_ingress``)."""
     dns = {
         "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.dns_namespace}}}],
         "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
@@ -141,14 +155,6 @@ def network_policy(
         if rule.ports:
             allowed["ports"] = _tcp(rule.ports)
         egress.append(allowed)
-    if spec.permissions.sub_agents:
-        sub_agents = {
-            "matchLabels": {api_names.MANAGED_BY: api_names.MANAGER},
-            "matchExpressions": [
-                {"key": api_names.AGENT, "operator": "In", "values": sorted(set(spec.permissions.sub_agents))}
-            ],
-        }
-        egress.append({"to": [{"podSelector": sub_agents}], "ports": _tcp([settings.guard_port])})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -157,6 +163,6 @@ def network_policy(
             "podSelector": {"matchLabels": selector(owner.name)},
             "policyTypes": ["Egress", "Ingress"],
             "egress": egress,
-            "ingress": [{"from": [{"namespaceSelector": {}}], "ports": _tcp([settings.guard_port])}],
+            "ingress": metrics_ingress(settings),
         },
     }

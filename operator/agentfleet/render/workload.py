@@ -13,7 +13,7 @@ from agentfleet.render.children import ChildNames, Owner, labels, selector
 from agentfleet.render.guard import AUDIT_DIR, CONFIG_DIR, CONFIG_PATH, UPSTREAM_KEY_DIR
 
 NONROOT_ID = 65532
-GUARD_PORT_NAME = "guard"
+METRICS_PORT_NAME = "metrics"
 API_KEY_PLACEHOLDER = "agentfleet-placeholder-the-guard-holds-the-key"
 RESERVED_ENV = frozenset({"OPENAI_BASE_URL", "OPENAI_API_KEY"})
 RESERVED_ENV_PREFIX = "AGENTFLEET_"
@@ -45,7 +45,7 @@ def pod_security() -> dict[str, Any]:
 
 def _http_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": GUARD_PORT_NAME},
+        "httpGet": {"path": path, "port": METRICS_PORT_NAME},
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -127,7 +127,8 @@ def guard_container(spec: AgentDeploymentSpec, settings: RenderSettings) -> dict
         "image": settings.guard_image,
         "args": ["guard", "--config", CONFIG_PATH],
         "restartPolicy": "Always",
-        "ports": [{"name": GUARD_PORT_NAME, "containerPort": settings.guard_port, "protocol": "TCP"}],
+        # Only the metrics listener is a container port: the LLM API listens on loopback.
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": settings.metrics_port, "protocol": "TCP"}],
         "startupProbe": _http_probe("/healthz", period=1, failures=60),
         "readinessProbe": _http_probe("/readyz", period=5, failures=2),
         "livenessProbe": _http_probe("/healthz", period=10, failures=3),
@@ -216,7 +217,7 @@ def deployment(
 def service(owner: Owner, names: ChildNames, settings: RenderSettings) -> dict[str, Any]:
     """Found by Prometheus through the ``agentfleet.dev/metrics`` label or the usual
     ``prometheus.io/*`` annotations."""
-    port = settings.guard_port
+    port = settings.metrics_port
     annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(port),
@@ -229,6 +230,6 @@ def service(owner: Owner, names: ChildNames, settings: RenderSettings) -> dict[s
         "spec": {
             "type": "ClusterIP",
             "selector": selector(owner.name),
-            "ports": [{"name": "metrics", "port": port, "targetPort": GUARD_PORT_NAME, "protocol": "TCP"}],
+            "ports": [{"name": "metrics", "port": port, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"}],
         },
     }
