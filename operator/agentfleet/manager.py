@@ -88,10 +88,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--guard-image", default=RenderSettings.guard_image, help="image of the guard sidecar")
     p.add_argument(
-        "--metrics-from-namespace",
-        action="append",
-        default=None,
-        help="namespace whose pods (Prometheus) may scrape the guards' metrics port (repeatable; default: monitoring)",
+        "--metrics-scrapers",
+        default="monitoring",
+        help="comma-separated namespaces whose pods (Prometheus) may scrape the guards' metrics port; empty: none",
     )
     p.add_argument(
         "--upstream-cidr",
@@ -151,7 +150,7 @@ def configure(args: argparse.Namespace) -> None:
         memo.kube = await Kube.connect(concurrency=args.api_concurrency)
         memo.ready_mirror = ReadyMirror(memo.kube, delay=args.ready_coalesce)
         upstream = tuple(args.upstream_cidr) or RenderSettings.upstream_cidrs
-        scrapers = tuple(args.metrics_from_namespace) if args.metrics_from_namespace is not None else ("monitoring",)
+        scrapers = tuple(n.strip() for n in args.metrics_scrapers.split(",") if n.strip())
         memo.render_settings = RenderSettings(
             guard_image=args.guard_image, upstream_cidrs=upstream, metrics_from_namespaces=scrapers
         )
