@@ -161,11 +161,10 @@ def test_main_prints_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ]
     assert crdgen.main(["--write", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(crdgen.files())
-    assert admission.main(["--write", str(tmp_path / "admission")]) == 0
-    docs = yaml.safe_load_all((tmp_path / "admission" / admission.FILE).read_text())
+    assert generate.main(["--root", str(tmp_path / "repo")]) == 0
+    docs = yaml.safe_load_all((tmp_path / "repo/crds/admission" / admission.FILE).read_text())
     assert [d["kind"] for d in docs] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2
-    assert docgen.main(["--write", str(tmp_path / "api.md")]) == 0
-    assert (tmp_path / "api.md").read_text().startswith("<!-- Generated")
+    assert (tmp_path / "repo" / docgen.PATH).read_text().startswith("<!-- Generated")
 
 
 def test_cli_dispatches_crds(capsys: pytest.CaptureFixture[str]) -> None:

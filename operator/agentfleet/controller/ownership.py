@@ -18,12 +18,11 @@ The memory costs one read per child per agent after a restart, and nothing in st
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from agentfleet.kube.client import Kube, KubeError
+from agentfleet.kube.client import Kube, KubeError, PerClient
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -79,15 +78,8 @@ class OwnedMemory:
         self._items.pop(key, None)
 
 
-_MEMORY: weakref.WeakKeyDictionary[Kube, OwnedMemory] = weakref.WeakKeyDictionary()
-
-
-def owned_memory(kube: Kube) -> OwnedMemory:
-    """The memory of children owned through ``kube``, the client every writer in a process shares."""
-    memory = _MEMORY.get(kube)
-    if memory is None:
-        memory = _MEMORY[kube] = OwnedMemory()
-    return memory
+owned_memory = PerClient(OwnedMemory)
+"""The memory of children owned through a client, shared by every writer in the process."""
 
 
 def _key(obj: dict[str, Any]) -> Key:

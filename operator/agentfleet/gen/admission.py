@@ -6,18 +6,15 @@ message naming the violated ceiling. A second, small policy keeps ``kubectl scal
 subresource) within ``ceilings.maxReplicas``. The rules and messages mirror
 :mod:`agentfleet.policy.rules` exactly; ``tests/integration/test_admission.py`` holds them to it.
 
-``python -m agentfleet.gen.admission --write`` regenerates ``crds/admission/``.
+``agentfleet generate`` regenerates ``crds/admission/`` and the chart's copy.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
 from agentfleet.api.names import GROUP, VERSION
-from agentfleet.gen.crds import dump, write
+from agentfleet.gen.crds import dump
 from agentfleet.policy.rules import CEILINGS, Ceiling
 
 NAME = "agentfleet-agentpolicy"
@@ -270,19 +267,3 @@ HEADER = "# Generated from operator/agentfleet/gen/admission.py by `agentfleet g
 def files() -> dict[str, str]:
     """File name -> content, as committed under ``crds/admission/``."""
     return {FILE: dump(documents(), HEADER)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print the admission manifests, or ``--write [DIR]`` them (default crds/admission)."""
-    parser = argparse.ArgumentParser(prog="python -m agentfleet.gen.admission", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", nargs="?", const="crds/admission", metavar="DIR", help="write files into DIR")
-    args = parser.parse_args(argv)
-    if args.write:
-        write(Path(args.write), files())
-    else:
-        sys.stdout.write(dump(documents(), HEADER))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

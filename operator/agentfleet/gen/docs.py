@@ -2,16 +2,13 @@
 
 One section per named type (pydantic's ``$defs``), so the reference reads like the Kubernetes API
 docs; constraints come from the structural schema the API server enforces, so what the page
-promises is what admission checks. ``python -m agentfleet.gen.docs --write`` regenerates it.
+promises is what admission checks. ``agentfleet generate`` regenerates it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from agentfleet.api.names import API_VERSION
@@ -188,20 +185,3 @@ def render() -> str:
                     lines += ["", "Rules (CEL):", ""] + [f"- {r['message']}: `{r['rule']}`" for r in rules]
                 lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print the reference, or ``--write [FILE]`` it (default docs/api.md)."""
-    parser = argparse.ArgumentParser(prog="python -m agentfleet.gen.docs", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", nargs="?", const=PATH, metavar="FILE", help="write the page to FILE")
-    args = parser.parse_args(argv)
-    if args.write:
-        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(render())
-    else:
-        sys.stdout.write(render())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
@@ -59,6 +61,24 @@ RESOURCES: dict[str, Resource] = {
     names.AGENT_KIND: Resource(names.API_VERSION, names.AGENT_PLURAL),
     names.POLICY_KIND: Resource(names.API_VERSION, names.POLICY_PLURAL, namespaced=False),
 }
+
+
+T = TypeVar("T")
+
+
+class PerClient(Generic[T]):
+    """One ``T`` per Kube client, weakly keyed: a process-wide memory shared by every writer that
+    uses the same client (the reconciler, the Deployment watcher, the evaluator)."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._items: weakref.WeakKeyDictionary[Kube, T] = weakref.WeakKeyDictionary()
+
+    def __call__(self, kube: Kube) -> T:
+        item = self._items.get(kube)
+        if item is None:
+            item = self._items[kube] = self._factory()
+        return item
 
 
 class KubeError(Exception):

@@ -16,14 +16,13 @@ conflict, never a lost update.
 from __future__ import annotations
 
 import copy
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from agentfleet.api import conditions as cond
 from agentfleet.api import names
-from agentfleet.kube.client import Kube, KubeError
+from agentfleet.kube.client import Kube, KubeError, PerClient
 
 Status = dict[str, Any]
 Mutation = Callable[[Status], Status]
@@ -146,15 +145,8 @@ class Written:
         self._items.pop((namespace, name), None)
 
 
-_WRITTEN: weakref.WeakKeyDictionary[Kube, Written] = weakref.WeakKeyDictionary()
-
-
-def written(kube: Kube) -> Written:
-    """The memory of writes made through ``kube``, the client every writer in a process shares."""
-    memory = _WRITTEN.get(kube)
-    if memory is None:
-        memory = _WRITTEN[kube] = Written()
-    return memory
+written = PerClient(Written)
+"""The memory of writes made through a client, shared by every writer in the process."""
 
 
 def freshest_status(kube: Kube, body: dict[str, Any]) -> Status:
