@@ -3,6 +3,7 @@ summaries, audit-log parsing, argument errors. No cluster: the integration suite
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -16,7 +17,16 @@ from agentfleet.api.guardconfig import AuditSink
 from agentfleet.api.types import AgentDeployment
 from agentfleet.audit import AuditLog
 from agentfleet.cli.kubectl import main as kubectl_plugin
-from agentfleet.cli.kubectl.audit import GUARD_CONTAINER, audit_lines, guard_container_of, verify_files, verify_log
+from agentfleet.cli.kubectl.audit import (
+    GUARD_CONTAINER,
+    audit_lines,
+    guard_container_of,
+    guard_restarts,
+    parse_anchors,
+    verify_files,
+    verify_log,
+    verify_runs,
+)
 from agentfleet.cli.kubectl.fleet import (
     AgentStatus,
     Census,
@@ -493,12 +503,77 @@ def test_verify_files_uses_the_guard_verifier(tmp_path: Path) -> None:
     assert not report.ok and "records deleted" in report.message
 
 
+def restarted_guard(path: Path) -> tuple[str, str]:
+    """Two runs of one guard on one audit file: the logs each run wrote to stdout."""
+    identity = {"namespace": "team-a", "agent": "support", "revision": "r"}
+    logs = []
+    for run in range(2):
+        stream = io.StringIO()
+        log = AuditLog(AuditSink(stdout=True, file=str(path)), identity, stream=stream)
+        log.start()
+        for i in range(3):
+            log.record("llm_call", task=f"run{run}-{i}", decision="allow")
+        log.close()
+        logs.append('{"message": "guard listening"}\n' + stream.getvalue())
+    return logs[0], logs[1]
+
+
+def test_a_restarted_guards_runs_verify_as_one_chain(tmp_path: Path) -> None:
+    """The second run's log starts mid-chain (seq 3): alone it is broken unless an anchor in it
+    vouches for it; after the first run's log it is one intact chain."""
+    before, after = restarted_guard(tmp_path / "audit.jsonl")
+    alone = verify_log("pod/p", after)
+    assert not alone.ok and "starts at seq 3" in alone.message
+    joined = verify_runs("pod/p", [("pod/p (previous run)", before), ("pod/p", after)])
+    assert (joined.ok, joined.records) == (True, 6), joined.message
+    head = json.loads(after.splitlines()[-1])
+    (anchor,) = parse_anchors([f"{head['seq']}:{head['hash']}"])
+    anchored = verify_log("pod/p", after, [anchor])
+    assert anchored.ok and "vouched for by the anchor" in anchored.message
+    # A record of the first run edited: named by its run and its line in that run's log.
+    edited = before.replace('"run0-1"', '"run0-X"')
+    broken = verify_runs("pod/p", [("pod/p (previous run)", edited), ("pod/p", after)])
+    assert not broken.ok and broken.message.startswith("pod/p (previous run) line 3 (seq 1)"), broken.message
+    # The first run's log lost (only the second is there) and a forged anchor: both refused.
+    assert not verify_runs("pod/p", [("pod/p (previous run)", ""), ("pod/p", after)]).ok
+    (forged,) = parse_anchors([f"{head['seq']}:{'0' * 64}"])
+    assert not verify_log("pod/p", after, [forged]).ok
+    with pytest.raises(ValueError, match="SEQ:HASH"):
+        parse_anchors(["12:abc"])
+
+
+def test_guard_restarts_reads_the_guard_containers_status() -> None:
+    pod = {
+        "status": {
+            "initContainerStatuses": [{"name": "guard", "restartCount": 2}],
+            "containerStatuses": [{"name": "agent", "restartCount": 5}],
+        }
+    }
+    assert guard_restarts(pod, "guard") == 2
+    assert guard_restarts(pod, "agent") == 5
+    assert guard_restarts({"status": {}}, "guard") == 0
+
+
 # ----------------------------------------------------------------------------------- CLI parsing
 
 
 def test_bad_output_format_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert kubectl_plugin.main(["status", "-o", "xml"]) == 2
     assert "argument -o/--output: invalid choice: 'xml'" in capsys.readouterr().err
+
+
+def test_audit_anchor_on_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--anchor reaches the verifier (files need no cluster); a malformed one is a usage error."""
+    path = tmp_path / "audit.jsonl"
+    _, after = restarted_guard(path)
+    second = tmp_path / "second-run.jsonl"
+    second.write_text("".join(line + "\n" for _, line in audit_lines(after)))
+    assert kubectl_plugin.main(["audit", "support", "--file", str(second)]) == 1
+    assert "starts at seq 3" in capsys.readouterr().err
+    head = json.loads(after.splitlines()[-1])
+    assert kubectl_plugin.main(["audit", "support", "--file", str(second), "--anchor", f"4:{head['prev']}"]) == 0
+    assert kubectl_plugin.main(["audit", "support", "--file", str(second), "--anchor", "4:nothex"]) == 2
+    assert "--anchor: anchor '4:nothex' is not SEQ:HASH" in capsys.readouterr().err
 
 
 def test_unknown_command_and_missing_name_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

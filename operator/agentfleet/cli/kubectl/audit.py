@@ -8,6 +8,12 @@ a JSON object with ``hash``, or when it looks like a damaged record (mentions ``
 no longer valid JSON). A broken record is reported with its line number in the original log.
 Files given with ``--file`` are verified as they are, exactly as ``agentfleet audit verify``
 does: they are the guard's own audit file (and its rotated predecessors, oldest first).
+
+A guard that restarted continues its chain from its audit file (an emptyDir that outlives the
+container), so its new container log starts mid-chain. The log of the run before it (the
+kubelet keeps one) is read too and verified first, as one chain (``verify_runs``). A trail that
+still starts mid-chain (two restarts, or a rotated log) is BROKEN unless an anchor vouches for
+it: ``--anchor SEQ:HASH``, a head published earlier (the guard serves it at ``/audit/head``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentfleet.api.names import GUARD_CONTAINER  # ``guard_container_of`` also finds it by its command
+
+if TYPE_CHECKING:
+    from agentfleet.audit import Anchor
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,15 @@ def guard_container_of(pod: dict[str, Any]) -> str:
         if container.get("name") == GUARD_CONTAINER or args[:1] == ["guard"]:
             return str(container.get("name"))
     return GUARD_CONTAINER
+
+
+def guard_restarts(pod: dict[str, Any], container: str) -> int:
+    """How often the pod's guard container restarted (its status's restartCount)."""
+    status = pod.get("status") or {}
+    for st in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        if st.get("name") == container:
+            return int(st.get("restartCount") or 0)
+    return 0
 
 
 def _record(line: str) -> dict[str, Any] | None:
@@ -95,7 +113,14 @@ def _span(lines: Sequence[str]) -> _Span:
     return _Span(len(lines), times[0] if times else None, times[-1] if times else None, tuple(agents))
 
 
-def verify_files(paths: Sequence[Path]) -> AuditReport:
+def parse_anchors(texts: Sequence[str]) -> tuple[Anchor, ...]:
+    """``SEQ:HASH`` values (ValueError naming the bad one)."""
+    from agentfleet.audit import Anchor
+
+    return tuple(Anchor.parse(text) for text in texts)
+
+
+def verify_files(paths: Sequence[Path], anchors: Sequence[Anchor] = ()) -> AuditReport:
     """Verify files that form one chain, oldest first (``audit.jsonl.2 audit.jsonl.1 audit.jsonl``)."""
     from agentfleet.audit import verify
 
@@ -103,30 +128,38 @@ def verify_files(paths: Sequence[Path]) -> AuditReport:
     for path in paths:
         lines += [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     span = _span(lines)
-    result = verify(list(paths))
+    result = verify(list(paths), anchors)
     return AuditReport(
         ", ".join(str(p) for p in paths), span.records, span.first, span.last, result.ok, result.message, span.agents
     )
 
 
-def verify_log(source: str, log: str) -> AuditReport:
+def verify_log(source: str, log: str, anchors: Sequence[Anchor] = ()) -> AuditReport:
     """Verify the audit records found in a guard container's log."""
+    return verify_runs(source, [(source, log)], anchors)
+
+
+def verify_runs(source: str, runs: Sequence[tuple[str, str]], anchors: Sequence[Anchor] = ()) -> AuditReport:
+    """Verify the logs of consecutive runs of one guard (oldest first, each as ``(name, log)``)
+    as one chain: a restarted guard goes on from the head its audit file holds, so the records
+    of each run link to those of the run before. A broken record is named by its run and line."""
     from agentfleet.audit import verify
 
-    picked = audit_lines(log)
-    span = _span([line for _, line in picked])
+    picked = [(name, n, line) for name, log in runs for n, line in audit_lines(log)]
+    span = _span([line for _, _, line in picked])
     if not picked:
         return AuditReport(
             source, 0, None, None, False, f"{source}: no audit records in the guard's log (is audit to stdout enabled?)"
         )
     with tempfile.TemporaryDirectory(prefix="agentfleet-audit-") as tmp:
         path = Path(tmp) / "audit.jsonl"
-        path.write_text("".join(line + "\n" for _, line in picked))
-        result = verify([path])
-    original = {i: n for i, (n, _) in enumerate(picked, 1)}
-    message = re.sub(
-        re.escape(str(path)) + r":(\d+)",
-        lambda m: f"{source} line {original.get(int(m.group(1)), m.group(1))}",
-        result.message,
-    )
+        path.write_text("".join(line + "\n" for _, _, line in picked))
+        result = verify([path], anchors)
+    original = {i: (name, n) for i, (name, n, _) in enumerate(picked, 1)}
+
+    def where(m: re.Match[str]) -> str:
+        name, n = original.get(int(m.group(1)), (source, int(m.group(1))))
+        return f"{name} line {n}"
+
+    message = re.sub(re.escape(str(path)) + r":(\d+)", where, result.message)
     return AuditReport(source, span.records, span.first, span.last, result.ok, message, span.agents)

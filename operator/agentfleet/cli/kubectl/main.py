@@ -25,11 +25,19 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentfleet.api.names import AGENT as AGENT_LABEL
 from agentfleet.api.names import RESUME, ROLLBACK_TO
-from agentfleet.cli.kubectl.audit import AuditReport, guard_container_of, verify_files, verify_log
+from agentfleet.cli.kubectl.audit import (
+    AuditReport,
+    guard_container_of,
+    guard_restarts,
+    parse_anchors,
+    verify_files,
+    verify_log,
+    verify_runs,
+)
 from agentfleet.cli.kubectl.fleet import (
     AgentStatus,
     Census,
@@ -46,6 +54,9 @@ from agentfleet.cli.kubectl.fleet import (
 )
 from agentfleet.cli.kubectl.format import NONE, OUTPUT_FORMATS, cell, dump, parse_duration, table
 from agentfleet.cli.kubectl.kube import RESOURCE, Cluster, NotFound, PluginError, connect
+
+if TYPE_CHECKING:
+    from agentfleet.audit import Anchor
 
 PROG = "kubectl agentfleet"
 KIND = f"agentdeployment.{RESOURCE.split('.', 1)[1]}"
@@ -171,7 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify this audit file instead of the pods' guard logs; repeat for rotated files, "
         "oldest first; '-' reads a saved log from stdin",
     )
-    p.add_argument("--previous", action="store_true", help="read the previous (restarted) guard container's log")
+    p.add_argument(
+        "--previous",
+        action="store_true",
+        help="read only the previous (restarted) guard container's log; by default a restarted guard's "
+        "previous log and its current one are verified as one chain",
+    )
+    p.add_argument("--pod", metavar="POD", help="only this pod of the agent")
+    p.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SEQ:HASH",
+        help="a chain head published earlier (GET :9090/audit/head on the guard); it must be in the trail, "
+        "and vouches for a trail that starts mid-chain; repeatable; one pod only (--pod)",
+    )
     return parser
 
 
@@ -419,25 +444,41 @@ def cmd_census(s: Session) -> int:
     return 0
 
 
-def _audit_pods(s: Session, name: str) -> list[AuditReport]:
+def _audit_pods(s: Session, name: str, anchors: Sequence[Anchor]) -> list[AuditReport]:
     obj = s.cluster.get_agent(s.namespace, name)
     pods = sorted(s.cluster.pods(s.namespace, name), key=lambda p: p["metadata"]["name"])
+    if s.args.pod:
+        pods = [p for p in pods if p["metadata"]["name"] == s.args.pod]
+        if not pods:
+            raise NotFound(f"pod {s.args.pod} is not a pod of {name} in namespace {s.namespace}")
     if not pods:
         phase = _status(obj).get("phase") or "not reconciled yet"
         raise PluginError(
             f"{name} has no pods (phase {phase}), so there is no guard log to read; verify a saved "
             "copy of its audit trail with --file PATH"
         )
+    if anchors and len(pods) > 1:
+        raise PluginError("--anchor vouches for one guard's trail: name its pod with --pod", 2)
     reports = []
     for pod in pods:
         pod_name = pod["metadata"]["name"]
         container = guard_container_of(pod)
+        source = f"pod/{pod_name}"
         try:
             log = s.cluster.pod_log(s.namespace, pod_name, container, previous=s.args.previous)
+            runs = [(source, log)]
+            if not s.args.previous and guard_restarts(pod, container):
+                # The restarted guard goes on with the chain of the run before it: read that run's
+                # log too (the kubelet keeps one), so the trail starts where the chain does.
+                try:
+                    before = s.cluster.pod_log(s.namespace, pod_name, container, previous=True)
+                except NotFound:
+                    before = ""
+                runs.insert(0, (f"{source} (previous run)", before))
         except PluginError as exc:
             reports.append(
                 AuditReport(
-                    f"pod/{pod_name}",
+                    source,
                     0,
                     None,
                     None,
@@ -447,24 +488,28 @@ def _audit_pods(s: Session, name: str) -> list[AuditReport]:
                 )
             )
             continue
-        reports.append(verify_log(f"pod/{pod_name}", log))
+        reports.append(verify_runs(source, runs, anchors))
     return reports
 
 
-def _audit_files(paths: Sequence[Path]) -> list[AuditReport]:
+def _audit_files(paths: Sequence[Path], anchors: Sequence[Anchor]) -> list[AuditReport]:
     if [str(p) for p in paths] == ["-"]:
-        return [verify_log("stdin", sys.stdin.read())]
+        return [verify_log("stdin", sys.stdin.read(), anchors)]
     if any(str(p) == "-" for p in paths):
         raise PluginError("--file - (stdin) cannot be combined with other files", 2)
     for path in paths:
         if not path.is_file():
             raise PluginError(f"--file {path}: no such file")
-    return [verify_files(paths)]
+    return [verify_files(paths, anchors)]
 
 
 def cmd_audit(s: Session) -> int:
     name: str = s.args.name
-    reports = _audit_files(s.args.file) if s.args.file else _audit_pods(s, name)
+    try:
+        anchors = parse_anchors(s.args.anchor)
+    except ValueError as exc:
+        raise PluginError(f"--anchor: {exc}", 2) from None
+    reports = _audit_files(s.args.file, anchors) if s.args.file else _audit_pods(s, name, anchors)
     ok = all(r.ok for r in reports)
     if s.output in {"json", "yaml"}:
         out(dump({"name": name, "ok": ok, "sources": [r.json() for r in reports]}, s.output))
