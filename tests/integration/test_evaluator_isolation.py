@@ -268,7 +268,7 @@ def pod_meta(namespace: str, agent_label: str | None) -> dict[str, str]:
         "__meta_kubernetes_namespace": namespace,
         "__meta_kubernetes_pod_name": f"{agent_label or 'stray'}-pod",
         "__meta_kubernetes_pod_phase": "Running",
-        "__meta_kubernetes_pod_container_port_name": "guard",
+        "__meta_kubernetes_pod_container_port_name": "metrics",
         "__meta_kubernetes_pod_label_app_kubernetes_io_managed_by": "agentfleet",
         "__meta_kubernetes_pod_label_agentfleet_dev_revision": "r9",
     }
