@@ -392,7 +392,7 @@ def test_rendered_rbac_is_least_privilege_and_the_pod_is_hardened(tmp_path: Path
     assert pm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "agentfleet"}
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert pm["spec"]["podMetricsEndpoints"][0] | {"interval": None, "scrapeTimeout": None} == {
-        "port": "guard",
+        "port": "metrics",
         "path": "/metrics",
         "honorLabels": True,
         "interval": None,
