@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import kopf
@@ -122,16 +122,18 @@ async def reconcile_one(ctx: Context, body: kopf.Body) -> None:
 async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **kwargs: Any) -> None:
     """Mirror the Deployment's replica counts and readiness onto the AgentDeployment."""
     agent_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["agent_index"]
-    if type == "DELETED":
-        return
     ns, agent_name = body.metadata.namespace or "", body.metadata.labels.get(names.AGENT)
+    mirror: ReadyMirror | None = getattr(memo, "ready_mirror", None)
+    if type == "DELETED":
+        if mirror is not None:
+            mirror.forget((ns, agent_name or ""))
+        return
     agent = latest(agent_index, (ns, agent_name or ""))
     if agent is None or not owned_by(dict(body), str(agent["metadata"].get("uid") or "")):
         return  # not the agent's own Deployment (labels alone are not ownership)
     seen = (int(body.spec.get("replicas") or 0), dict(body.get("status") or {}))
-    mirror: ReadyMirror | None = getattr(memo, "ready_mirror", None)
     if mirror is None:  # no coalescing configured: write now
-        await mirror_readiness(memo.kube, agent_index, (ns, agent_name or ""), seen)
+        await mirror_readiness(memo.kube, agent_index, (ns, agent_name or ""), lambda: seen)
     else:
         mirror.offer((ns, agent_name or ""), seen, agent_index)
 
@@ -143,12 +145,17 @@ class ReadyMirror:
     two, and each of those events used to become its own status write (and, through the watch,
     another event for every AgentDeployment watcher). The first event of a burst schedules a
     write ``delay`` seconds later; later events of the burst only replace what it will write.
+
+    A write always carries the newest observation, also when it is retried after a conflict: an
+    older write that is slow and conflicts must never put its old observation over a newer one
+    (in steady state no further Deployment event would correct it).
     """
 
     def __init__(self, kube: Kube, delay: float = 1.0) -> None:
         self.kube = kube
         self.delay = delay
         self._latest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self._newest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def offer(
@@ -159,6 +166,7 @@ class ReadyMirror:
     ) -> None:
         scheduled = key in self._latest
         self._latest[key] = seen
+        self._newest[key] = seen
         if not scheduled:
             task = asyncio.create_task(self._flush(key, agent_index), name=f"ready-mirror {key[0]}/{key[1]}")
             self._tasks.add(task)
@@ -168,9 +176,13 @@ class ReadyMirror:
         await asyncio.sleep(self.delay)
         seen = self._latest.pop(key)
         try:
-            await mirror_readiness(self.kube, agent_index, key, seen)
+            await mirror_readiness(self.kube, agent_index, key, lambda: self._newest.get(key, seen))
         except Exception:  # as from a kopf event handler: logged, and the next event tries again
             log.exception("mirroring the readiness of %s/%s failed", *key)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """The Deployment is gone: drop its newest observation."""
+        self._newest.pop(key, None)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -178,39 +190,34 @@ class ReadyMirror:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+Observation = tuple[int, dict[str, Any]]  # (the Deployment's spec.replicas, its status)
+
+
+def readiness_change(status: dict[str, Any], seen: Observation, generation: int | None, now: str) -> dict[str, Any]:
+    """``status`` with the replica counts and Ready condition of the observed Deployment."""
+    desired, dep_status = seen
+    fields, is_ready, reason, message = readiness({"spec": {"replicas": desired}, "status": dep_status})
+    conditions = cond.set_condition(status.get("conditions"), cond.READY, is_ready, reason, message, generation, now)
+    return merge(fields, [c for c in conditions if c["type"] == cond.READY])(status)
+
+
 async def mirror_readiness(
     kube: Kube,
     agent_index: kopf.Index[tuple[str, str], dict[str, Any]],
     key: tuple[str, str],
-    seen: tuple[int, dict[str, Any]],
+    observe: Callable[[], Observation],
 ) -> None:
+    """Write the Deployment's readiness onto the agent; ``observe`` gives the newest observation
+    at the moment of each write attempt (a retry after a conflict writes the newest, not its own)."""
     agent = latest(agent_index, key)
     if agent is None:
         return
+    generation, now = agent["metadata"].get("generation"), cond.now_rfc3339()
     status = freshest_status(kube, agent)  # the index lags our own writes by a watch event
-    desired, dep_status = seen
-    fields, is_ready, reason, message = readiness({"spec": {"replicas": desired}, "status": dep_status})
-    replicas, ready = fields["replicas"], fields["readyReplicas"]
-    current = cond.get(status.get("conditions"), cond.READY)
-    if (
-        (status.get("replicas"), status.get("readyReplicas"), status.get("ready"))
-        == (replicas, ready, f"{ready}/{desired}")
-        and current
-        and current.get("reason") == reason
-        and current.get("message") == message
-    ):
+    if readiness_change(status, observe(), generation, now) == status:
         return
-    conditions = cond.set_condition(
-        status.get("conditions"),
-        cond.READY,
-        is_ready,
-        reason,
-        message,
-        agent["metadata"].get("generation"),
-        cond.now_rfc3339(),
-    )
     try:
-        await update_status(kube, agent, merge(fields, [c for c in conditions if c["type"] == cond.READY]))
+        await update_status(kube, agent, lambda current: readiness_change(current, observe(), generation, now))
     except KubeError as exc:
         if exc.status != 404:
             raise

@@ -18,7 +18,15 @@ from agentfleet.controller import plan as plans
 from agentfleet.controller.ownership import Children, NameConflict, owned_memory
 from agentfleet.controller.plan import Event
 from agentfleet.kube.client import Kube, KubeError
-from agentfleet.kube.status import merge, update_status, with_first_readiness
+from agentfleet.kube.status import (
+    StaleStatus,
+    decided_on,
+    merge,
+    update_status,
+    with_first_readiness,
+    with_freshest_status,
+)
+from agentfleet.kube.writers import exclusive
 from agentfleet.policy.platform import Platform
 from agentfleet.render import Rendered, RenderError, RenderSettings, render, render_controller_revision, selector
 
@@ -53,8 +61,30 @@ async def revisions(kube: Kube, namespace: str, name: str) -> list[dict[str, Any
     return sorted(items, key=lambda r: int(r.get("revision", 0)))
 
 
+ATTEMPTS = 3
+"""Reconciles of one call before a status that keeps changing under it is left to a retry."""
+
+
 async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
-    """Converge one AgentDeployment. Never raises for bad input: that becomes a condition."""
+    """Converge one AgentDeployment, as its only writer. Never raises for bad input: that becomes
+    a condition. Decides on the freshest status known; if the status changed under it in a way
+    the decision depended on, decides again from the fresh object (never replays a stale one)."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    async with exclusive(ctx.kube, ns, name):
+        for _ in range(ATTEMPTS):
+            try:
+                return await converge(ctx, with_freshest_status(ctx.kube, body))
+            except StaleStatus:
+                fresh = await ctx.kube.get(names.AGENT_KIND, ns, name)
+                if fresh is None:
+                    return Outcome()
+                body = fresh
+    raise KubeError(409, f"the status of {ns}/{name} kept changing during its reconcile; will retry", "Conflict")
+
+
+async def converge(ctx: Context, body: dict[str, Any]) -> Outcome:
+    """One attempt of ``reconcile`` (the caller holds the object's writer lock)."""
     meta = body["metadata"]
     ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
     status: dict[str, Any] = body.get("status") or {}
@@ -62,7 +92,9 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     agent = plans.judge(body, ctx.policies, ctx.namespace_labels, now, ctx.platform)
     if isinstance(agent, plans.Problem):
         return await report(ctx, body, agent)
-    all_revisions = await revisions(ctx.kube, ns, name) if status.get("currentRevision") else []
+    # Listed every time, so that revision numbers come from what exists whatever happened before
+    # (a crash between recording a revision and writing status must not number the next one 1).
+    all_revisions = await revisions(ctx.kube, ns, name)
     p = plans.plan(agent, body, all_revisions, ctx.policies, ctx.namespace_labels, now, ctx.platform)
     if isinstance(p, plans.Problem):
         return await report(ctx, body, p)
@@ -86,12 +118,12 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     deployment: dict[str, Any] = {}
     try:
         await children.verify([*rendered.objects, *([snapshot] if snapshot else [])])
+        if snapshot is not None:  # the snapshot first: no revision ever runs without one
+            await children.apply(snapshot)
         for obj in rendered.objects:
             applied = await children.apply(obj)
             if obj["kind"] == "Deployment":
                 deployment = applied
-        if snapshot is not None:
-            await children.apply(snapshot)
     except NameConflict as exc:
         return await report(ctx, body, plans.invalid(body, str(exc), now, reason="NameConflict"))
     except KubeError as exc:
@@ -103,7 +135,7 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Outcome:
     await prune(children, agent, rendered, all_revisions, status)
 
     change = plans.conclude(p, body, rendered.revision, number, selector(name), now)
-    mutate = merge(change.fields, change.conditions)
+    mutate = decided_on(status, merge(change.fields, change.conditions))
     await update_status(ctx.kube, body, with_first_readiness(mutate, deployment, generation, now))
     if p.consumed:  # after the status write, so the event this causes carries the new status
         await ctx.kube.merge_patch("AgentDeployment", ns, name, {"metadata": {"annotations": p.consumed}})
@@ -150,5 +182,8 @@ async def report(ctx: Context, body: dict[str, Any], problem: plans.Problem) -> 
         await children.patch("Deployment", ns, name, {"spec": {"replicas": 0}})
         for kind in OPTIONAL_KINDS:
             await children.delete(kind, ns, f"{name}-agent")
-    await update_status(ctx.kube, body, merge({"observedGeneration": meta.get("generation")}, problem.conditions))
+    seen = body.get("status") or {}
+    await update_status(
+        ctx.kube, body, decided_on(seen, merge({"observedGeneration": meta.get("generation")}, problem.conditions))
+    )
     return Outcome(events=list(problem.events))

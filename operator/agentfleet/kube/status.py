@@ -189,3 +189,48 @@ async def update_status(kube: Kube, body: dict[str, Any], mutate: Mutation, atte
             return None
         current = fresh
     raise KubeError(409, f"status of {ns}/{name} kept changing; will retry", "Conflict")
+
+
+class StaleStatus(Exception):
+    """The status changed, since a writer read it, in a way its decision depended on: the
+    decision must be made again from the fresh object, never replayed over it."""
+
+
+DECISION_FIELDS = ("currentRevision", "stableRevision")
+DECISION_CONDITIONS = (cond.SUSPENDED, cond.ROLLED_BACK)
+
+
+def decision_basis(status: Status) -> tuple[Any, ...]:
+    """What a reconcile's decision depends on in status: the revisions and the suspension and
+    rollback conditions (who set them, for which generation)."""
+    conditions = status.get("conditions")
+    return (
+        *(status.get(f) for f in DECISION_FIELDS),
+        *(
+            tuple((c or {}).get(k) for k in ("status", "reason", "observedGeneration"))
+            for c in (cond.get(conditions, t) for t in DECISION_CONDITIONS)
+        ),
+    )
+
+
+def decided_on(seen: Status, mutate: Mutation) -> Mutation:
+    """``mutate``, refusing (StaleStatus) to apply to a status whose decision basis differs from
+    the one the decision was made on -- so a conflict makes the writer decide again."""
+    basis = decision_basis(seen)
+
+    def guarded(status: Status) -> Status:
+        if decision_basis(status) != basis:
+            raise StaleStatus()
+        return mutate(status)
+
+    return guarded
+
+
+def with_freshest_status(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with the newest status (and resourceVersion) this process wrote, if newer: kopf's
+    copy lags this process's own writes by a watch event."""
+    fresh = written(kube).freshest(body)
+    if fresh is body:
+        return body
+    metadata = {**body["metadata"], "resourceVersion": fresh["metadata"].get("resourceVersion")}
+    return {**body, "metadata": metadata, "status": fresh.get("status") or {}}
