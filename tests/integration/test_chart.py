@@ -391,13 +391,14 @@ def test_rendered_rbac_is_least_privilege_and_the_pod_is_hardened(tmp_path: Path
     (pm,) = find(monitored, "PodMonitor")
     assert pm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "agentfleet"}
     assert pm["spec"]["namespaceSelector"] == {"any": True}
-    assert pm["spec"]["podMetricsEndpoints"][0] | {"interval": None, "scrapeTimeout": None} == {
-        "port": "metrics",
-        "path": "/metrics",
-        "honorLabels": True,
-        "interval": None,
-        "scrapeTimeout": None,
-    }
+    endpoint = pm["spec"]["podMetricsEndpoints"][0]
+    assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"]) == ("metrics", "/metrics", False)
+    # A pod cannot choose whose series it publishes: the identity labels come from its metadata.
+    targets = {r.get("targetLabel"): r.get("sourceLabels") for r in endpoint["relabelings"]}
+    assert targets["namespace"] == ["__meta_kubernetes_namespace"]
+    assert targets["agent"] == ["__meta_kubernetes_pod_label_agentfleet_dev_agent"]
+    assert targets["revision"] == ["__meta_kubernetes_pod_label_agentfleet_dev_revision"]
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is False
     args = find(monitored, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--prometheus-url=http://prom:9090" in args
 

@@ -160,3 +160,28 @@ async def test_one_writer_at_a_time_per_agent() -> None:
     first = tasks[0]
     switch = tasks.index(next(t for t in tasks if t != first))
     assert all(t == first for t in tasks[:switch]) and all(t != first for t in tasks[switch:]), order
+
+
+async def test_a_suspension_holds_even_when_the_spec_cannot_be_rendered() -> None:
+    """The evaluator suspends an agent whose stored spec no longer parses: the reconcile reports
+    the spec as invalid and still scales the agent's own Deployment to zero."""
+    kube = FakeKube()
+    body = agent_body("v1", generation=1)
+    body["spec"]["analysis"] = {"stabilizationWindow": "99999999999h"}  # stored before the bound existed
+    body["status"] = {"conditions": [made(cond.SUSPENDED, True, "LoopDetections", generation=1)]}
+    stored = kube.put(body)
+    kube.put(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": NAME,
+                "namespace": NS,
+                "ownerReferences": [{"kind": "AgentDeployment", "name": NAME, "uid": "agent-uid", "controller": True}],
+            },
+            "spec": {"replicas": 2},
+        }
+    )
+    outcome = await reconcile(ctx(kube), stored)
+    assert [e[1] for e in outcome.events] == ["InvalidSpec"]
+    assert kube.obj("Deployment", NS, NAME)["spec"]["replicas"] == 0

@@ -11,17 +11,19 @@ money is a decimal string in US dollars ("12.50"), never a float.
 
 from __future__ import annotations
 
+import decimal
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasGenerator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from agentfleet.api.units import MAX_DURATION, parse_duration
 
 DURATION_PATTERN = r"^([0-9]{1,6}(\.[0-9]{1,6})?(ms|s|m|h)){1,4}$"
 """At most four parts of at most six digits: no duration can overflow a parser (CEL, timedelta)."""
+_CEL_DURATION_PATTERN = DURATION_PATTERN.replace("\\.", "[.]")  # a CEL string literal has no "\." escape
 MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
 DECIMAL_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,9})?$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -35,16 +37,21 @@ def _bounded_duration(value: str) -> str:
 
 Duration = Annotated[
     str,
-    AfterValidator(_bounded_duration),
     Field(
         pattern=DURATION_PATTERN,
         max_length=32,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": f"duration(self) <= duration('{MAX_DURATION}')", "message": f"must be at most {MAX_DURATION}"}
+                {
+                    # The pattern first: CEL's && is false (not an error) for a value that does not
+                    # match, so a stored overflowing value still evaluates instead of failing every write.
+                    "rule": f"self.matches('{_CEL_DURATION_PATTERN}') && duration(self) <= duration('{MAX_DURATION}')",
+                    "message": f"must be a duration such as 30s, 5m or 1h30m, at most {MAX_DURATION}",
+                }
             ]
         },
     ),
+    AfterValidator(_bounded_duration),
 ]
 """A Go-style duration such as "500ms", "30s", "5m" or "1h30m", at most one year."""
 QUANTITY_PATTERN = (
@@ -151,6 +158,12 @@ class Pricing(Model):
     """Dollars per million prompt (input) tokens."""
     output_per_million: Money = "0"
     """Dollars per million completion (output) tokens."""
+    cached_input_per_million: Money | None = None
+    """Dollars per million prompt tokens the upstream reports as served from its cache
+    (``prompt_tokens_details.cached_tokens``); unset: the input price."""
+    reasoning_per_million: Money | None = None
+    """Dollars per million reasoning tokens (``completion_tokens_details.reasoning_tokens``, which
+    the upstream counts within the completion tokens); unset: the output price."""
 
 
 class ModelSpec(Model):
@@ -662,6 +675,10 @@ class ModelPrice(Model):
     """Dollars per million input tokens."""
     output_per_million: Money
     """Dollars per million output tokens."""
+    cached_input_per_million: Money | None = None
+    """Dollars per million cached input tokens (unset: the input price)."""
+    reasoning_per_million: Money | None = None
+    """Dollars per million reasoning tokens (unset: the output price)."""
 
 
 class EndpointRule(Model):
@@ -691,6 +708,74 @@ class CustomQuery(Model):
     """Name agents refer to."""
     query: str = Field(min_length=1, max_length=4096)
     """PromQL; {{namespace}}, {{agent}} and {{revision}} are substituted per agent."""
+
+
+class OnLedgerUnavailable(StrEnum):
+    """What a guard does while the shared budget ledger cannot be reached."""
+
+    FAIL_CLOSED = "FailClosed"
+    LOCAL_ALLOWANCE = "LocalAllowance"
+
+
+class LocalAllowance(Model):
+    """What one replica's guard may spend on its own while the ledger is unreachable. The spend
+    is charged to the ledger when it returns; only then is the allowance available again. So
+    the budgets can be overshot by at most replicas x allowance during an outage."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("has(self.tokens) || has(self.dollars)", "localAllowance needs tokens or dollars"))
+    )
+    tokens: int | None = Field(default=None, ge=1, le=10**9)
+    """Tokens (input + output, reserved or used) per replica until the ledger returns."""
+    dollars: Money | None = None
+    """Dollars (reserved or spent) per replica until the ledger returns."""
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> LocalAllowance:
+        if self.tokens is None and self.dollars is None:
+            raise ValueError("localAllowance needs tokens or dollars")
+        return self
+
+
+class LedgerPolicy(Model):
+    """How the guards of covered agents behave when the shared budget ledger is unreachable."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.onUnavailable != 'LocalAllowance' || has(self.localAllowance)",
+                "onUnavailable LocalAllowance needs localAllowance",
+            )
+        )
+    )
+    on_unavailable: OnLedgerUnavailable = OnLedgerUnavailable.FAIL_CLOSED
+    """FailClosed: refuse every LLM call (503, retryable) until the ledger answers again.
+    LocalAllowance: admit calls against localAllowance per replica, reconciled when it returns."""
+    local_allowance: LocalAllowance | None = None
+    """The per-replica allowance for LocalAllowance."""
+
+    @model_validator(mode="after")
+    def _allowance_given(self) -> LedgerPolicy:
+        if self.on_unavailable is OnLedgerUnavailable.LOCAL_ALLOWANCE and self.local_allowance is None:
+            raise ValueError("onUnavailable LocalAllowance needs localAllowance")
+        return self
+
+    @classmethod
+    def strictest(cls, policies: list[LedgerPolicy]) -> LedgerPolicy:
+        """What several covering policies allow together: FailClosed if any asks for it (or none
+        says anything), else the smallest allowance on each axis."""
+        if not policies or any(p.on_unavailable is OnLedgerUnavailable.FAIL_CLOSED for p in policies):
+            return cls()
+        allowances = [p.local_allowance for p in policies if p.local_allowance is not None]
+        tokens = [a.tokens for a in allowances if a.tokens is not None]
+        dollars = [a.dollars for a in allowances if a.dollars is not None]
+        return cls(
+            on_unavailable=OnLedgerUnavailable.LOCAL_ALLOWANCE,
+            local_allowance=LocalAllowance(
+                tokens=min(tokens) if tokens else None,
+                dollars=min(dollars, key=decimal.Decimal) if dollars else None,
+            ),
+        )
 
 
 class AgentPolicySpec(Model):
@@ -732,6 +817,9 @@ class AgentPolicySpec(Model):
     cluster's pod and service ranges are reachable only where a rule names them."""
     custom_queries: list[CustomQuery] | None = Field(default=None, max_length=256, json_schema_extra=_map_list("name"))
     """PromQL queries covered agents' guardrails may use by name (queryRef)."""
+    ledger: LedgerPolicy | None = None
+    """What covered agents' guards do when the shared budget ledger is unreachable. Unset in every
+    covering policy: FailClosed."""
 
 
 class AgentPolicyStatus(Model):

@@ -272,7 +272,9 @@ async def touch_changed(memo: kopf.Memo, indexes: dict[str, Any], namespace: str
                     "AgentDeployment", ns, name, {"metadata": {"annotations": {names.POLICY_HASH: value}}}
                 )
             except KubeError as exc:
-                if exc.status != 404:
+                if exc.status == 422:  # an object the schema no longer accepts: it is reported on its status
+                    log.warning("could not mark %s/%s for a new reconcile: %s", ns, name, exc.message)
+                elif exc.status != 404:
                     raise
 
     await asyncio.gather(*(touch(*t) for t in touches))

@@ -153,6 +153,14 @@ def encoded_size(value: Any) -> int:
     return len(json.dumps(value))
 
 
+def must_stop(body: dict[str, Any]) -> bool:
+    """Whether the agent must run no replica, read from the raw object (also when its spec does
+    not parse): suspended by spec, or a Suspended condition that is True."""
+    spec = body.get("spec")
+    manual = isinstance(spec, dict) and spec.get("suspended") is True
+    return manual or cond.is_true((body.get("status") or {}).get("conditions"), cond.SUSPENDED)
+
+
 def pinned_revision(body: dict[str, Any]) -> str | None:
     """A rollback pins a revision until the spec changes (a new generation is a fresh attempt)."""
     status = body.get("status") or {}

@@ -177,9 +177,11 @@ async def report(ctx: Context, body: dict[str, Any], problem: plans.Problem) -> 
     """Write why the agent cannot run; for a policy violation, also withdraw what could exceed it."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    if problem.withdraw:
-        children = Children(ctx.kube, owned_memory(ctx.kube), str(meta.get("uid") or ""))
+    children = Children(ctx.kube, owned_memory(ctx.kube), str(meta.get("uid") or ""))
+    if problem.withdraw or plans.must_stop(body):
+        # A suspension (manual, or the evaluator's) holds even when the spec cannot be rendered.
         await children.patch("Deployment", ns, name, {"spec": {"replicas": 0}})
+    if problem.withdraw:
         for kind in OPTIONAL_KINDS:
             await children.delete(kind, ns, f"{name}-agent")
     seen = body.get("status") or {}
