@@ -20,6 +20,7 @@ many, so the chain stays verifiable and the loss is explicit rather than silent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -157,6 +158,12 @@ class _RotatingFile:
         self._fh = self.path.open("ab")
         self._size = 0
 
+    def sync(self) -> None:
+        """Flush and fsync: the records survive a crash of the process or the node."""
+        self.flush()
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.fsync(self._fh.fileno())
+
     def flush(self) -> None:
         self._fh.flush()
 
@@ -236,6 +243,22 @@ class AuditLog:
         fields["kind"] = kind
         fields["ts"] = time.time()
         self._pending.append(fields)  # deque.append/popleft are thread-safe
+
+    async def flushed(self, within: float = 5.0) -> bool:
+        """Wait until every record queued so far is written (and the file synced to disk): what
+        must survive a crash -- the intent of an action -- is recorded before the action. False
+        if the writer did not catch up in time (it is then written late, never lost silently:
+        the drop counter says otherwise)."""
+        if not self.enabled:
+            return True
+        deadline = time.monotonic() + within
+        while not self.caught_up:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        if self._file is not None:
+            await asyncio.to_thread(self._file.sync)
+        return True
 
     @property
     def dropped(self) -> int:

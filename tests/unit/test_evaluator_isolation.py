@@ -54,6 +54,9 @@ class FakeProm:
 class RecordingActor:
     """Records verdicts; ``fail`` names agents whose apply raises."""
 
+    async def announce_pending(self, agents: Any) -> None:
+        return None
+
     def __init__(self, fail: set[str] | None = None) -> None:
         self.applied: dict[str, Verdict] = {}
         self.fail = fail or set()

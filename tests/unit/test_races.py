@@ -185,3 +185,47 @@ async def test_a_suspension_holds_even_when_the_spec_cannot_be_rendered() -> Non
     outcome = await reconcile(ctx(kube), stored)
     assert [e[1] for e in outcome.events] == ["InvalidSpec"]
     assert kube.obj("Deployment", NS, NAME)["spec"]["replicas"] == 0
+
+
+async def test_an_action_interrupted_before_its_event_is_announced_after_a_restart(tmp_path: Any) -> None:
+    """Durable intent first: the audit record is on disk before the status says suspended, the
+    status says so (``announced: false``) before the Event; an operator killed right after the
+    status write finishes the announcement after its restart, exactly once."""
+    from agentfleet.api.guardconfig import AuditSink
+    from agentfleet.api.types import Action, AgentDeploymentSpec
+    from agentfleet.audit import AuditLog
+    from agentfleet.evaluator.actions import Actor
+    from agentfleet.evaluator.rules import Act, AgentView, Memory, Verdict
+
+    kube = FakeKube()
+    stored = kube.put(agent_body("v1", generation=1))
+    spec = AgentDeploymentSpec.model_validate(stored["spec"])
+    view = AgentView(NS, NAME, 1, spec, {}, stored["metadata"]["resourceVersion"])
+    act = Act(Action.SUSPEND, "loops", "loopDetections", 3.0, "> 0", "r1", "LoopDetections", "loops: 3 > 0")
+    trail = tmp_path / "audit.jsonl"
+    audit = AuditLog(AuditSink(stdout=False, file=str(trail)), {"component": "test"})
+    audit.start()
+
+    async def carry_out(body: dict[str, Any]) -> list[tuple[str, str, str]]:
+        return []
+
+    def killed_at_the_event(obj: dict[str, Any]) -> None:
+        raise Killed()
+
+    kube.create = killed_at_the_event  # type: ignore[assignment,method-assign]
+    with pytest.raises(Killed):
+        await Actor(kube, carry_out, Memory, audit).apply(view, Verdict((NS, NAME), act=act))
+    status = kube.obj("AgentDeployment", NS, NAME)["status"]
+    assert cond.is_true(status["conditions"], cond.SUSPENDED)
+    assert status["lastBreach"]["announced"] is False
+    assert '"kind":"operator_action"' in trail.read_text(), "the intent was not on disk before the status"
+
+    del kube.create  # the restarted operator can post Events again
+    restarted = Actor(kube, carry_out, Memory, audit)
+    pending = AgentView(NS, NAME, 1, spec, status, None)
+    await restarted.announce_pending([pending])
+    await restarted.announce_pending([pending])  # idempotent: the first one marked it announced
+    assert kube.obj("AgentDeployment", NS, NAME)["status"]["lastBreach"]["announced"] is True
+    assert [e["reason"] for e in kube.events] == ["GuardrailAction"]
+    assert "announced after an operator restart" in kube.events[0]["message"]
+    audit.close()

@@ -233,6 +233,9 @@ class NoActor:
     async def refresh_usage(self, *args: Any) -> None:
         return None
 
+    async def announce_pending(self, agents: Any) -> None:
+        return None
+
 
 def fleet(n: int) -> list[dict[str, Any]]:
     rules = [rule(), rule(name="err", metric="errorRate", threshold="0.2", action="Rollback")]

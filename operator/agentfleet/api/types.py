@@ -559,6 +559,9 @@ class Breach(Model):
     """When the action was taken (RFC 3339)."""
     action: str
     """Action taken."""
+    announced: bool | None = None
+    """False from the moment the action is recorded until its Event and audit record are out; a
+    restarted operator finishes announcing what a crash interrupted."""
 
 
 class Usage(Model):

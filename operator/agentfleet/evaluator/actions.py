@@ -22,13 +22,17 @@ from agentfleet.api import names
 from agentfleet.api.types import Action
 from agentfleet.audit import AuditLog
 from agentfleet.evaluator import metrics
-from agentfleet.evaluator.outcome import fmt_value, outcome
+from agentfleet.evaluator.outcome import Outcome, fmt_value, outcome
 from agentfleet.evaluator.rules import Act, AgentView, Memory, Samples, Verdict, make_act
-from agentfleet.kube.client import Kube
+from agentfleet.kube.client import Kube, KubeError
 from agentfleet.kube.events import post_event
-from agentfleet.kube.status import merge, update_status
+from agentfleet.kube.status import StaleStatus, decided_on, merge, update_status
+from agentfleet.kube.writers import exclusive
 
 log = logging.getLogger("agentfleet.evaluator")
+
+ACTION_ATTEMPTS = 3
+"""Decisions of one action before a status that keeps changing under it waits for the next cycle."""
 
 Event = tuple[str, str, str]
 CarryOut = Callable[[dict[str, Any]], Awaitable[list[Event]]]
@@ -49,7 +53,7 @@ class Actor:
         if v.act is None and not v.resume_budget:
             # Status-only (metrics availability, budgets flag, stable revision): write from the
             # view; update_status re-reads only if the object changed since the view was taken.
-            body: dict[str, Any] | None = {
+            view: dict[str, Any] = {
                 "apiVersion": names.API_VERSION,
                 "kind": names.AGENT_KIND,
                 "metadata": {
@@ -61,14 +65,39 @@ class Actor:
                 "spec": {"replicas": agent.spec.replicas, "suspended": agent.spec.suspended},
                 "status": agent.status,
             }
-        else:  # an action: judge it against the object as it is now
-            body = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
-        if body is None:
+            await self._record(agent, v, view)
             return
-        if v.act is not None:  # the view may lag: decide the action again on the object as it is now
-            v.act = rejudge(agent, body.get("status") or {}, v.act)
+        # An action: one writer at a time per agent, and decided on the object as it is now.
+        async with exclusive(self.kube, agent.namespace, agent.name):
+            for _ in range(ACTION_ATTEMPTS):
+                body = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
+                if body is None:
+                    return
+                if v.act is not None:  # the view may lag: decide the action again on the object as it is now
+                    v.act = rejudge(agent, body.get("status") or {}, v.act)
+                try:
+                    out = await self._record(agent, v, body)
+                    break
+                except StaleStatus:
+                    continue
+            else:
+                raise KubeError(409, f"the status of {agent.key} kept changing; the action waits for the next cycle")
+        if out.reconcile_after:  # then the effect, through the same path as a manual suspend or rollback
+            fresh = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
+            if fresh is not None:
+                for type_, reason, message in await self.carry_out(fresh):
+                    await self.event(fresh, type_, reason, message)
+
+    async def _record(self, agent: AgentView, v: Verdict, body: dict[str, Any]) -> Outcome:
+        """Write what ``v`` decides onto status, the durable record of an action coming first:
+        the audit record of the intent is on disk before the status says it, the status says it
+        (``lastBreach.announced: false``) before the Events go out, and ``announced`` turns true
+        only once they are out -- so a crash at any point leaves something that finishes it."""
+        status = body.get("status") or {}
         now = cond.now_rfc3339()
-        out = outcome(v, body.get("status") or {}, body["metadata"].get("generation"), now)
+        out = outcome(v, status, body["metadata"].get("generation"), now)
+        if "lastBreach" in out.fields:
+            out.fields["lastBreach"]["announced"] = False
         if out.scale_to is not None:
             await self.kube.merge_patch(
                 "AgentDeployment",
@@ -84,14 +113,57 @@ class Actor:
             metrics.ACTIONS.labels(str(action)).inc()
             self.record(agent, action, act.rule, act.reason, act.message, act.value, act.threshold, act.revision)
         metrics.DECISIONS.labels(str(v.act.action) if v.act else "status").inc()
-        await update_status(self.kube, body, merge(out.fields, out.conditions))  # the durable record comes first
+        if out.acted and self.audit is not None and not await self.audit.flushed():
+            log.warning("the audit trail is behind; %s is recorded on status first", agent.key)
+        change = merge(out.fields, out.conditions)
+        # An action's record is decided on the status it read: if that changed meanwhile, decide again.
+        await update_status(self.kube, body, decided_on(status, change) if out.acted else change)
         for type_, reason, message in out.events:
             await self.event(body, type_, reason, message)
-        if out.reconcile_after:  # then the effect, through the same path as a manual suspend or rollback
-            fresh = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
-            if fresh is not None:
-                for type_, reason, message in await self.carry_out(fresh):
-                    await self.event(body, type_, reason, message)
+        if "lastBreach" in out.fields:
+            await self._announced(body)
+        return out
+
+    async def _announced(self, body: dict[str, Any]) -> None:
+        def mark(status: dict[str, Any]) -> dict[str, Any]:
+            breach = status.get("lastBreach")
+            return {**status, "lastBreach": {**breach, "announced": True}} if breach else status
+
+        await update_status(self.kube, body, mark)
+
+    async def announce_pending(self, agents: list[AgentView]) -> None:
+        """Finish announcing actions a crash interrupted: recorded on status (``lastBreach``
+        with ``announced: false``) but maybe without their Event and audit record."""
+        for agent in agents:
+            breach = agent.status.get("lastBreach")
+            if not breach or breach.get("announced") is not False:
+                continue
+            async with exclusive(self.kube, agent.namespace, agent.name):
+                body = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
+                breach = ((body or {}).get("status") or {}).get("lastBreach")
+                if body is None or not breach or breach.get("announced") is not False:
+                    continue
+                message = (
+                    f"{breach.get('action')} by guardrail {breach.get('rule')}: {breach.get('metric')} "
+                    f"{breach.get('observedValue')} (threshold {breach.get('threshold')}), decided at "
+                    f"{breach.get('time')}; announced after an operator restart"
+                )
+                if self.audit is not None:
+                    self.audit.record(
+                        "operator_action",
+                        namespace=agent.namespace,
+                        agent=agent.name,
+                        revision=breach.get("revision"),
+                        action=breach.get("action"),
+                        rule=breach.get("rule"),
+                        reason="RecoveredAfterRestart",
+                        value=breach.get("observedValue"),
+                        threshold=breach.get("threshold"),
+                        message=message,
+                    )
+                    await self.audit.flushed()
+                await self.event(body, "Warning", "GuardrailAction", message)
+                await self._announced(body)
 
     def record(
         self,

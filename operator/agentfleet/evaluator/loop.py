@@ -222,6 +222,7 @@ class Evaluator:
         # Actions first: a suspension must not queue behind a fleet's worth of status-only writes.
         verdicts.sort(key=lambda v: v.act is None and not v.resume_budget)
         await asyncio.gather(*(act(v) for v in verdicts))
+        await self.actor.announce_pending(agents)  # what a crash interrupted between record and Event
         if usage_cycle and SPEND not in samples.failed:
             await self.actor.refresh_usage(agents, samples, sem)
         self._cycles += 1

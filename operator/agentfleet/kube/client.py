@@ -58,6 +58,7 @@ RESOURCES: dict[str, Resource] = {
     "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
     "Deployment": Resource("apps/v1", "deployments"),
     "ControllerRevision": Resource("apps/v1", "controllerrevisions"),
+    "Lease": Resource("coordination.k8s.io/v1", "leases"),
     names.AGENT_KIND: Resource(names.API_VERSION, names.AGENT_PLURAL),
     names.POLICY_KIND: Resource(names.API_VERSION, names.POLICY_PLURAL, namespaced=False),
 }
@@ -193,6 +194,14 @@ class Kube:
             body=patch,
             content_type="application/merge-patch+json",
         )
+        assert out is not None
+        return out
+
+    async def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT the whole object; with ``metadata.resourceVersion`` set, a 409 if it changed."""
+        res = RESOURCES[obj["kind"]]
+        meta = obj["metadata"]
+        out = await self.request("PUT", res.path(meta.get("namespace"), meta["name"]), body=obj)
         assert out is not None
         return out
 
