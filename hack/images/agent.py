@@ -5,17 +5,24 @@ Configured only by what the operator injects into the agent container (see
 ``OPENAI_API_KEY`` (a placeholder: the guard holds the real key), ``AGENTFLEET_MODEL``,
 ``AGENTFLEET_SYSTEM_PROMPT``, ``AGENTFLEET_AGENT``, ``AGENTFLEET_NAMESPACE``,
 ``AGENTFLEET_REVISION``, ``AGENTFLEET_TOOLS_URL``, plus the env the AgentDeployment declares
-(``AGENT_TASK``, ``AGENT_INTERVAL_SECONDS``, ``AGENT_TOOLS``; the operator drops declared names
-starting with ``AGENTFLEET_``).
+(``AGENT_TASK``, ``AGENT_INTERVAL_SECONDS``, ``AGENT_TOOLS``, ``AGENT_MAX_TASKS``; the operator
+drops declared names starting with ``AGENTFLEET_``).
 
-    python3 agent.py                 run a task now and then every AGENT_INTERVAL_SECONDS (default 30)
+    python3 agent.py                 run a task now and then every AGENT_INTERVAL_SECONDS (default 30);
+                                     after AGENT_MAX_TASKS tasks (default: no limit) print
+                                     {"outcome": "done", "tasks": N} and idle until stopped
     python3 agent.py ask "question"  one task (for `kubectl exec`); prints its result as JSON
 
 A task: the system prompt and the question, with the tools named in ``AGENT_TOOLS`` offered; each
 tool call the model makes is run through the guard's tool proxy (``AGENTFLEET_TOOLS_URL/<name>``)
 and its result fed back, for at most ``MAX_STEPS`` model calls. Every task names itself with the
 ``X-Agentfleet-Task`` header, so the guard counts it as one task. Each result is one JSON line
-on stdout (``kubectl logs`` shows them).
+on stdout (``kubectl logs`` shows them). A guard that cannot be reached (restarting) is an
+``error`` outcome like any other: the agent goes on with its next task.
+
+The task text may carry a ``[[fake:PRESET]]`` directive for the fake LLM of the tests (``loop``:
+the model calls the same tool every time; ``error``: it answers HTTP 500), which is how e2e tests
+make a real agent misbehave.
 """
 
 from __future__ import annotations
@@ -125,9 +132,16 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    limit = int(os.environ.get("AGENT_MAX_TASKS", "0"))
     llm = client()
+    done = 0
     while not stop.is_set():
+        if limit and done >= limit:
+            print(json.dumps({"outcome": "done", "tasks": done}), flush=True)
+            stop.wait()
+            break
         print(json.dumps(run_task(llm, question)), flush=True)
+        done += 1
         stop.wait(interval)
     return 0
 
