@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hack.bench.common import GUARD_IMAGE, RawKube, cpu_seconds, fresh, pct, say
+from hack.bench.common import GUARD_IMAGE, RawKube, cpu_seconds, fresh, operator_flags, pct, say
 from hack.bench.fleet import manifest, revision_of
 from hack.bench.reconcile import kube_create_namespace, start_exporter
 from hack.harness.kube import Cluster, poll
@@ -151,7 +151,7 @@ def run(cluster: Cluster, work: Path, fleet: int = 1000, misbehaving: int = 10, 
     op = OperatorProcess(
         cluster.kubeconfig,
         work / "operator-breach.log",
-        [f"--prometheus-url={prometheus.url}", f"--evaluation-interval={INTERVAL}", "--rate-window=30s"],
+        operator_flags(cluster, INTERVAL),
         guard_image=GUARD_IMAGE,
     )
     exporter = None

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from hack.harness.kube import VERSIONS, Cluster, install_crds
+from hack.harness.processes import DEV_PLATFORM
 
 CACHE = Path(os.environ.get("AGENTFLEET_CACHE", Path.home() / ".cache" / "agentfleet"))
 RUN_DIR = Path(os.environ.get("AGENTFLEET_BENCH_RUN_DIR", CACHE / "bench-run"))
@@ -37,6 +38,17 @@ def say(msg: str) -> None:
 def bench_cluster() -> Cluster:
     """``hack/cluster`` on the benchmark's own ports and run directory."""
     return Cluster(RUN_DIR, PORT_BASE)
+
+
+def operator_flags(cluster: Cluster, evaluation_interval: float) -> list[str]:
+    """The benchmarks' operator: the cluster's Prometheus, and the development platform file the
+    tests run with (without it the default policy refuses agents that reference Secrets)."""
+    return [
+        f"--prometheus-url={cluster.prometheus.url}",
+        f"--evaluation-interval={evaluation_interval:g}",
+        "--rate-window=30s",
+        f"--platform={DEV_PLATFORM}",
+    ]
 
 
 def fresh(cluster: Cluster) -> None:

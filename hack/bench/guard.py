@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 
 from hack.bench.common import CACHE, cpu_seconds, pct, say
-from hack.harness.kube import ROOT, VENV, free_port
+from hack.harness.kube import ROOT, VENV, free_port, http_ok, poll
 from hack.harness.processes import FakeLLMProcess, descendants
 
 BENCH_VENV = CACHE / "bench-venv"
@@ -219,19 +219,12 @@ def start(
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready within {timeout:.0f}s")
+        return http_ok(url, timeout=2)
+
+    poll(up, timeout=timeout, interval=0.5, what=url)
 
 
 @dataclass

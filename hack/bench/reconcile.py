@@ -35,7 +35,17 @@ from agentfleet.api import conditions as cond
 from agentfleet.api.types import AgentDeployment
 from agentfleet.kube.wire import apply_patch_body
 from agentfleet.render import RenderSettings, render, render_controller_revision, selector
-from hack.bench.common import GUARD_IMAGE, RawKube, apiserver_requests, cpu_seconds, fresh, machine_busy, rss_mb, say
+from hack.bench.common import (
+    GUARD_IMAGE,
+    RawKube,
+    apiserver_requests,
+    cpu_seconds,
+    fresh,
+    machine_busy,
+    operator_flags,
+    rss_mb,
+    say,
+)
 from hack.bench.fleet import manifest, revision_of
 from hack.harness.kube import PYTHON, ROOT, Cluster, free_port, poll
 from hack.harness.processes import OperatorProcess
@@ -342,7 +352,7 @@ def run_operator(
     op = OperatorProcess(
         cluster.kubeconfig,
         work / f"operator-{n}.log",
-        [f"--prometheus-url={cluster.prometheus.url}", "--evaluation-interval=5", "--rate-window=30s", *operator_args],
+        [*operator_flags(cluster, 5), *operator_args],
         guard_image=GUARD_IMAGE,
     )
     if operator_source:  # A/B: the same harness, the operator's code from another tree
