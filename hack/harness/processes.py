@@ -111,8 +111,10 @@ class OperatorProcess:
         metrics_port: int = 0,
         health_port: int = 0,
         detach: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.env = env or {}
         self.log_path = log_path
         self.extra = extra or []
         self.guard_image = guard_image
@@ -138,7 +140,7 @@ class OperatorProcess:
                     *image,
                     *self.extra,
                 ],
-                env={**os.environ, "KUBECONFIG": self.kubeconfig},
+                env={**os.environ, "KUBECONFIG": self.kubeconfig, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

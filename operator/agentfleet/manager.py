@@ -32,7 +32,9 @@ from agentfleet.controller.reconcile import Context, reconcile
 from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.loop import Evaluator, EvaluatorSettings
 from agentfleet.evaluator.prom import Prometheus
+from agentfleet.health import HealthServer, stale
 from agentfleet.kube.client import Kube
+from agentfleet.kube.lease import LeaderElector, LeaseSettings
 from agentfleet.policy.platform import Platform, load_platform
 from agentfleet.registry import REGISTRY
 from agentfleet.render import RenderSettings
@@ -100,7 +102,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--metrics-port", type=int, default=8080, help="port for /metrics (0 disables)")
     p.add_argument("--metrics-address", default="0.0.0.0")
-    p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL")
+    p.add_argument(
+        "--liveness", default="http://0.0.0.0:8081/healthz", help="health endpoint URL (probes); empty: none"
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default="",
+        help="take part in leader election on a Lease in this namespace (run 2+ replicas); empty: lead alone",
+    )
+    p.add_argument("--lease-duration", type=float, default=10.0, help="seconds a leader's Lease lasts unrenewed")
     p.add_argument("--workers", type=int, default=64, help="max AgentDeployments reconciled concurrently")
     p.add_argument("--api-concurrency", type=int, default=64, help="max concurrent API requests")
     p.add_argument("--prometheus-url", default="", help="Prometheus for the fleet evaluator (empty: no evaluator)")
@@ -226,6 +236,8 @@ def start_evaluator(
         policies=lambda: policies_of(policy_index),  # their customQueries are what queryRef names
         namespace_labels=lambda namespace: labels_of(namespace_index, namespace),
     )
+    limit = max(10 * args.evaluation_interval, 60.0)
+    HEALTH.checks.append(stale("the evaluation cycle", lambda: evaluator.last_cycle_at, limit))
     return asyncio.create_task(evaluator.run(), name="fleet-evaluator"), prom, audit
 
 
@@ -253,13 +265,52 @@ def main(argv: list[str]) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON)
     if not args.verbose:  # per-object "Handler succeeded" lines are noise at fleet scale
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    asyncio.run(
+    return asyncio.run(run(args))
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Serve health, win the Lease (when leader election is on), run kopf until it stops or the
+    Lease is lost. Losing the Lease stops the operator and exits 1: the pod restarts as a
+    candidate, so there is never a moment with two writers that both believe they lead."""
+    if args.liveness:
+        await HEALTH.start(args.liveness)
+    elector: LeaderElector | None = None
+    if args.leader_election_namespace:
+        kube = await Kube.connect(concurrency=4)
+        settings = LeaseSettings(namespace=args.leader_election_namespace, lease_duration=args.lease_duration)
+        elector = LeaderElector(kube, identity(), settings)
+        HEALTH.role = "standby"
+        await elector.acquire()
+    HEALTH.role = "leader"
+    stop = asyncio.Event()
+    operator = asyncio.create_task(
         kopf.operator(
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             standalone=True,
-            liveness_endpoint=args.liveness or None,
             identity=Identity(identity()),
-        )
+            stop_flag=stop,
+        ),
+        name="kopf",
     )
+    HEALTH.checks.append(lambda: "kopf has stopped" if operator.done() else None)
+    if elector is None:
+        await operator
+        await HEALTH.close()
+        return 0
+    holding = asyncio.create_task(elector.hold(), name="lease")
+    done, _ = await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
+    if holding in done:  # lost the Lease: stop acting at once
+        logging.getLogger("agentfleet.lease").error("lost the lease; stopping so another replica can lead")
+        stop.set()
+        await asyncio.wait({operator}, timeout=30)
+        await HEALTH.close()
+        return 1
+    holding.cancel()
+    await elector.release()
+    await HEALTH.close()
     return 0
+
+
+HEALTH = HealthServer()
+"""The process's health endpoint (configured in ``run``; the evaluator adds its check)."""

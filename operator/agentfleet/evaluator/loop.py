@@ -76,6 +76,8 @@ class Evaluator:
         """The AgentPolicies the operator sees: their customQueries are what queryRef names."""
         self.namespace_labels = namespace_labels
         self.memory = Memory()
+        self.last_cycle_at = time.monotonic()
+        """When the last cycle ended (monotonic): the health check's sign that the loop is alive."""
         self._specs: dict[str, tuple[int, Reading]] = {}
         self._queries: dict[str, tuple[Any, dict[str, RuleQuery | str]]] = {}
         """Per uid: what its queries were resolved from (generation, revision, the platform's
@@ -96,6 +98,7 @@ class Evaluator:
                 log.exception("evaluation cycle failed")
             elapsed = time.monotonic() - started
             metrics.CYCLE_SECONDS.observe(elapsed)
+            self.last_cycle_at = time.monotonic()
             await asyncio.sleep(max(self.settings.interval - elapsed, 0.05))
 
     def views(self) -> list[AgentView]:

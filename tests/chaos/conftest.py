@@ -1,0 +1,51 @@
+"""The fault-injection suite's world: a private control plane (KWOK nodes, no Prometheus unless a
+test starts one) so that operators can be killed, restarted and elected without disturbing the
+session's operator. ``AGENTFLEET_CHAOS_SCALE`` multiplies the sizes (``make chaos`` runs the
+full size; ``make test`` a CI-sized one)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hack.harness.kube import Cluster, Kube, install_crds
+from hack.harness.processes import DEV_PLATFORM, OperatorProcess
+
+PORT_BASE = 22400
+SCALE = float(os.environ.get("AGENTFLEET_CHAOS_SCALE", "1"))
+
+
+def scaled(n: int) -> int:
+    return max(1, round(n * SCALE))
+
+
+@pytest.fixture(scope="package")
+def chaos_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    run_dir = tmp_path_factory.mktemp("chaos") / "run"
+    cluster = Cluster(run_dir, port_base=PORT_BASE, nodes=2)
+    up = cluster.run("up", "--no-prometheus", check=False, timeout=240)
+    try:
+        if up.returncode != 0:
+            pytest.fail(f"the chaos suite's cluster did not start:\n{up.stdout}\n{up.stderr}", pytrace=False)
+        install_crds(cluster.kube)
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture(scope="package")
+def kube(chaos_cluster: Cluster) -> Kube:
+    return chaos_cluster.kube
+
+
+def operator(kube: Kube, log: Path, identity: str, *extra: str) -> OperatorProcess:
+    """An operator process as a replica of the chart would run it (its own identity)."""
+    return OperatorProcess(
+        kube.kubeconfig,
+        log,
+        extra=[f"--platform={DEV_PLATFORM}", *extra],
+        env={"POD_NAME": identity},
+    )
