@@ -1,16 +1,19 @@
-"""Budget ledger (pure): reservations keep concurrent calls within the limit."""
+"""Budget ledger (pure): reservations keep concurrent calls within the limit; calendar windows."""
 
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentfleet.guard.budgets import Ledger, Reservation
+from agentfleet.guard.budgets import MemoryLedger
 from agentfleet.guard.errors import Code, GuardError
+from agentfleet.guard.ledger import Budget, Charge, Hold, Period, Unit, Window, to_nanos
 from agentfleet.guard.openai_wire import completion_cap, estimate_embedding_tokens, estimate_prompt_tokens
 from hack.harness.fake_llm import count_prompt_tokens
 
@@ -25,69 +28,161 @@ class Clock:
         return self.now
 
 
+def ledger(tokens_per_hour: int | None, cost_per_day: str | None, **kw: Clock) -> MemoryLedger:
+    """The two built-in budgets, as ``agent_budgets`` makes them."""
+    return MemoryLedger(
+        (
+            Budget("tokens_per_hour", "agent/n/a", Unit.TOKENS, tokens_per_hour, Window(Period.SLIDING_HOUR)),
+            Budget(
+                "cost_per_day",
+                "agent/n/a",
+                Unit.DOLLARS,
+                to_nanos(Decimal(cost_per_day)) if cost_per_day else None,
+                Window(Period.DAY),
+            ),
+        ),
+        **kw,
+    )
+
+
+def c(tokens: int, dollars: str = "0") -> Charge:
+    return Charge.of(tokens, Decimal(dollars))
+
+
 def test_reservations_count_before_settlement() -> None:
-    ledger = Ledger(1000, None, clock=Clock())
-    held = [ledger.reserve(300, Decimal(0)) for _ in range(3)]
+    led = ledger(1000, None, clock=Clock())
+    held = [led.reserve_now(c(300)) for _ in range(3)]
     with pytest.raises(GuardError) as exc:
-        ledger.reserve(101, Decimal(0))
+        led.reserve_now(c(101))
     err = exc.value
     assert (err.code, err.status, err.budget) == (Code.BUDGET_EXHAUSTED, 429, "tokens_per_hour")
-    assert err.retry_after == 1.0 and "900 reserved" in err.message  # in-flight calls settle soon
-    ledger.reserve(100, Decimal(0))  # exactly up to the limit is fine
+    assert err.retry_after == 1.0  # in-flight calls settle soon
+    assert "0 tokens used and 900 tokens reserved by calls in flight of 1000 tokens per hour" in err.message
+    assert "needs up to 101 tokens" in err.message
+    led.reserve_now(c(100))  # exactly up to the limit is fine
     for res in held:
-        ledger.settle(res, 50, Decimal(0))
-    assert (ledger.tokens_used, ledger.tokens_reserved) == (150, 100)
+        led.settle(res, c(50))
+    assert (led.tokens_used, led.tokens_reserved) == (150, 100)
 
 
 def test_sliding_hour_frees_tokens_and_says_when() -> None:
     clock = Clock()
-    ledger = Ledger(1000, None, clock=clock)
-    ledger.settle(ledger.reserve(900, Decimal(0)), 900, Decimal(0))
+    led = ledger(1000, None, clock=clock)
+    led.settle(led.reserve_now(c(900)), c(900))
     clock.now += 600
     with pytest.raises(GuardError) as exc:
-        ledger.reserve(200, Decimal(0))
+        led.reserve_now(c(200))
     assert exc.value.retry_after == pytest.approx(3000, abs=11)  # when the first bucket leaves the hour
     assert not exc.value.should_retry
     clock.now += 3011
-    ledger.reserve(200, Decimal(0))
-    assert ledger.tokens_used == 0
+    led.reserve_now(c(200))
+    assert led.tokens_used == 0
 
 
 def test_request_larger_than_whole_budget_is_refused_without_retry_after() -> None:
-    ledger = Ledger(100, Decimal("1"))
+    led = ledger(100, "1")
     with pytest.raises(GuardError) as exc:
-        ledger.reserve(101, Decimal(0))
+        led.reserve_now(c(101))
     assert exc.value.retry_after is None and "whole budget" in exc.value.message
     with pytest.raises(GuardError) as exc:
-        ledger.reserve(1, Decimal("1.01"))
+        led.reserve_now(c(1, "1.01"))
     assert exc.value.budget == "cost_per_day" and exc.value.retry_after is None
 
 
 def test_cost_budget_resets_at_utc_midnight() -> None:
     day = 20_000 * 86400.0
     wall = Clock(day + 23 * 3600)  # 23:00 UTC
-    ledger = Ledger(None, Decimal("0.50"), wall=wall)
-    ledger.settle(ledger.reserve(0, Decimal("0.40")), 0, Decimal("0.45"))
+    led = ledger(None, "0.50", wall=wall)
+    led.settle(led.reserve_now(c(0, "0.40")), c(0, "0.45"))
     with pytest.raises(GuardError) as exc:
-        ledger.reserve(0, Decimal("0.10"))
+        led.reserve_now(c(0, "0.10"))
     assert exc.value.retry_after == pytest.approx(3600)
     assert exc.value.budget == "cost_per_day"
+    assert "$0.450000 spent and $0.000000 reserved" in exc.value.message
     wall.now = day + 86400 + 1
-    ledger.reserve(0, Decimal("0.10"))
-    assert ledger.cost_spent == 0
+    led.reserve_now(c(0, "0.10"))
+    assert led.cost_spent == 0
 
 
 def test_settle_is_idempotent_and_never_goes_negative() -> None:
-    ledger = Ledger(1000, Decimal(5))
-    res = ledger.reserve(100, Decimal(1))
-    ledger.settle(res, 10, Decimal("0.1"))
-    ledger.settle(res, 10, Decimal("0.1"))
-    assert (ledger.tokens_reserved, ledger.tokens_used, ledger.cost_reserved, ledger.cost_spent) == (
-        0,
-        10,
-        0,
-        Decimal("0.1"),
+    led = ledger(1000, "5")
+    res = led.reserve_now(c(100, "1"))
+    led.settle(res, c(10, "0.1"))
+    led.settle(res, c(10, "0.1"))
+    assert (led.tokens_reserved, led.tokens_used, led.cost_reserved, led.cost_spent) == (0, 10, 0, Decimal("0.1"))
+
+
+def test_a_call_reserved_before_midnight_is_not_counted_in_the_new_day() -> None:
+    day = 20_000 * 86400.0
+    wall = Clock(day - 1)
+    led = ledger(None, "1", wall=wall)
+    res = led.reserve_now(c(0, "0.5"))
+    wall.now = day + 1
+    led.settle(res, c(0, "0.5"))
+    assert led.cost_spent == 0 and led.cost_reserved == 0
+
+
+@pytest.mark.parametrize(
+    ("period", "zone", "at", "start", "end"),
+    [
+        # A calendar day in Berlin on the day DST starts: 23 hours long.
+        (
+            Period.DAY,
+            "Europe/Berlin",
+            "2026-03-29T12:00:00+02:00",
+            "2026-03-29T00:00:00+01:00",
+            "2026-03-30T00:00:00+02:00",
+        ),
+        # ... and on the day it ends: 25 hours.
+        (
+            Period.DAY,
+            "Europe/Berlin",
+            "2026-10-25T12:00:00+01:00",
+            "2026-10-25T00:00:00+02:00",
+            "2026-10-26T00:00:00+01:00",
+        ),
+        # A month in New York starts at local midnight on the 1st (05:00 UTC in winter).
+        (
+            Period.MONTH,
+            "America/New_York",
+            "2026-02-14T08:00:00-05:00",
+            "2026-02-01T00:00:00-05:00",
+            "2026-03-01T00:00:00-05:00",
+        ),
+        (Period.MONTH, "UTC", "2026-12-31T23:59:59+00:00", "2026-12-01T00:00:00+00:00", "2027-01-01T00:00:00+00:00"),
+        # An hour in a zone half an hour off UTC starts at :30 UTC.
+        (
+            Period.HOUR,
+            "Asia/Kolkata",
+            "2026-05-01T10:15:00+05:30",
+            "2026-05-01T10:00:00+05:30",
+            "2026-05-01T11:00:00+05:30",
+        ),
+        # The repeated hour when DST ends is two distinct windows.
+        (
+            Period.HOUR,
+            "Europe/Berlin",
+            "2026-10-25T02:30:00+01:00",
+            "2026-10-25T02:00:00+01:00",
+            "2026-10-25T03:00:00+01:00",
+        ),
+        (
+            Period.HOUR,
+            "Europe/Berlin",
+            "2026-10-25T02:30:00+02:00",
+            "2026-10-25T02:00:00+02:00",
+            "2026-10-25T03:00:00+02:00",
+        ),
+    ],
+)
+def test_calendar_windows_follow_the_zone(period: Period, zone: str, at: str, start: str, end: str) -> None:
+    tz = UTC if zone == "UTC" else ZoneInfo(zone)
+    span = Window(period, tz).span(datetime.fromisoformat(at).timestamp())
+    assert (span.start, span.end) == (
+        datetime.fromisoformat(start).timestamp(),
+        datetime.fromisoformat(end).timestamp(),
     )
+    assert span.id[1:] == str(int(span.start))
 
 
 @settings(max_examples=200, deadline=None)
@@ -95,20 +190,20 @@ def test_settle_is_idempotent_and_never_goes_negative() -> None:
 def test_interleaved_calls_never_exceed_the_limit(ops: list[tuple[int, float, bool]]) -> None:
     """Any interleaving of reserve/settle with usage <= reservation stays within the budget."""
     limit = 2000
-    ledger = Ledger(limit, Decimal("0.002"), clock=Clock())
-    open_: list[tuple[Reservation, int]] = []
+    led = ledger(limit, "0.002", clock=Clock())
+    open_: list[tuple[Hold, int]] = []
     for estimate, used_fraction, settle_one in ops:
         with contextlib.suppress(GuardError):
-            open_.append((ledger.reserve(estimate, Decimal(estimate) / 10**6), estimate))
+            open_.append((led.reserve_now(Charge(estimate, estimate)), estimate))
         if settle_one and open_:
             res, est = open_.pop(0)
             used = int(est * used_fraction)
-            ledger.settle(res, used, Decimal(used) / 10**6)
-        assert ledger.tokens_used + ledger.tokens_reserved <= limit
-        assert ledger.cost_spent + ledger.cost_reserved <= Decimal("0.002")
+            led.settle(res, Charge(used, used))
+        assert led.tokens_used + led.tokens_reserved <= limit
+        assert led.cost_spent + led.cost_reserved <= Decimal("0.002")
     for res, est in open_:
-        ledger.settle(res, est, Decimal(est) / 10**6)
-    assert ledger.tokens_reserved == 0 and ledger.tokens_used <= limit
+        led.settle(res, Charge(est, est))
+    assert led.tokens_reserved == 0 and led.tokens_used <= limit
 
 
 @given(

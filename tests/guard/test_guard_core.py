@@ -70,12 +70,12 @@ def test_the_tool_filter_drops_refused_tools_and_their_choice() -> None:
 # ------------------------------------------------------------------------------ the core
 
 
-def test_open_turn_checks_inputs_and_tools_then_commit_reserves() -> None:
+async def test_open_turn_checks_inputs_and_tools_then_commit_reserves() -> None:
     g = make()
     call = CallLog(g, "llm_call")
     keep = core.open_turn(g, call, Turn("t1", None, offered=["search", "shell", None]))
     assert keep == [True, False, False]
-    core.commit_turn(g, call, 100, 200)
+    await core.commit_turn(g, call, 100, 200)
     assert call.task is not None and call.task.iterations == 1 and g.tasks.active == 1
     assert g.ledger.tokens_reserved == 300
     call.used(None, 100, 30)

@@ -179,7 +179,7 @@ async def test_health_endpoints(make_guard: MakeGuard, fake: FakeLLM) -> None:
     h = await make_guard(budgets={"tokens_per_hour": 1000})
     assert (await h.post("/healthz", None, method="GET"))[:1] == (200,)
     status, _, body = await h.post("/readyz", None, method="GET")
-    assert status == 200 and body["status"] == "ready" and body["budgets"]["tokens_per_hour"] == 1000
+    assert status == 200 and body["status"] == "ready" and body["budgets"]["tokens_per_hour"]["limit"] == 1000
     h.guard.draining = True
     status, _, body = await h.post("/readyz", None, method="GET")
     assert status == 503 and body["status"] == "draining"

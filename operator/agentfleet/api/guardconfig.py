@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field
 
-from agentfleet.api.types import Budgets, Duration, GuardSettings, Model, ModelSpec, Pricing, ToolSpec
+from agentfleet.api.types import Budgets, Duration, GuardSettings, LedgerPolicy, Model, ModelSpec, Pricing, ToolSpec
 
 
 class AuditSink(Model):
@@ -39,6 +39,26 @@ class InjectionClassifier(Model):
     """When the classifier cannot answer (timeout, error, an answer without ``injection``):
     true lets the heuristics decide alone; false (the default) treats the text as suspicious,
     so ``Block`` refuses it and ``Flag`` flags it."""
+
+
+class LedgerConfig(LedgerPolicy):
+    """The shared budget ledger (a Redis server) every replica and revision of the agent uses,
+    and what to do while it is unreachable (from the covering AgentPolicies' ``ledger``).
+
+    Without it each guard counts alone, in memory: right for one replica, per replica otherwise,
+    and reset by a restart."""
+
+    url: str = Field(pattern=r"^rediss?://[^\s]+$", max_length=512)
+    """``redis://HOST:PORT/DB`` (or ``rediss://`` for TLS); no password here (see passwordFile)."""
+    password_file: str | None = Field(default=None, max_length=4096)
+    """File holding the ledger's password (a mounted Secret)."""
+    timeout: Duration = "1s"
+    """Longest wait for one ledger operation (connect included); past it the ledger counts as
+    unreachable for this call and ``onUnavailable`` decides."""
+    max_connections: int = Field(default=32, ge=1, le=1024)
+    """Connections to the ledger per guard; a call waits (within ``timeout``) for a free one."""
+    key_prefix: str = Field(default="agentfleet", pattern=r"^[a-zA-Z0-9_.:-]{1,64}$")
+    """Prefix of every key the guard writes (several fleets may share one server)."""
 
 
 class GuardConfig(Model):
@@ -81,5 +101,7 @@ class GuardConfig(Model):
     """Port of the metrics/health listener (must differ from listen_port)."""
     audit: AuditSink = AuditSink()
     """Audit trail sinks."""
+    ledger: LedgerConfig | None = None
+    """The shared budget ledger; unset: budgets are counted in this guard's memory only."""
     injection_classifier: InjectionClassifier | None = None
     """An HTTP classifier consulted besides the built-in heuristics (unset: heuristics only)."""

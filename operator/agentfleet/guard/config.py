@@ -88,6 +88,9 @@ class Tuning:
     injection_scan_bytes: int = 512 * 1024
     """Longest text scanned for injection (all of it, in windows, at about 2-4 s of CPU per MiB
     in the worst case); a longer tool result is refused (413) unless injection checks are off."""
+    ledger_hold_margin: float = 30.0
+    """Seconds a reservation in the shared ledger outlives the call's deadline before the ledger
+    charges it in full (its guard died or lost the ledger before settling it)."""
     audit_queue: int = 100_000
     """Audit records buffered before the writer; beyond it records are dropped and a gap record
     says how many (the chain stays valid)."""
@@ -228,6 +231,19 @@ def build_config(file_data: Mapping[str, Any] | None, overrides: Mapping[str, An
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid guard configuration: {problems}") from exc
+
+
+def read_secret_file(path: str | None, what: str) -> str | None:
+    """A secret from a mounted file (None when no file is configured)."""
+    if path is None:
+        return None
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    if not value:
+        raise ConfigError(f"{what} file {path} is empty")
+    return value
 
 
 def read_api_key(path: str | None) -> str | None:

@@ -8,7 +8,10 @@ reuses the checks instead of copying them.
 ``CallLog`` collects what happened to one call and, in ``finish`` (always run), settles the
 budget reservation, counts metrics and writes the audit record, so no path can leak a
 reservation or an in-flight slot. The check functions raise ``GuardError``; they never await,
-so a check and the reservation or slot it guards cannot be interleaved with another request.
+so a check and the slot it guards cannot be interleaved with another request. The one await is
+the budget reservation (``commit_turn``): the ledger makes it atomic (on this event loop, or on
+the shared ledger's server), and the task's own counters are taken before it and given back if
+it is refused.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from agentfleet.api.types import InjectionMode
-from agentfleet.guard.budgets import Reservation
 from agentfleet.guard.config import TASK_HEADER, ToolInfo
 from agentfleet.guard.errors import Code, GuardError, invalid
 from agentfleet.guard.injection import CLASSIFIER, CLASSIFIER_UNAVAILABLE, Verdict, scan, signals, steps, verdict
+from agentfleet.guard.ledger import Charge, Hold
 from agentfleet.guard.loops import error_signature, tool_error_text
 from agentfleet.guard.shapes import ToolCall, ToolResult, Turn, Usage
 from agentfleet.guard.state import Guard
@@ -70,7 +74,7 @@ class CallLog:
         """The model the call was pinned to (for the audit trail)."""
         self.t0 = time.perf_counter()
         self.task: Task | None = None
-        self.res: Reservation | None = None
+        self.res: Hold | None = None
         self.tin = 0
         self.tout = 0
         self.outcome = "error"
@@ -85,10 +89,12 @@ class CallLog:
         self.began = False
         self.upstream = False
 
-    def reserve(self, tokens_in: int, tokens_out: int) -> None:
-        """Reserve the worst case of this call against the budgets (raises 429)."""
+    async def reserve(self, tokens_in: int, tokens_out: int) -> None:
+        """Reserve the worst case of this call against the budgets (raises 429, or 503 when the
+        shared ledger cannot decide). The request id makes the shared ledger's settle idempotent."""
         g = self.guard
-        self.res = g.ledger.reserve(tokens_in + tokens_out, g.limits.cost(tokens_in, tokens_out))
+        charge = Charge.of(tokens_in + tokens_out, g.limits.cost(tokens_in, tokens_out))
+        self.res = await g.ledger.reserve(uuid.uuid4().hex, charge)
 
     def begin(self, task: Task) -> None:
         """Count the task as in flight until ``finish``."""
@@ -121,7 +127,7 @@ class CallLog:
         cost = Decimal(0)
         if self.res is not None:
             cost = g.limits.cost(self.tin, self.tout)
-            g.ledger.settle(self.res, self.tin + self.tout, cost)
+            g.ledger.settle(self.res, Charge.of(self.tin + self.tout, cost))
             if self.tin:
                 m.tok_in.inc(self.tin)
             if self.tout:
@@ -396,14 +402,21 @@ def open_turn(g: Guard, call: CallLog, turn: Turn, scans: Scans | None = None) -
     return [name is not None and g.gate.permitted(name) for name in turn.offered]
 
 
-def commit_turn(g: Guard, call: CallLog, prompt_tokens: int, completion_tokens: int) -> None:
-    """Reserve the call's worst case and count it as an iteration of its task in flight."""
-    call.reserve(prompt_tokens, completion_tokens)
+async def commit_turn(g: Guard, call: CallLog, prompt_tokens: int, completion_tokens: int) -> None:
+    """Count the call as an iteration of its task in flight, then reserve its worst case. The
+    iteration is taken before the reservation's await (so concurrent calls of one task cannot
+    all pass its cap) and given back if the reservation is refused."""
     task = call.task
     assert task is not None, "open_turn first"
     if task.named:
         task.iterations += 1
     call.begin(task)
+    try:
+        await call.reserve(prompt_tokens, completion_tokens)
+    except BaseException:
+        if task.named:
+            task.iterations -= 1
+        raise
 
 
 def judge_calls(g: Guard, task: Task, calls: Sequence[ToolCall]) -> GuardError | None:

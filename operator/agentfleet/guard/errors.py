@@ -18,6 +18,9 @@ class Code(StrEnum):
     """Stable machine-readable error codes (``error.code`` in the response body)."""
 
     BUDGET_EXHAUSTED = "budget_exhausted"
+    BUDGET_UNAVAILABLE = "budget_unavailable"
+    """The shared budget ledger cannot be reached and the policy says fail closed (or this
+    replica's local allowance is spent): retry shortly."""
     TOOL_CALL_LIMIT = "tool_call_limit"
     ITERATION_LIMIT = "iteration_limit"
     TASK_DURATION_EXCEEDED = "task_duration_exceeded"
@@ -58,7 +61,12 @@ class GuardError(Exception):
     @property
     def is_rejection(self) -> bool:
         """Policy refusals (outcome ``rejected``) as opposed to upstream failures (``error``)."""
-        return self.code not in {Code.UPSTREAM_UNAVAILABLE, Code.TOOL_UNAVAILABLE, Code.INTERNAL_ERROR}
+        return self.code not in {
+            Code.UPSTREAM_UNAVAILABLE,
+            Code.TOOL_UNAVAILABLE,
+            Code.INTERNAL_ERROR,
+            Code.BUDGET_UNAVAILABLE,
+        }
 
 
 def invalid(message: str) -> GuardError:

@@ -24,6 +24,7 @@ BUDGETS = (
     "task_duration",
     "concurrency",
     "tool_calls_per_tool",
+    "ledger_unavailable",
 )
 UPSTREAM_REASONS = (
     "connect",
@@ -89,6 +90,21 @@ class GuardMetrics:
             BASE,
             registry=r,
         )
+        self.ledger_available = Gauge(
+            "agentfleet_ledger_available",
+            "1 while the shared budget ledger answers, 0 while it does not (absent: no shared ledger configured).",
+            BASE,
+            registry=r,
+        )
+        self.ledger_errors = Counter(
+            "agentfleet_ledger_errors", "Failed or timed-out operations on the shared budget ledger.", BASE, registry=r
+        )
+        self.ledger_local = Counter(
+            "agentfleet_ledger_local_calls",
+            "Calls admitted on this replica's local allowance while the shared ledger was unreachable.",
+            BASE,
+            registry=r,
+        )
 
         self.req = {o: self.requests.labels(*base, o) for o in ("ok", "error", "rejected")}
         self.tok_in = self.tokens.labels(*base, "input")
@@ -109,6 +125,13 @@ class GuardMetrics:
             for o in ("allowed", "refused", "error")
         }
         self.breaker_g.set(BreakerState.CLOSED)
+        self._base = base
+
+    def bind_ledger(self) -> None:
+        """Create the shared ledger's series (only guards that have one export them)."""
+        self.ledger_available_g = self.ledger_available.labels(*self._base)
+        self.ledger_errors_c = self.ledger_errors.labels(*self._base)
+        self.ledger_local_c = self.ledger_local.labels(*self._base)
 
     def tool_call(self, tool: str, outcome: str) -> None:
         """Count a tool call decision; undeclared tool names are folded into ``_other``."""

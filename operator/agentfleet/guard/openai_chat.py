@@ -66,7 +66,7 @@ async def _chat(guard: Guard, request: web.Request, call: CallLog) -> web.Stream
     messages = payload["messages"]
     prompt_tokens = openai_wire.estimate_prompt_tokens(messages, payload.get("tools"))
     completion_tokens = openai_wire.completion_cap(payload, guard.tuning.default_completion_tokens)
-    core.commit_turn(guard, call, prompt_tokens, completion_tokens)
+    await core.commit_turn(guard, call, prompt_tokens, completion_tokens)
     call.prompt = guard.audit.content(messages if guard.audit.capture_content else raw)
     task = call.task
     assert task is not None
@@ -123,7 +123,7 @@ async def embeddings(guard: Guard, request: web.Request) -> web.StreamResponse:
                 raise invalid("embeddings request needs an input")
             payload["model"] = call.model = guard.cfg.embeddings_model or guard.model  # pinned, like chat
             estimate = openai_wire.estimate_embedding_tokens(payload["input"])
-            call.reserve(estimate, 0)
+            await call.reserve(estimate, 0)
             call.prompt = guard.audit.content(raw)
             call.upstream = True
             deadline = asyncio.get_running_loop().time() + guard.limits.call_deadline

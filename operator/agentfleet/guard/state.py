@@ -6,8 +6,9 @@ the metrics and the audit trail. The control core (``core``) decides with it; th
 adapters and the server (``app``) only hold a reference. It knows nothing about HTTP routes, so
 nothing here imports an adapter and the package has no import cycle.
 
-Everything runs on one event loop, which is what makes budget reservations atomic without
-locks; nothing here blocks it (audit writes go to a thread).
+Everything runs on one event loop, which is what makes the checks atomic without locks (the
+in-memory ledger's reservations too; the shared ledger's are atomic on its server); nothing
+here blocks it (audit writes go to a thread).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from typing import IO, Any
 from agentfleet.api.guardconfig import GuardConfig
 from agentfleet.audit import AuditLog
 from agentfleet.guard.breaker import BreakerState, CircuitBreaker
-from agentfleet.guard.budgets import Ledger
+from agentfleet.guard.budgets import MemoryLedger
 from agentfleet.guard.classifier import Classifier
-from agentfleet.guard.config import Limits, Tuning
+from agentfleet.guard.config import Limits, Tuning, read_secret_file
 from agentfleet.guard.errors import Code, GuardError
+from agentfleet.guard.ledger import SpendLedger, agent_budgets
 from agentfleet.guard.metrics import GuardMetrics
 from agentfleet.guard.tasks import Task, TaskTable
 from agentfleet.guard.toolgate import ToolGate
@@ -62,7 +64,7 @@ class Guard:
             queue_size=self.tuning.audit_queue,
             stream=audit_stream,
         )
-        self.ledger = Ledger(self.limits.tokens_per_hour, self.limits.cost_per_day)
+        self.ledger: SpendLedger = self._ledger()
         self.tasks = TaskTable(self.tuning.max_tasks, idle_ttl=2 * self.limits.max_task_duration)
         self.breaker = CircuitBreaker(
             self.tuning.breaker_threshold,
@@ -86,6 +88,24 @@ class Guard:
         self.inflight = 0
         self.draining = False
         self._audit_dropped_seen = 0
+
+    def _ledger(self) -> SpendLedger:
+        """The shared ledger when one is configured, else this process's own; the core uses
+        either through the same interface."""
+        budgets = agent_budgets(self.cfg)
+        ledger_cfg = self.cfg.ledger
+        if ledger_cfg is None:
+            return MemoryLedger(budgets)
+        from agentfleet.guard.redis_ledger import RedisLedger  # only guards with a ledger load redis
+
+        return RedisLedger(
+            budgets,
+            ledger_cfg,
+            hold_ttl=self.limits.call_deadline + self.tuning.ledger_hold_margin,
+            password=read_secret_file(ledger_cfg.password_file, "ledger password"),
+            metrics=self.metrics,
+            log=log,
+        )
 
     # ------------------------------------------------------------------ callbacks
 
@@ -148,6 +168,7 @@ class Guard:
     async def start(self) -> None:
         """Open the upstream pool and the audit writer (on the serving loop)."""
         await self.upstream.start()
+        await self.ledger.start()
         self.audit.start()
         self.audit.record(
             "start", decision="allow", reason="guard started", model=self.model, upstream=self.upstream.base_url
@@ -156,5 +177,6 @@ class Guard:
     async def stop(self) -> None:
         """Close the pool and flush the audit trail."""
         await self.upstream.close()
+        await self.ledger.close()
         self.audit.record("stop", decision="allow", reason="guard stopped")
         await asyncio.to_thread(self.audit.close)
