@@ -10,7 +10,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from agentfleet.api.types import LedgerPolicy, LocalAllowance
 from agentfleet.guard.budgets import MemoryLedger
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.ledger import Budget, Charge, Hold, Period, Unit, Window, to_nanos
@@ -232,3 +234,20 @@ def test_estimates_and_completion_cap() -> None:
     assert estimate_prompt_tokens(image) > 1500
     assert estimate_embedding_tokens(["ab" * 30, "cd"]) > estimate_embedding_tokens("cd")
     assert estimate_embedding_tokens([[1, 2, 3]]) == 3
+
+
+def test_the_strictest_ledger_policy_wins() -> None:
+    closed = LedgerPolicy()
+
+    def local(tokens: int | None, dollars: str | None) -> LedgerPolicy:
+        allowance = LocalAllowance(tokens=tokens, dollars=dollars)
+        return LedgerPolicy(on_unavailable="LocalAllowance", local_allowance=allowance)  # type: ignore[arg-type]
+
+    assert LedgerPolicy.strictest([]) == closed  # nobody said anything: fail closed
+    assert LedgerPolicy.strictest([local(100, None), closed]) == closed
+    got = LedgerPolicy.strictest([local(100, "2.5"), local(50, None), local(None, "10")])
+    assert got.local_allowance == LocalAllowance(tokens=50, dollars="2.5")
+    with pytest.raises(ValidationError, match="needs localAllowance"):
+        LedgerPolicy(on_unavailable="LocalAllowance")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="needs tokens or dollars"):
+        LocalAllowance()

@@ -26,6 +26,7 @@ from agentfleet.guard.config import (
     parse_duration,
     read_api_key,
     read_config_file,
+    read_secret_file,
 )
 
 
@@ -202,6 +203,8 @@ def main(argv: list[str]) -> int:
         metrics_port = args.metrics_port if args.metrics_port is not None else 0 if args.port == 0 else None
         where = listeners(cfg, api_port=args.port, metrics_port=metrics_port)
         api_key = read_api_key(cfg.api_key_file)
+        if cfg.ledger is not None:  # the guard reads it again at start; a bad file is a config error
+            read_secret_file(cfg.ledger.password_file, "ledger password")
     except ConfigError as exc:
         print(f"agentfleet guard: {exc}", file=sys.stderr)
         return 2

@@ -380,6 +380,8 @@ class RedisLedger:
         with contextlib.suppress(*LEDGER_ERRORS):
             async with asyncio.timeout(max(5 * self.timeout, 2.0)):
                 await self._flush()
+        _fail([future for _, _, future in self._reserves], RedisError("the ledger client is closing"))
+        self._reserves.clear()
         for task in (self._worker, self._recovery, self._reserver, *self._inflight_batches):
             if task is not None:
                 task.cancel()
@@ -490,11 +492,12 @@ class RedisLedger:
             live = [item for item in batch if not item[2].done()]  # a call that gave up meanwhile
             try:
                 replies = await self._run("reserve", [(keys, args) for keys, args, _ in live])
-            except LEDGER_ERRORS as exc:
-                for _, _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception as exc:  # every waiting call must hear back, whatever went wrong
+                _fail([future for _, _, future in live], exc)
                 return
+            except asyncio.CancelledError:
+                _fail([future for _, _, future in live], RedisError("the ledger client is closing"))
+                raise
             for (_, _, future), reply in zip(live, replies, strict=True):
                 if not future.done():
                     future.set_result(reply)
@@ -703,6 +706,12 @@ class RedisLedger:
                 "resets": None if b.window.sliding else span.end,
             }
         return out
+
+
+def _fail(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _span_of(span_id: str) -> Span:
