@@ -30,7 +30,7 @@ import yaml
 from hack.harness.agents import agent, agent_policy, condition, objects_of, phase_is, status
 from hack.harness.agents import wait_reconciled as reconciled
 from hack.harness.kube import ROOT, VERSIONS, Cluster, Kube, free_port, poll
-from hack.harness.processes import OperatorProcess
+from hack.harness.processes import DEV_PLATFORM, OperatorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -203,7 +203,14 @@ def sa_operator(
     op = OperatorProcess(
         sa_kubeconfig,
         log,
-        extra=[f"--prometheus-url=http://127.0.0.1:{free_port()}", "--evaluation-interval=1", "--query-timeout=1"],
+        # The chart's RBAC, with a development cluster's platform file (the chart's own default
+        # policy, which refuses these agents' Secrets, is what tests/security runs with).
+        extra=[
+            f"--prometheus-url=http://127.0.0.1:{free_port()}",
+            "--evaluation-interval=1",
+            "--query-timeout=1",
+            f"--platform={DEV_PLATFORM}",
+        ],
     )
     op.start()
     yield op
@@ -351,10 +358,22 @@ def test_rendered_rbac_is_least_privilege_and_the_pod_is_hardened(tmp_path: Path
     # A ceiling limited to some namespaces is bound there only.
     scoped = render(tmp_path, {"agentPermissionsCeiling": {"namespaces": ["team-a", "team-b"]}})
     assert [b["metadata"]["name"] for b in find(scoped, "ClusterRoleBinding")] == [FULLNAME]
-    assert sorted(b["metadata"]["namespace"] for b in find(scoped, "RoleBinding")) == ["team-a", "team-b"]
+    ceiling_bindings = [b for b in find(scoped, "RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"]
+    assert sorted(b["metadata"]["namespace"] for b in ceiling_bindings) == ["team-a", "team-b"]
+    # Leader election: one Role on leases in the release namespace, nothing else.
+    (election,) = find(docs, "Role", f"{FULLNAME}-leader-election")
+    assert election["metadata"]["namespace"] == RELEASE_NS
+    assert election["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
 
     dep = find(docs, "Deployment", FULLNAME)[0]
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    # A leader and a standby, never both down for a rollout or a drain.
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert f"--leader-election-namespace={RELEASE_NS}" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    (pdb,) = find(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == SA
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -489,10 +508,10 @@ def test_install_upgrade_uninstall_leaves_nothing_behind(private: Private, tmp_p
         ("clusterrolebinding", f"{full}-agent-ceiling"),
     ):
         assert exists(kube, kind, obj, "default"), (kind, obj)
-    assert kube.get_json("deployment", full, "-n", ns)["status"]["readyReplicas"] == 1  # KWOK "runs" it
+    assert kube.get_json("deployment", full, "-n", ns)["status"]["readyReplicas"] == 2  # KWOK "runs" them
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agentdeployments.agentfleet.dev")
 
-    # Upgrade with changed values: new args roll the pod (Recreate), objects follow the values.
+    # Upgrade with changed values: new args roll the pods, objects follow the values.
     changed = values_file(
         tmp_path,
         {
@@ -506,7 +525,7 @@ def test_install_upgrade_uninstall_leaves_nothing_behind(private: Private, tmp_p
     assert (info["version"], info["info"]["status"]) == (2, "deployed")
     dep = kube.get_json("deployment", full, "-n", ns)
     assert "--workers=8" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert dep["status"].get("updatedReplicas") == 1 and dep["metadata"]["generation"] == 2
+    assert dep["status"].get("updatedReplicas") == 2 and dep["metadata"]["generation"] == 2
     assert not exists(kube, "configmap", f"{full}-dashboard", ns)
     assert not exists(kube, "clusterrolebinding", f"{full}-agent-ceiling", "default")
     binding = kube.get_json("rolebinding", f"{full}-agent-ceiling", "-n", team)
@@ -809,11 +828,14 @@ def test_evaluator_as_chart_service_account_suspends_when_metrics_are_unavailabl
 
 
 def test_agent_asking_beyond_the_ceiling_is_refused_safely(installed: Private, sa_operator: OperatorProcess) -> None:
-    """No AgentPolicy, but the operator cannot grant what it does not hold: the API server
-    refuses the Role, nothing runs, the operator says why and keeps working."""
+    """A misconfigured AgentPolicy allows more than the chart lets the operator hold (and this
+    operator has no delegation ceiling in its platform file, so its own check lets it through):
+    the API server still refuses the Role, nothing runs, the operator says why and keeps working."""
     kube = installed.kube
     ns = installed.namespace("chart-greedy")
     installed.refused.add(ns)
+    delete_pods = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["delete", "list"]}]
+    kube.apply(agent_policy(f"lax-{ns}", namespaces=[ns], allowedKubernetesRules=delete_pods))
     body = agent("greedy", ns)
     body["spec"]["permissions"]["kubernetes"] = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}]
     kube.apply(body)
@@ -840,6 +862,7 @@ def test_agent_asking_beyond_the_ceiling_is_refused_safely(installed: Private, s
     assert wait_reconciled(kube, ns, "greedy", sa_operator, installed.refused)["phase"] == "Running"
     assert kube.get_json("role", "greedy-agent", "-n", ns)["rules"][0]["verbs"] == ["list"]
     kube.kubectl("delete", "agd", "greedy", "-n", ns, "--wait=true", "--timeout=60s")
+    kube.kubectl("delete", "agentpolicy", f"lax-{ns}")
 
 
 def test_helm_test_hook_checks_the_operator_metrics(installed: Private, sa_operator: OperatorProcess) -> None:
