@@ -105,7 +105,7 @@ BAD: list[tuple[str, dict[str, Any], str, bool]] = [
     (
         "custom without query",
         with_spec(guardrails=[rule(metric="custom")]),
-        "metric custom needs query (PromQL)",
+        "metric custom needs exactly one of query (PromQL) or queryRef",
         False,
     ),
     (
