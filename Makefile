@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY    := .venv/bin/python
 export PATH := $(HOME)/.cache/agentfleet/bin/kubernetes-$(shell sed -n 's/^KUBERNETES_VERSION=//p' hack/versions.env):$(HOME)/.cache/agentfleet/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' hack/versions.env):$(PATH)
 
-.PHONY: format help deps build cluster-up cluster-down cluster-status lint typecheck unit integration e2e images test demo bench crds generate docs clean
+.PHONY: format help deps build cluster-up cluster-down cluster-status lint typecheck unit integration e2e chaos security images test demo bench crds generate docs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -44,6 +44,12 @@ integration: deps build ## tests on the real control plane (started if needed)
 
 e2e: deps build ## real containers on a real node (hack/cluster up --real-node, private ports and namespace)
 	.venv/bin/pytest -m e2e -q
+
+chaos: deps build ## the fault-injection suite at full size (make test runs it CI-sized)
+	AGENTFLEET_CHAOS_SCALE=7.5 .venv/bin/pytest tests/chaos -q -s
+
+security: deps build ## the adversarial suite: a hostile tenant against the chart-installed operator
+	.venv/bin/pytest tests/security -q
 
 images: deps ## build the images (project, agent, fake LLM, pause) as one OCI archive, without a registry
 	@hack/image build
