@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from hack.bench.breach import BreachResult
 from hack.bench.common import pct
@@ -214,3 +215,21 @@ def text(rows: list[Row]) -> str:
         vals = [r.measure, r.value, r.baseline, r.ratio, r.goal, r.verdict.replace("*", "")]
         out.append("  ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, cols, strict=True)))
     return "\n".join(out)
+
+
+def failover_rows(f: Any) -> list[Row]:
+    """Leader SIGKILL to the first reconcile by the new leader; the Lease duration is the floor."""
+    rows = []
+    for label, q in (("p50", 0.5), ("p99", 0.99)):
+        value = f.quantile(q)
+        rows.append(
+            Row(
+                f"failover, leader SIGKILL to first reconcile by the new leader ({label}, {len(f.seconds)} trials)",
+                _s(value),
+                f"lease {f.lease_duration:.0f} s",
+                f"{value / f.lease_duration:.2f}x",
+                "<= 15 s",
+                "yes" if value <= 15 else "no",
+            )
+        )
+    return rows
