@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--breaker-threshold", type=int)
     k.add_argument("--breaker-open", metavar="DURATION")
     k.add_argument("--drain-timeout", metavar="DURATION")
+    k.add_argument(
+        "--ledger-hold-margin",
+        metavar="DURATION",
+        help="how long a shared-ledger reservation outlives the call's deadline before it is charged in full",
+    )
     k.add_argument("--max-inflight", type=int, dest="max_inflight_requests")
     k.add_argument("--max-tasks", type=int, help="named tasks remembered at once")
     k.add_argument("--upstream-connections", type=int)
@@ -176,6 +181,8 @@ def _tuning(a: argparse.Namespace) -> Tuning:
         values["breaker_open_seconds"] = parse_duration(a.breaker_open)
     if a.drain_timeout is not None:
         values["drain_timeout"] = parse_duration(a.drain_timeout)
+    if a.ledger_hold_margin is not None:
+        values["ledger_hold_margin"] = parse_duration(a.ledger_hold_margin)
     return replace(Tuning(), **values)
 
 
