@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field
 
-from agentfleet.api.types import Budgets, Duration, GuardSettings, LedgerPolicy, Model, ModelSpec, Pricing, ToolSpec
+from agentfleet.api.types import (
+    Budgets,
+    Duration,
+    GuardSettings,
+    LedgerPolicy,
+    Model,
+    ModelSpec,
+    Pricing,
+    SpendQuota,
+    ToolSpec,
+)
 
 
 class AuditSink(Model):
@@ -61,6 +71,13 @@ class LedgerConfig(LedgerPolicy):
     """Prefix of every key the guard writes (several fleets may share one server)."""
 
 
+class PolicyQuota(SpendQuota):
+    """A covering AgentPolicy's spend quota, as the guard enforces it."""
+
+    policy: str = Field(min_length=1, max_length=253)
+    """Name of the AgentPolicy: every guard it covers counts against the same ledger key."""
+
+
 class GuardConfig(Model):
     """Everything one guard process needs to enforce one agent revision."""
 
@@ -101,6 +118,9 @@ class GuardConfig(Model):
     """Port of the metrics/health listener (must differ from listen_port)."""
     audit: AuditSink = AuditSink()
     """Audit trail sinks."""
+    quotas: list[PolicyQuota] = Field(default=[], max_length=64)
+    """Spend quotas of the covering AgentPolicies (enforced only with a shared ledger: a quota
+    over many agents cannot be counted by one guard)."""
     ledger: LedgerConfig | None = None
     """The shared budget ledger; unset: budgets are counted in this guard's memory only."""
     injection_classifier: InjectionClassifier | None = None

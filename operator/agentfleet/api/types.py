@@ -290,13 +290,69 @@ class LatencyBudget(Model):
     """Target p99 latency; a p99Latency guardrail can act on it."""
 
 
+class CalendarPeriod(StrEnum):
+    """A calendar window, aligned in the budgets' time zone."""
+
+    HOUR = "Hour"
+    DAY = "Day"
+    MONTH = "Month"
+
+
+TIME_ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$"
+
+
+def _time_zone(value: str) -> str:
+    """An IANA time zone the guard can load (``zoneinfo``)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from None
+    return value
+
+
+TimeZone = Annotated[str, Field(pattern=TIME_ZONE_PATTERN, max_length=64), AfterValidator(_time_zone)]
+"""An IANA time zone name, e.g. "UTC", "Europe/Berlin", "America/New_York"."""
+
+
+class BudgetWindow(Model):
+    """Tokens and/or dollars per calendar hour, day or month, shared by every replica and revision
+    when the guard has a shared ledger. It resets at the start of the next window in timeZone."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("has(self.tokens) || has(self.dollars)", "a budget window needs tokens or dollars"))
+    )
+    period: CalendarPeriod
+    """Hour, Day or Month."""
+    tokens: int | None = Field(default=None, ge=1, le=10**12)
+    """Tokens (input + output) per window."""
+    dollars: Money | None = None
+    """Dollars per window."""
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetWindow:
+        if self.tokens is None and self.dollars is None:
+            raise ValueError("a budget window needs tokens or dollars")
+        return self
+
+
 class Budgets(Model):
     """Limits the guard enforces at run time. Unset means unlimited (within AgentPolicy ceilings)."""
 
     tokens_per_hour: int | None = Field(default=None, ge=1, le=10**12)
-    """Tokens (input + output) per sliding hour, per replica's guard."""
+    """Tokens (input + output) per sliding hour: for all replicas together when the guard has a
+    shared ledger, else per replica's guard."""
     cost_per_day: Money | None = None
-    """Dollars per UTC day, per replica's guard; the fleet-wide total is also evaluated."""
+    """Dollars per day in timeZone (UTC by default): for all replicas together when the guard has
+    a shared ledger, else per replica's guard; the fleet-wide total is also evaluated."""
+    windows: list[BudgetWindow] | None = Field(default=None, max_length=3, json_schema_extra=_map_list("period"))
+    """Further budgets per calendar hour, day and/or month (at most one per period)."""
+    time_zone: TimeZone = "UTC"
+    """Time zone the calendar windows (and costPerDay) are aligned in."""
+    soft_limit_percent: int | None = Field(default=None, ge=1, le=99)
+    """When a call takes any budget past this share of its limit the guard signals it
+    (agentfleet_budget_soft_limit_reached, an audit record) before the hard stop."""
     max_tool_calls_per_task: int = Field(default=100, ge=1, le=100000)
     """Tool calls allowed in one task."""
     max_iterations_per_task: int = Field(default=50, ge=1, le=100000)
@@ -781,6 +837,18 @@ class LedgerPolicy(Model):
         )
 
 
+class SpendQuota(Model):
+    """Dollars all agents a policy covers may spend together per calendar period, enforced call
+    by call by the shared ledger (keyed by the policy's name), like an agent's own budget."""
+
+    dollars: Money
+    """Dollars per period for all covered agents together."""
+    period: CalendarPeriod = CalendarPeriod.DAY
+    """Day or Month (or Hour)."""
+    time_zone: TimeZone = "UTC"
+    """Time zone the period is aligned in."""
+
+
 class AgentPolicySpec(Model):
     """Fleet-wide ceilings and allowances, owned by the platform team. Agents in covered
     namespaces must stay within every field that is set; unset fields do not restrict."""
@@ -820,6 +888,8 @@ class AgentPolicySpec(Model):
     cluster's pod and service ranges are reachable only where a rule names them."""
     custom_queries: list[CustomQuery] | None = Field(default=None, max_length=256, json_schema_extra=_map_list("name"))
     """PromQL queries covered agents' guardrails may use by name (queryRef)."""
+    spend_quota: SpendQuota | None = None
+    """A spend quota shared by every agent this policy covers (needs the shared ledger)."""
     ledger: LedgerPolicy | None = None
     """What covered agents' guards do when the shared budget ledger is unreachable. Unset in every
     covering policy: FailClosed."""
