@@ -165,7 +165,10 @@ def install_crds(kube: Kube) -> None:
 
     def admission_ready() -> bool:
         res = kube.kubectl("create", "--dry-run=server", "-f", "-", input=probe, check=False)
-        return res.returncode == 0 or "not yet synced" not in res.stderr
+        # Until the API server has (re)discovered the paramKind it answers "not yet synced", or,
+        # right after a restart, "failed to find resource referenced by paramKind".
+        warming = ("not yet synced", "failed to find resource referenced by paramKind")
+        return res.returncode == 0 or not any(w in res.stderr for w in warming)
 
     poll(admission_ready, timeout=60, what="the admission policy to be ready")
 

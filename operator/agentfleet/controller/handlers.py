@@ -107,7 +107,8 @@ async def reconcile_one(ctx: Context, body: kopf.Body) -> None:
         outcome = await reconcile(ctx, json.loads(json.dumps(dict(body))))
     except KubeError as exc:
         metrics.RECONCILE_ERRORS.inc()
-        raise kopf.TemporaryError(f"API server said {exc}; retrying", delay=5) from exc
+        metrics.TRANSIENT_ERRORS.labels("reconcile").inc()
+        raise kopf.TemporaryError(f"API server said {exc}; retrying", delay=5) from None
     finally:
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     metrics.RECONCILES.inc()
@@ -177,7 +178,10 @@ class ReadyMirror:
         seen = self._latest.pop(key)
         try:
             await mirror_readiness(self.kube, agent_index, key, lambda: self._newest.get(key, seen))
-        except Exception:  # as from a kopf event handler: logged, and the next event tries again
+        except KubeError as exc:  # transient: the next Deployment event (or resync) writes it
+            metrics.TRANSIENT_ERRORS.labels("readiness").inc()
+            log.warning("mirroring the readiness of %s/%s failed: %s", *key, exc)
+        except Exception:  # a bug: logged with its traceback, and the next event tries again
             log.exception("mirroring the readiness of %s/%s failed", *key)
 
     def forget(self, key: tuple[str, str]) -> None:

@@ -18,3 +18,9 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+TRANSIENT_ERRORS = Counter(
+    "agentfleet_operator_transient_errors_total",
+    "API errors expected to clear (server away, conflicts, throttling), logged as warnings.",
+    ["where"],
+    registry=REGISTRY,
+)

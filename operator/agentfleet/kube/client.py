@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
@@ -122,23 +123,30 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any] | None:
-        """One API call; returns the decoded JSON body (None for 404 on GET/DELETE)."""
+        """One API call; returns the decoded JSON body (None for 404 on GET/DELETE).
+
+        An API server that cannot be reached (restarting, a network blip, a timeout) is a
+        KubeError 503 like any other transient answer: every caller already retries those, and a
+        restart of the API server must not fill the log with tracebacks."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         async with self._sem:
-            resp = await self._api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self._timeout,
-            )
             try:
-                data = await resp.read()
-            finally:
-                resp.release()
+                resp = await self._api.call_api(
+                    path,
+                    method,
+                    query_params=query or [],
+                    header_params=headers,
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                )
+                try:
+                    data = await resp.read()
+                finally:
+                    resp.release()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise KubeError(503, f"API server unreachable: {exc or type(exc).__name__}", "Unavailable") from None
         if 200 <= resp.status < 300:
             return json.loads(data) if data else {}
         if resp.status == 404 and method in {"GET", "DELETE"}:
