@@ -251,3 +251,60 @@ def test_the_strictest_ledger_policy_wins() -> None:
         LedgerPolicy(on_unavailable="LocalAllowance")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="needs tokens or dollars"):
         LocalAllowance()
+
+
+def test_cached_and_reasoning_tokens_are_priced_apart_and_reserved_at_the_worst() -> None:
+    from agentfleet.guard.config import Limits, build_config
+    from agentfleet.guard.openai_wire import usage_of
+
+    pricing = {"input_per_million": "2", "output_per_million": "8", "cached_input_per_million": "0.5"}
+    cfg = build_config(None, {**BASE, "pricing": {**pricing, "reasoning_per_million": "10"}})
+    limits = Limits.from_config(cfg)
+    usage = usage_of(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 500,
+            "prompt_tokens_details": {"cached_tokens": 800},
+            "completion_tokens_details": {"reasoning_tokens": 300},
+        }
+    )
+    assert usage is not None and (usage.cached_in, usage.reasoning_out) == (800, 300)
+    cost = limits.cost(usage.tokens_in, usage.tokens_out, usage.cached_in, usage.reasoning_out)
+    assert cost == Decimal("0.0004") + Decimal("0.0004") + Decimal("0.0016") + Decimal("0.003")
+    assert limits.worst_cost(1000, 500) == Decimal("0.002") + Decimal("0.005")  # reasoning is dearer here
+    plain = Limits.from_config(build_config(None, {**BASE, "pricing": pricing}))  # unset: the output price
+    assert plain.cost(1000, 500, 800, 300) == Decimal("0.0004") + Decimal("0.0004") + Decimal("0.004")
+    weird = usage_of({"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 99}})
+    assert weird is not None and weird.cached_in == 10  # never more than the whole
+
+
+BASE = {"namespace": "n", "agent": "a", "revision": "r", "model": {"name": "m", "endpoint": "http://127.0.0.1:9/v1"}}
+
+
+def test_calendar_budgets_reset_in_their_time_zone() -> None:
+    from agentfleet.guard.config import ConfigError, build_config
+    from agentfleet.guard.ledger import agent_budgets
+
+    budgets = {"cost_per_day": "1", "time_zone": "Europe/Berlin", "windows": [{"period": "Month", "tokens": 500}]}
+    cfg = build_config(None, {**BASE, "budgets": budgets, "quotas": [{"policy": "p", "dollars": "5"}]})
+    made = agent_budgets(cfg)
+    assert [b.name for b in made] == [
+        "tokens_per_hour",
+        "cost_per_day",
+        "tokens_per_month_window",
+    ]  # no ledger: no quota
+    berlin = ZoneInfo("Europe/Berlin")
+    wall = Clock(datetime(2026, 1, 31, 23, 30, tzinfo=berlin).timestamp())  # 22:30 UTC
+    led = MemoryLedger(made, wall=wall)
+    led.settle(led.reserve_now(c(400, "0.9")), c(400, "0.9"))
+    with pytest.raises(GuardError) as exc:
+        led.reserve_now(c(50, "0.2"))
+    assert exc.value.budget == "cost_per_day" and exc.value.retry_after == pytest.approx(1800)
+    assert "per day (Europe/Berlin)" in exc.value.message
+    wall.now += 1801  # 00:00:01 in Berlin, still 23:00 UTC: a new day and a new month there
+    led.settle(led.reserve_now(c(450, "0.2")), c(450, "0.2"))
+    with pytest.raises(GuardError) as exc:
+        led.reserve_now(c(51))
+    assert exc.value.budget == "tokens_per_month_window"
+    with pytest.raises(ConfigError, match="unknown time zone"):
+        build_config(None, {**BASE, "budgets": {"time_zone": "Mars/Olympus"}})

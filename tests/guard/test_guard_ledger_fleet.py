@@ -25,6 +25,7 @@ import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from agentfleet.api.guardconfig import AuditSink, GuardConfig, LedgerConfig
+from agentfleet.api.guardconfig import AuditSink, GuardConfig, LedgerConfig, PolicyQuota
 from agentfleet.api.types import Budgets, LatencyBudget, ModelSpec, Pricing
 from agentfleet.guard.ledger import agent_budgets
 from agentfleet.guard.redis_ledger import RedisLedger
@@ -216,3 +217,65 @@ async def test_four_guards_one_budget_two_killed_and_a_new_revision(
     assert outcomes["guard_killed"] > 0 and state["expired"] > 0, (outcomes, state, stats)  # calls died holding budget
     assert state["used"] <= limit
     print(f"outcomes {dict(outcomes)}; billed {billed} of {limit}; ledger {state}")  # shown with -rP
+
+
+async def test_a_namespace_quota_holds_over_five_agents(
+    fleet: Fleet, fake_process: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Five agents (one guard process each), no budget of their own, one AgentPolicy spend quota:
+    together they never spend more than it, and the soft limit was signalled before the stop."""
+    quota = Decimal("0.05")  # about 530 of the 1,000 calls at $1 / $2 per million tokens
+    await control(fake_process, "reset", {})
+    await control(
+        fake_process, "default", {"behavior": {"mode": "ok", "completion_tokens": MAX_TOKENS, "latency_ms": 30}}
+    )
+    budgets = Budgets(
+        max_concurrent_tasks=100000, soft_limit_percent=80, latency=LatencyBudget(per_call_deadline=DEADLINE)
+    )
+    cfgs = [
+        guard_config(tmp_path, fake_process, redis_server.url, "rev1", budgets, f"agent-{k}").model_copy(
+            update={"quotas": [PolicyQuota(policy="team-a-quota", dollars=str(quota))]}
+        )
+        for k in range(5)
+    ]
+    urls = [url for _, url in await asyncio.gather(*(fleet.start(c) for c in cfgs))]
+    clients = [openai.AsyncOpenAI(base_url=u + "/v1", api_key=AGENT_KEY, max_retries=0) for u in urls]
+    outcomes: Counter[str] = Counter()
+    messages: list[str] = []
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(i: int) -> None:
+        async with gate:
+            msgs: Any = [{"role": "user", "content": f"Summarise ticket number {i} for the weekly report."}]
+            try:
+                await clients[i % 5].chat.completions.create(model="gpt-4o", messages=msgs, max_tokens=MAX_TOKENS)
+                outcomes["ok"] += 1
+            except openai.APIStatusError as exc:
+                outcomes[str(exc.code)] += 1
+                messages.append(exc.message)
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(N)))
+    finally:
+        for c in clients:
+            await c.close()
+    assert set(outcomes) == {"ok", "budget_exhausted"}, outcomes
+    stats = await control(fake_process, "stats")
+    billed = (Decimal(stats["prompt_tokens"]) + 2 * Decimal(stats["completion_tokens"])) / 10**6
+    assert billed <= quota, f"overshoot: ${billed} billed against a quota of ${quota}"
+    assert billed >= quota * Decimal("0.75"), billed
+    assert all("shared quota team-a-quota" in m for m in messages), messages[:3]
+    texts = [await _get(u + "/metrics") for u in urls]
+    soft = [
+        line
+        for text in texts
+        for line in text.splitlines()
+        if line.startswith("agentfleet_budget_soft_limit_reached") and 'budget="spend_quota"' in line
+    ]
+    assert len(soft) == 5 and any(line.endswith(" 1.0") for line in soft), soft  # 80% passed before the stop
+    print(f"outcomes {dict(outcomes)}; billed ${billed} of ${quota}")  # shown with -rP
+
+
+async def _get(url: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return await r.text()

@@ -113,6 +113,8 @@ class Limits:
     cost_per_day: Decimal | None
     price_in: Decimal
     price_out: Decimal
+    price_cached: Decimal
+    price_reasoning: Decimal
     max_tool_calls: int
     max_iterations: int
     max_task_duration: float
@@ -136,6 +138,8 @@ class Limits:
             cost_per_day=Decimal(b.cost_per_day) if b.cost_per_day is not None else None,
             price_in=Decimal(cfg.pricing.input_per_million) / MILLION,
             price_out=Decimal(cfg.pricing.output_per_million) / MILLION,
+            price_cached=Decimal(cfg.pricing.cached_input_per_million or cfg.pricing.input_per_million) / MILLION,
+            price_reasoning=Decimal(cfg.pricing.reasoning_per_million or cfg.pricing.output_per_million) / MILLION,
             max_tool_calls=b.max_tool_calls_per_task,
             max_iterations=b.max_iterations_per_task,
             max_task_duration=parse_duration(b.max_task_duration),
@@ -146,9 +150,22 @@ class Limits:
             allowed=allowed,
         )
 
-    def cost(self, tokens_in: int, tokens_out: int) -> Decimal:
-        """Dollars for a number of input and output tokens at the effective price."""
-        return self.price_in * tokens_in + self.price_out * tokens_out
+    def cost(self, tokens_in: int, tokens_out: int, cached_in: int = 0, reasoning_out: int = 0) -> Decimal:
+        """Dollars for what a call used at the effective prices: ``cached_in`` of the input tokens
+        at the cached-input price, ``reasoning_out`` of the output tokens at the reasoning price."""
+        return (
+            self.price_in * (tokens_in - cached_in)
+            + self.price_cached * cached_in
+            + self.price_out * (tokens_out - reasoning_out)
+            + self.price_reasoning * reasoning_out
+        )
+
+    def worst_cost(self, tokens_in: int, tokens_out: int) -> Decimal:
+        """The most ``tokens_in`` and ``tokens_out`` can cost, whatever the upstream reports as
+        cached or reasoning (what a reservation holds)."""
+        return (
+            max(self.price_in, self.price_cached) * tokens_in + max(self.price_out, self.price_reasoning) * tokens_out
+        )
 
 
 @dataclass(frozen=True, slots=True)

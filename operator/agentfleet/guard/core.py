@@ -48,6 +48,7 @@ class CallLog:
     __slots__ = (
         "attempts",
         "began",
+        "cached",
         "completion",
         "detail",
         "guard",
@@ -56,6 +57,7 @@ class CallLog:
         "outcome",
         "prompt",
         "reason",
+        "reasoning",
         "removed",
         "res",
         "status",
@@ -76,6 +78,8 @@ class CallLog:
         self.task: Task | None = None
         self.res: Hold | None = None
         self.tin = 0
+        self.cached = 0
+        self.reasoning = 0
         self.tout = 0
         self.outcome = "error"
         self.reason: str | None = None
@@ -93,8 +97,9 @@ class CallLog:
         """Reserve the worst case of this call against the budgets (raises 429, or 503 when the
         shared ledger cannot decide). The request id makes the shared ledger's settle idempotent."""
         g = self.guard
-        charge = Charge.of(tokens_in + tokens_out, g.limits.cost(tokens_in, tokens_out))
+        charge = Charge.of(tokens_in + tokens_out, g.limits.worst_cost(tokens_in, tokens_out))
         self.res = await g.ledger.reserve(uuid.uuid4().hex, charge)
+        g.note_levels(self.res)
 
     def begin(self, task: Task) -> None:
         """Count the task as in flight until ``finish``."""
@@ -105,6 +110,7 @@ class CallLog:
         """What the call used: the upstream's usage, else the prompt estimate and the output seen."""
         if usage is not None:
             self.tin, self.tout = usage.tokens_in, usage.tokens_out
+            self.cached, self.reasoning = usage.cached_in, usage.reasoning_out
         else:
             self.tin, self.tout = prompt_estimate, -(-out_chars // 3)
 
@@ -126,7 +132,7 @@ class CallLog:
         g, m = self.guard, self.guard.metrics
         cost = Decimal(0)
         if self.res is not None:
-            cost = g.limits.cost(self.tin, self.tout)
+            cost = g.limits.cost(self.tin, self.tout, self.cached, self.reasoning)
             g.ledger.settle(self.res, Charge.of(self.tin + self.tout, cost))
             if self.tin:
                 m.tok_in.inc(self.tin)

@@ -245,18 +245,70 @@ def unavailable(message: str) -> GuardError:
 # ------------------------------------------------------------------------------ the agent's budgets
 
 
+PERIODS = {"Hour": Period.HOUR, "Day": Period.DAY, "Month": Period.MONTH}
+QUOTA = "spend_quota"
+"""The ``budget`` label of a refusal by an AgentPolicy's spend quota."""
+
+
 def agent_budgets(cfg: GuardConfig) -> tuple[Budget, ...]:
-    """The budgets of one agent, shared by all its replicas and revisions. The two built-in ones
-    are always counted (status shows spend even without a limit) and refuse only when set."""
+    """The budgets of one agent, shared by all its replicas and revisions (and, for the covering
+    policies' spend quotas, by every agent they cover). The two built-in ones are always counted
+    (status shows spend even without a limit) and refuse only when set. Quotas need the shared
+    ledger: one guard alone cannot count what other agents spend."""
     scope = f"agent/{cfg.namespace}/{cfg.agent}"
     b = cfg.budgets
-    return (
-        Budget("tokens_per_hour", scope, Unit.TOKENS, b.tokens_per_hour, Window(Period.SLIDING_HOUR)),
+    tz = zone(b.time_zone)
+
+    def soft(limit: int | None) -> int | None:
+        return None if limit is None or b.soft_limit_percent is None else limit * b.soft_limit_percent // 100
+
+    def dollars(text: str | None) -> int | None:
+        return None if text is None else to_nanos(Decimal(text))
+
+    out = [
+        Budget(
+            "tokens_per_hour",
+            scope,
+            Unit.TOKENS,
+            b.tokens_per_hour,
+            Window(Period.SLIDING_HOUR),
+            soft(b.tokens_per_hour),
+        ),
         Budget(
             "cost_per_day",
             scope,
             Unit.DOLLARS,
-            to_nanos(Decimal(b.cost_per_day)) if b.cost_per_day is not None else None,
-            Window(Period.DAY),
+            dollars(b.cost_per_day),
+            Window(Period.DAY, tz),
+            soft(dollars(b.cost_per_day)),
         ),
-    )
+    ]
+    for w in b.windows or ():
+        period = PERIODS[w.period.value]
+        if w.tokens is not None:
+            out.append(
+                Budget(
+                    f"tokens_per_{period.value}_window",
+                    scope,
+                    Unit.TOKENS,
+                    w.tokens,
+                    Window(period, tz),
+                    soft(w.tokens),
+                )
+            )
+        if w.dollars is not None:
+            limit = dollars(w.dollars)
+            out.append(
+                Budget(f"cost_per_{period.value}_window", scope, Unit.DOLLARS, limit, Window(period, tz), soft(limit))
+            )
+    if cfg.ledger is not None:
+        for q in cfg.quotas:
+            limit = dollars(q.dollars)
+            window = Window(PERIODS[q.period.value], zone(q.time_zone))
+            out.append(Budget(QUOTA, f"policy/{q.policy}", Unit.DOLLARS, limit, window, soft(limit)))
+    return tuple(out)
+
+
+def budget_labels(budgets: tuple[Budget, ...]) -> list[str]:
+    """The ``budget`` label values these budgets can refuse with (bounded by the config)."""
+    return sorted({b.name for b in budgets})

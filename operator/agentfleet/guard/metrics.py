@@ -10,6 +10,8 @@ once, so the hot path does a dict lookup and an add, not a label resolution.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from agentfleet.guard.breaker import BreakerState
@@ -43,7 +45,9 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class GuardMetrics:
     """All guard metrics with pre-bound children."""
 
-    def __init__(self, namespace: str, agent: str, revision: str, model: str, tools: list[str]) -> None:
+    def __init__(
+        self, namespace: str, agent: str, revision: str, model: str, tools: list[str], budgets: Sequence[str] = ()
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         base = (namespace, agent, revision, model)
@@ -90,6 +94,12 @@ class GuardMetrics:
             BASE,
             registry=r,
         )
+        self.soft_limit_reached = Gauge(
+            "agentfleet_budget_soft_limit_reached",
+            "1 while a budget's current window is past its soft limit (budgets.softLimitPercent), else 0.",
+            [*BASE, "budget"],
+            registry=r,
+        )
         self.ledger_available = Gauge(
             "agentfleet_ledger_available",
             "1 while the shared budget ledger answers, 0 while it does not (absent: no shared ledger configured).",
@@ -112,7 +122,8 @@ class GuardMetrics:
         self.cost_c = self.cost.labels(*base)
         self.tasks_c = self.tasks.labels(*base)
         self.loops_c = self.loops.labels(*base)
-        self.budget = {b: self.budget_rejections.labels(*base, b) for b in BUDGETS}
+        self.budget = {b: self.budget_rejections.labels(*base, b) for b in (*BUDGETS, *budgets)}
+        self.soft_limit = {b: self.soft_limit_reached.labels(*base, b) for b in budgets}
         self.injections_c = self.injections.labels(*base)
         self.duration_h = self.duration.labels(*base)
         self.upstream = {u: self.upstream_errors.labels(*base, u) for u in UPSTREAM_REASONS}

@@ -308,9 +308,21 @@ def usage_of(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     tin, tout = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
-    if isinstance(tin, int) and isinstance(tout, int):
-        return Usage(tin, tout)
-    return None
+    if not (isinstance(tin, int) and isinstance(tout, int)):
+        return None
+    return Usage(
+        tin,
+        tout,
+        _detail(usage, "prompt_tokens_details", "cached_tokens", tin),
+        _detail(usage, "completion_tokens_details", "reasoning_tokens", tout),
+    )
+
+
+def _detail(usage: dict[str, Any], group: str, field: str, whole: int) -> int:
+    """A detail count (cached, reasoning tokens) when reported, within 0..whole."""
+    details = usage.get(group)
+    value = details.get(field) if isinstance(details, dict) else None
+    return min(max(value, 0), whole) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def legacy_call_refusal() -> GuardError:

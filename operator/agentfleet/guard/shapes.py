@@ -57,6 +57,10 @@ class Usage:
 
     tokens_in: int
     tokens_out: int
+    cached_in: int = 0
+    """Of ``tokens_in``, those the upstream served from its prompt cache (priced apart)."""
+    reasoning_out: int = 0
+    """Of ``tokens_out``, the model's reasoning tokens (priced apart)."""
 
 
 @dataclass(slots=True)

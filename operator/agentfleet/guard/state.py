@@ -28,7 +28,7 @@ from agentfleet.guard.budgets import MemoryLedger
 from agentfleet.guard.classifier import Classifier
 from agentfleet.guard.config import Limits, Tuning, read_secret_file
 from agentfleet.guard.errors import Code, GuardError
-from agentfleet.guard.ledger import SpendLedger, agent_budgets
+from agentfleet.guard.ledger import Hold, SpendLedger, agent_budgets, budget_labels
 from agentfleet.guard.metrics import GuardMetrics
 from agentfleet.guard.tasks import Task, TaskTable
 from agentfleet.guard.toolgate import ToolGate
@@ -56,7 +56,11 @@ class Guard:
         self.tuning = tuning or Tuning()
         self.limits = Limits.from_config(cfg)
         self.model = cfg.model.name
-        self.metrics = GuardMetrics(cfg.namespace, cfg.agent, cfg.revision, self.model, sorted(self.limits.tools))
+        self.budgets = agent_budgets(cfg)
+        self.metrics = GuardMetrics(
+            cfg.namespace, cfg.agent, cfg.revision, self.model, sorted(self.limits.tools), budget_labels(self.budgets)
+        )
+        self._soft_signalled: dict[int, str] = {}
         self.audit = AuditLog(
             cfg.audit,
             {"namespace": cfg.namespace, "agent": cfg.agent, "revision": cfg.revision},
@@ -92,9 +96,15 @@ class Guard:
     def _ledger(self) -> SpendLedger:
         """The shared ledger when one is configured, else this process's own; the core uses
         either through the same interface."""
-        budgets = agent_budgets(self.cfg)
+        budgets = self.budgets
         ledger_cfg = self.cfg.ledger
         if ledger_cfg is None:
+            if self.cfg.quotas:  # never silently unlimited: say that these quotas are not enforced here
+                log(
+                    "quotas_not_enforced",
+                    reason="spend quotas need the shared ledger (ledger.url)",
+                    policies=[q.policy for q in self.cfg.quotas],
+                )
             return MemoryLedger(budgets)
         from agentfleet.guard.redis_ledger import RedisLedger  # only guards with a ledger load redis
 
@@ -106,6 +116,29 @@ class Guard:
             metrics=self.metrics,
             log=log,
         )
+
+    def note_levels(self, hold: Hold) -> None:
+        """Soft limits: after a reservation, signal each budget its level took past its soft
+        limit (the gauge, and one audit record per budget and window), before the hard stop."""
+        for i, (budget, level) in enumerate(zip(self.budgets, hold.levels, strict=False)):
+            if budget.soft is None:
+                continue
+            reached = level >= budget.soft
+            self.metrics.soft_limit[budget.name].set(1 if reached else 0)
+            span = hold.spans[i].id if i < len(hold.spans) else ""
+            if reached and self._soft_signalled.get(i) != span:
+                self._soft_signalled[i] = span
+                self.audit.record(
+                    "budget_soft_limit",
+                    decision="flag",
+                    reason="soft_limit_reached",
+                    budget=budget.name,
+                    scope=budget.scope,
+                    level=budget.value(level),
+                    soft_limit=budget.value(budget.soft),
+                    limit=None if budget.limit is None else budget.value(budget.limit),
+                )
+                log("budget_soft_limit", budget=budget.name, scope=budget.scope, level=budget.value(level))
 
     # ------------------------------------------------------------------ callbacks
 
