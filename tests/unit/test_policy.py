@@ -207,3 +207,21 @@ def test_suspend_all_only_for_covered_agents() -> None:
     assert not suspend_all(agent(), [policy(), kill], {"team": "b"})
     assert not suspend_all(agent(), [policy()])
     assert suspend_all(agent(), [kill])
+
+
+def test_a_price_table_entry_carries_every_price_it_names() -> None:
+    a = AgentDeployment.model_validate(BASE_AGENT)
+    table = {
+        "modelPrices": [
+            {
+                "model": "gpt-4o-mini",
+                "inputPerMillion": "1",
+                "outputPerMillion": "2",
+                "cachedInputPerMillion": "0.1",
+                "reasoningPerMillion": "3",
+            }
+        ]
+    }
+    p = AgentPolicy.model_validate({"metadata": {"name": "prices"}, "spec": table})
+    price = effective_pricing(a, [p], LABELS)
+    assert (price.cached_input_per_million, price.reasoning_per_million) == ("0.1", "3")

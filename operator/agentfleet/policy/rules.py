@@ -15,6 +15,7 @@ from agentfleet.api.types import (
     AgentPolicy,
     AgentPolicySpec,
     KubernetesRule,
+    ModelPrice,
     Pricing,
     RequiredGuardrail,
 )
@@ -105,8 +106,13 @@ def effective_pricing(
     for policy in sorted(_narrow(agent, policies, namespace_labels), key=lambda p: p.metadata.name):
         for entry in policy.spec.model_prices or ():
             if entry.model == model.name:
-                return Pricing(input_per_million=entry.input_per_million, output_per_million=entry.output_per_million)
+                return Pricing.model_validate(_price_of(entry))
     return model.pricing
+
+
+def _price_of(entry: ModelPrice) -> dict[str, str]:
+    """A price-table entry as Pricing fields: every price it names (cached and reasoning too)."""
+    return {k: v for k, v in entry.wire().items() if k != "model"}
 
 
 def _narrow(
