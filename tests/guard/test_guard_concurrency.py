@@ -16,7 +16,7 @@ import pytest
 
 from agentfleet.guard.openai_wire import estimate_prompt_tokens
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import AGENT_KEY, MakeGuard
+from tests.guard.support import AGENT_KEY, MakeGuard
 
 N = 1000
 MAX_TOKENS = 40

@@ -12,6 +12,7 @@ from agentfleet.guard.core import CallLog
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.shapes import History, ToolCall, ToolResult, Turn
 from agentfleet.guard.state import Guard
+from tests.guard.support import fn_call
 
 pytestmark = pytest.mark.unit
 
@@ -31,17 +32,13 @@ def make(**overrides: Any) -> Guard:
     return Guard(build_config(None, cfg), Tuning())
 
 
-def fn(cid: str, name: str, args: str = "{}") -> dict[str, Any]:
-    return {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
-
-
 # ------------------------------------------------------------------------------ OpenAI mapping
 
 
 def test_a_chat_request_maps_to_a_turn() -> None:
     messages = [
         {"role": "user", "content": "old question"},
-        {"role": "assistant", "content": None, "tool_calls": [fn("c1", "search"), fn("c2", "lookup")]},
+        {"role": "assistant", "content": None, "tool_calls": [fn_call("c1", "search"), fn_call("c2", "lookup")]},
         {"role": "tool", "tool_call_id": "c1", "content": "found"},
         {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "Error: gone"}]},
         {"role": "user", "content": "and now?"},

@@ -12,8 +12,7 @@ import pytest
 
 from agentfleet.guard.breaker import BreakerState
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import FAST, MakeGuard, wait_for
-from tests.guard.test_guard_proxy import USER, code_of
+from tests.guard.support import FAST, USER, MakeGuard, code_of, wait_for
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ idempotent settles, reservations of a dead guard expire into spend, never double
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,20 +18,12 @@ from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.ledger import Budget, Charge, Period, Unit, Window, to_nanos
 from agentfleet.guard.redis_ledger import RedisLedger
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import AGENT_KEY, MakeGuard, wait_for
 from tests.guard.redisd import RedisServer
+from tests.guard.support import AGENT_KEY, MakeGuard, wait_for
 
 pytestmark = pytest.mark.integration
 
 SCOPE = "agent/team-a/support"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
 
 
 def budgets(tokens: int | None = 1000, dollars: str | None = None) -> tuple[Budget, ...]:

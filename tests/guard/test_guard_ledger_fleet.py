@@ -23,7 +23,7 @@ import json
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -39,22 +39,13 @@ from agentfleet.api.guardconfig import AuditSink, GuardConfig, LedgerConfig, Pol
 from agentfleet.api.types import Budgets, LatencyBudget, ModelSpec, Pricing
 from agentfleet.guard.ledger import agent_budgets
 from agentfleet.guard.redis_ledger import RedisLedger
-from tests.guard.conftest import AGENT_KEY, ROOT, UPSTREAM_KEY, start, wait_for
 from tests.guard.redisd import RedisServer
+from tests.guard.support import AGENT_KEY, AGENTFLEET, UPSTREAM_KEY, get, start, wait_for
 
 pytestmark = pytest.mark.integration
 
-AGENTFLEET = str(ROOT / ".venv" / "bin" / "agentfleet")
 DEADLINE = "5s"
 MARGIN = "1s"  # holds of a killed guard expire 6 s after they were made
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
 
 
 def guard_config(tmp: Path, fake_url: str, redis_url: str, revision: str, budgets: Budgets, agent: str) -> GuardConfig:
@@ -265,7 +256,7 @@ async def test_a_namespace_quota_holds_over_five_agents(
     assert billed <= quota, f"overshoot: ${billed} billed against a quota of ${quota}"
     assert billed >= quota * Decimal("0.75"), billed
     assert all("shared quota team-a-quota" in m for m in messages), messages[:3]
-    texts = [await _get(u + "/metrics") for u in urls]
+    texts = [(await get(u + "/metrics"))[1] for u in urls]
     soft = [
         line
         for text in texts
@@ -274,8 +265,3 @@ async def test_a_namespace_quota_holds_over_five_agents(
     ]
     assert len(soft) == 5 and any(line.endswith(" 1.0") for line in soft), soft  # 80% passed before the stop
     print(f"outcomes {dict(outcomes)}; billed ${billed} of ${quota}")  # shown with -rP
-
-
-async def _get(url: str) -> str:
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        return await r.text()

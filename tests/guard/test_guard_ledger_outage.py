@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,18 +14,10 @@ import pytest
 
 from agentfleet.guard.redis_ledger import RedisLedger
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import Harness, MakeGuard, wait_for
 from tests.guard.redisd import RedisServer
+from tests.guard.support import Harness, MakeGuard, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
 
 
 class Traffic:

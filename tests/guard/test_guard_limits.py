@@ -10,16 +10,14 @@ import openai
 import pytest
 
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import MakeGuard, wait_for
-from tests.guard.test_guard_proxy import USER, code_of
+from tests.guard.support import USER, MakeGuard, code_of, fn_call, wait_for
+
+QUERY = '{"query": "x"}'
+"""The arguments of the tool calls in the history."""
 
 
 def task(name: str) -> dict[str, dict[str, str]]:
     return {"extra_headers": {"X-Agentfleet-Task": name}}
-
-
-def call(cid: str, name: str = "search", args: str = '{"query": "x"}') -> dict[str, Any]:
-    return {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
 
 
 async def test_iteration_limit_per_named_task(make_guard: MakeGuard, fake: FakeLLM) -> None:
@@ -144,7 +142,7 @@ async def test_loop_detection_without_header_reads_the_history(
     history: list[dict[str, Any]] = [*USER]
     for i in range(2):
         history += [
-            {"role": "assistant", "content": None, "tool_calls": [call(f"c{i}", args=same)]},
+            {"role": "assistant", "content": None, "tool_calls": [fn_call(f"c{i}", args=same)]},
             {"role": "tool", "tool_call_id": f"c{i}", "content": "no results"},
         ]
     with pytest.raises(openai.RateLimitError) as exc:
@@ -160,7 +158,7 @@ async def test_the_same_tool_error_three_times_ends_the_task(make_guard: MakeGua
     headers = task("errs") if named else {}
     for i in range(3):
         history += [
-            {"role": "assistant", "content": None, "tool_calls": [call(f"c{i}", args=json.dumps({"n": i}))]},
+            {"role": "assistant", "content": None, "tool_calls": [fn_call(f"c{i}", args=json.dumps({"n": i}))]},
             {
                 "role": "tool",
                 "tool_call_id": f"c{i}",
@@ -185,7 +183,7 @@ async def test_injection_in_tool_results(make_guard: MakeGuard, fake: FakeLLM, m
     h = await make_guard(guard={"injection": mode})
     messages = [
         *USER,
-        {"role": "assistant", "content": None, "tool_calls": [call("c1")]},
+        {"role": "assistant", "content": None, "tool_calls": [fn_call("c1", args=QUERY)]},
         {"role": "tool", "tool_call_id": "c1", "content": ATTACK},
     ]
     client = h.client()
@@ -203,7 +201,7 @@ async def test_injection_in_tool_results(make_guard: MakeGuard, fake: FakeLLM, m
     assert "override_instructions" in flagged[0]["signals"] and "evil.example" not in h.audit_file.read_text()
     benign = [
         *USER,
-        {"role": "assistant", "content": None, "tool_calls": [call("c2")]},
+        {"role": "assistant", "content": None, "tool_calls": [fn_call("c2", args=QUERY)]},
         {"role": "tool", "tool_call_id": "c2", "content": "Ticket 42 is open; ignore the duplicate #41."},
     ]
     await client.chat.completions.create(model="x", messages=benign)
@@ -214,7 +212,7 @@ async def test_a_blocked_tool_result_stays_blocked_when_retried(make_guard: Make
     h = await make_guard(guard={"injection": "Block"})
     messages = [
         *USER,
-        {"role": "assistant", "content": None, "tool_calls": [call("c1")]},
+        {"role": "assistant", "content": None, "tool_calls": [fn_call("c1", args=QUERY)]},
         {"role": "tool", "tool_call_id": "c1", "content": ATTACK},
     ]
     for _ in range(2):

@@ -24,9 +24,7 @@ from agentfleet.audit import Anchor, chain_head, verify
 from agentfleet.guard import cli
 from agentfleet.guard.config import ConfigError, build_config, is_loopback, listeners
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import MakeGuard, wait_for
-from tests.guard.test_guard_process import AGENTFLEET, start, write_config
-from tests.guard.test_guard_proxy import USER
+from tests.guard.support import AGENTFLEET, USER, MakeGuard, start, wait_for, write_config
 
 CFG = {"namespace": "n", "agent": "a", "revision": "r", "model": {"name": "m", "endpoint": "http://127.0.0.1:9/v1"}}
 

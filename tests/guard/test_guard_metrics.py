@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from typing import Any
@@ -12,10 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import Harness, MakeGuard
-from tests.guard.test_guard_proxy import USER
+from tests.guard.support import USER, Harness, MakeGuard, promtool_check
 
-PROMTOOL = "/usr/bin/promtool"
 BASE_LABELS = {"namespace", "agent", "revision", "model"}
 CONTRACT = {
     "agentfleet_requests": ("counter", {"outcome"}),
@@ -30,20 +27,6 @@ CONTRACT = {
     "agentfleet_upstream_errors": ("counter", {"reason"}),
     "agentfleet_breaker_state": ("gauge", set()),
 }
-
-
-async def promtool_check(text: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        PROMTOOL,
-        "check",
-        "metrics",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate(text.encode())
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
 
 
 async def traffic(h: Harness, fake: FakeLLM, tools: list[dict[str, Any]]) -> None:

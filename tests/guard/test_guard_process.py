@@ -14,22 +14,15 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import openai
 import pytest
 import pytest_asyncio
-import yaml
 
-from agentfleet.api.guardconfig import AuditSink, GuardConfig
-from agentfleet.api.types import Budgets, LatencyBudget, ModelSpec, Pricing, ToolSpec
-from tests.guard.conftest import AGENT_KEY, ROOT, UPSTREAM_KEY, start
-from tests.guard.test_guard_metrics import promtool_check
+from tests.guard.support import AGENT_KEY, AGENTFLEET, UPSTREAM_KEY, get, promtool_check, run, start, write_config
 
 pytestmark = pytest.mark.integration
-
-AGENTFLEET = str(ROOT / ".venv" / "bin" / "agentfleet")
 
 
 @dataclass
@@ -42,25 +35,6 @@ class Proc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
-
-
-def write_config(tmp: Path, fake_url: str, **budgets: Any) -> Path:
-    key = tmp / "api-key"
-    key.write_text(UPSTREAM_KEY + "\n")
-    cfg = GuardConfig(
-        namespace="team-a",
-        agent="support",
-        revision="rev7",
-        model=ModelSpec(name="gpt-test", endpoint=f"{fake_url}/v1"),
-        pricing=Pricing(input_per_million="1", output_per_million="2"),
-        api_key_file=str(key),
-        tools=[ToolSpec(name="search", endpoint=f"{fake_url}/tools/search")],
-        budgets=Budgets(latency=LatencyBudget(per_call_deadline="5s"), **budgets),
-        audit=AuditSink(stdout=False, file=str(tmp / "audit" / "audit.jsonl")),
-    )
-    path = tmp / "guard.yaml"
-    path.write_text(yaml.safe_dump(cfg.wire()))
-    return path
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -84,18 +58,6 @@ async def guard_process(fake_process: str, tmp_path: Path) -> AsyncIterator[Proc
 async def reset_fake(url: str) -> None:
     async with aiohttp.ClientSession() as s, s.post(f"{url}/_control/reset") as r:
         assert r.status == 200
-
-
-async def get(url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        return r.status, await r.text()
-
-
-async def run(*cmd: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
 
 
 async def test_the_guard_process_serves_enforces_and_audits(guard_process: Proc, fake_process: str) -> None:

@@ -17,19 +17,14 @@ import openai
 import pytest
 
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import FAST, Harness, MakeGuard
 from tests.guard.scripted import DONE, USAGE, ScriptedUpstream, chunk
-from tests.guard.test_guard_proxy import USER, code_of
+from tests.guard.support import FAST, USER, Harness, MakeGuard, code_of, fn_call
 
 SEARCH = {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}
 
 
 async def scripted_guard(make_guard: MakeGuard, scripted: ScriptedUpstream, **extra: Any) -> Harness:
     return await make_guard(model={"endpoint": scripted.url + "/v1"}, **extra)
-
-
-def fn_call(cid: str, name: str = "search") -> dict[str, Any]:
-    return {"id": cid, "type": "function", "function": {"name": name, "arguments": "{}"}}
 
 
 def parse_sse(body: bytes) -> list[Any]:

@@ -9,16 +9,7 @@ import openai
 import pytest
 
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import AGENT_KEY, UPSTREAM_KEY, MakeGuard
-
-USER = [{"role": "user", "content": "What is the status of ticket 42?"}]
-
-
-def code_of(exc: openai.APIError) -> str:
-    body = exc.body
-    assert isinstance(body, dict), body
-    inner = body.get("error", body)
-    return str(inner["code"])
+from tests.guard.support import AGENT_KEY, UPSTREAM_KEY, USER, MakeGuard, code_of
 
 
 async def test_chat_is_proxied_with_the_guards_model_and_key(make_guard: MakeGuard, fake: FakeLLM) -> None:

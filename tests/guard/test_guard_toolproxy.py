@@ -7,8 +7,7 @@ from typing import Any
 import openai
 
 from hack.harness.fake_llm import FakeLLM
-from tests.guard.conftest import Harness, MakeGuard
-from tests.guard.test_guard_proxy import USER
+from tests.guard.support import USER, Harness, MakeGuard
 
 
 async def tool_guard(make_guard: MakeGuard, fake: FakeLLM, **extra: Any) -> Harness:
