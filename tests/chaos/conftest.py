@@ -5,21 +5,12 @@ full size; ``make test`` a CI-sized one)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from hack.harness.kube import Cluster, Kube, install_crds
-from hack.harness.processes import DEV_PLATFORM, OperatorProcess
-
-PORT_BASE = 22400
-SCALE = float(os.environ.get("AGENTFLEET_CHAOS_SCALE", "1"))
-
-
-def scaled(n: int) -> int:
-    return max(1, round(n * SCALE))
+from tests.chaos.support import PORT_BASE
 
 
 @pytest.fixture(scope="package")
@@ -39,13 +30,3 @@ def chaos_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
 @pytest.fixture(scope="package")
 def kube(chaos_cluster: Cluster) -> Kube:
     return chaos_cluster.kube
-
-
-def operator(kube: Kube, log: Path, identity: str, *extra: str) -> OperatorProcess:
-    """An operator process as a replica of the chart would run it (its own identity)."""
-    return OperatorProcess(
-        kube.kubeconfig,
-        log,
-        extra=[f"--platform={DEV_PLATFORM}", *extra],
-        env={"POD_NAME": identity},
-    )

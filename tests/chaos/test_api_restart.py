@@ -13,8 +13,7 @@ import pytest
 
 from hack.harness.agents import agent
 from hack.harness.kube import Cluster, Kube, install_crds, poll
-from tests.chaos.conftest import operator, scaled
-from tests.chaos.test_convergence import converged
+from tests.chaos.support import converged, operator, scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

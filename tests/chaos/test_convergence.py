@@ -10,30 +10,14 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hack.harness.agents import agent
 from hack.harness.kube import Kube, poll
-from tests.chaos.conftest import operator, scaled
+from tests.chaos.support import converged, items, operator, scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-
-
-def items(kube: Kube, kind: str, ns: str) -> list[dict[str, Any]]:
-    return list(kube.get_json(kind, "-n", ns)["items"])
-
-
-def converged(kube: Kube, ns: str, names: list[str]) -> bool:
-    agents = {a["metadata"]["name"]: a for a in items(kube, "agd", ns)}
-    if set(agents) != set(names):
-        return False
-    for a in agents.values():
-        st = a.get("status") or {}
-        if st.get("observedGeneration") != a["metadata"]["generation"] or not st.get("currentRevision"):
-            return False
-    return True
 
 
 def test_killed_at_random_points_the_fleet_converges(kube: Kube, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from hack.harness.agents import agent, status
 from hack.harness.kube import Kube, poll
-from tests.chaos.conftest import operator
+from tests.chaos.support import operator
 
 pytestmark = pytest.mark.integration
 

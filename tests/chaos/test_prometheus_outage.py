@@ -15,7 +15,7 @@ import pytest
 
 from hack.harness.agents import agent, condition, status
 from hack.harness.kube import Kube, free_port, http_ok, poll
-from tests.chaos.conftest import operator, scaled
+from tests.chaos.support import operator, scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

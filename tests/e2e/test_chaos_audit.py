@@ -26,7 +26,7 @@ import pytest
 
 from agentfleet.render.guard import AUDIT_FILE
 from hack.harness.kube import HACK, Kube
-from tests.e2e.conftest import (
+from tests.e2e.support import (
     NS,
     FakeLLM,
     RealNode,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import (
+from tests.e2e.support import (
     NS,
     FakeLLM,
     Prometheus,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import (
+from tests.e2e.support import (
     API_PORT,
     MONITORING,
     NODE_IP,

@@ -1,6 +1,6 @@
 """The operator, the guard and an agent in real containers on a real node (hack/node).
 
-One session node (tests/e2e/conftest.py): the chart is installed with the locally built project
+One session node (tests/e2e/support.py, as conftest fixtures): the chart is installed with the locally built project
 image; the operator must become Ready as uid 65532 and reconcile an AgentDeployment into a real
 pod whose agent (hack/images/agent.py, official openai SDK) asks its guard on localhost and gets
 the fake LLM's answer, the fake LLM running as a pod behind a Service. Hardening is read from
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import (
+from tests.e2e.support import (
     API_KEY,
     API_PORT,
     FAKE_TEXT,

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from hack.harness.kube import ROOT
-from tests.e2e.conftest import NETNS, RUN_DIR, FakeLLM, RealNode
 from tests.e2e.machine import processes_matching, snapshot
+from tests.e2e.support import NETNS, RUN_DIR, FakeLLM, RealNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(900)]
 

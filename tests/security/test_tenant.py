@@ -14,7 +14,7 @@ import pytest
 
 from hack.harness.agents import agent_policy, condition, status
 from hack.harness.kube import Kube, poll
-from tests.security.conftest import API_SERVICE_IP, World, can_i, refused, warning_events
+from tests.security.support import API_SERVICE_IP, World, can_i, refused, warning_events
 
 pytestmark = pytest.mark.integration
 
