@@ -84,6 +84,12 @@ def _mounts() -> frozenset[str]:
     return frozenset(out)
 
 
+def _sandbox_cgroup(path: Path) -> bool:
+    """Cgroups this machine's own process supervisor creates and removes for every command it
+    runs (``process_api``): they come and go with the commands around the test, never with ours."""
+    return "process_api" in path.parts
+
+
 def snapshot() -> Snapshot:
     netns_dir = Path("/run/netns")
     sysctls = []
@@ -95,7 +101,7 @@ def snapshot() -> Snapshot:
     return Snapshot(
         mounts=_mounts(),
         netns=frozenset(p.name for p in netns_dir.iterdir()) if netns_dir.exists() else frozenset(),
-        cgroups=frozenset(str(p) for p in Path("/sys/fs/cgroup").rglob("*") if p.is_dir()),
+        cgroups=frozenset(str(p) for p in Path("/sys/fs/cgroup").rglob("*") if p.is_dir() and not _sandbox_cgroup(p)),
         firewall=tuple((tool, _firewall(tool)) for tool in IPTABLES),
         ipsets=_run("ipset", "list", "-n"),
         links=frozenset(_run("ip", "-o", "link", "show").split("\n")) - {""},
