@@ -20,7 +20,8 @@ from agentfleet import policy as policy_core
 from agentfleet.api import conditions as cond
 from agentfleet.api import names
 from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy, Pricing
-from agentfleet.policy.platform import NetworkAllowances, Platform, all_violations, effective, network_allowances
+from agentfleet.policy.platform import NetworkAllowances, Platform, all_violations
+from agentfleet.policy.platform import judge as judge_with
 from agentfleet.policy.rules import Violation
 
 BUILTIN = Platform()
@@ -274,10 +275,10 @@ def plan(
             generation,
             now,
         )
-    source = agent
+    source = agent if pinned is None else snapshot_agent(agent, pinned)
+    judgement = judge_with(source, policies, namespace_labels, platform)
     if pinned is not None:
-        source = snapshot_agent(agent, pinned)
-        found = all_violations(source, policies, namespace_labels, platform)
+        found = judgement.violations
         if found:
             return violation(
                 body,
@@ -295,9 +296,8 @@ def plan(
             status["conditions"] = conditions
         consumed[names.RESUME] = None
     replicas, zero_reason = desired_replicas(agent, status, policies, namespace_labels)
-    judges = effective(source, policy_core.covering(source, policies, namespace_labels), platform)
     return Plan(
-        allowances=network_allowances(source, judges, platform),
+        allowances=judgement.allowances,
         agent=agent,
         source=source,
         pinned=pinned,

@@ -20,12 +20,21 @@ forbidden ranges cut out of every egress block.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from agentfleet.api.types import AgentDeployment, AgentPolicy, AgentPolicySpec, EndpointRule, KubernetesRule
+from agentfleet.api import addresses
+from agentfleet.api.addresses import network
+from agentfleet.api.types import (
+    AgentDeployment,
+    AgentPolicy,
+    AgentPolicySpec,
+    EndpointRule,
+    KubernetesRule,
+    ObjectMeta,
+)
 from agentfleet.policy.rules import Violation, check, covering, describe_rule, rule_covered
 
 FORBIDDEN_RANGES: tuple[str, ...] = (
@@ -75,8 +84,28 @@ class Platform:
     cluster_cidrs: tuple[str, ...] = ()
     """The cluster's pod and service ranges."""
 
+    def residual(self, fields: tuple[str, ...]) -> AgentPolicy:
+        """The default policy reduced to ``fields`` (judging nothing else), built once per set."""
+        cached = self._residuals.get(fields)
+        if cached is None:
+            spec = AgentPolicySpec.model_validate(
+                {
+                    **AgentPolicySpec(**{f: getattr(self.default_policy, f) for f in fields}).wire(),
+                    "allowedKubernetesRules": [r.wire() for r in _NEUTRAL_RULES],
+                }
+            )
+            name = f"{DEFAULT_POLICY_NAME} (for what no covering AgentPolicy sets)"
+            cached = self._residuals[fields] = AgentPolicy(metadata=ObjectMeta(name=name), spec=spec)
+        return cached
+
+    @functools.cached_property
+    def _residuals(self) -> dict[tuple[str, ...], AgentPolicy]:
+        return {}
+
+    @functools.cached_property
     def forbidden(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(_network(c) for c in (*FORBIDDEN_RANGES, *self.cluster_cidrs))
+        """Parsed once per platform: every reconcile reads them."""
+        return tuple(network(c) for c in (*FORBIDDEN_RANGES, *self.cluster_cidrs))
 
 
 @dataclass(frozen=True)
@@ -89,30 +118,20 @@ class NetworkAllowances:
     """Ranges cut out of every egress block (forbidden and not explicitly allowed)."""
 
 
-def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    network = ipaddress.ip_network(cidr, strict=False)
-    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
-        return ipaddress.IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
-    return network
-
-
-def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP of an IP-literal host (IPv4-mapped IPv6 as the IPv4 it is); None for names."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 @dataclass(frozen=True)
 class Endpoint:
+    """A model or tool endpoint of the agent, where it stands in the spec."""
+
     where: str
-    url: str
-    host: str
-    port: int
+    target: addresses.Endpoint
+
+    @property
+    def host(self) -> str:
+        return self.target.host
+
+    @property
+    def port(self) -> int:
+        return self.target.port
 
 
 def endpoints_of(agent: AgentDeployment) -> list[Endpoint]:
@@ -122,12 +141,9 @@ def endpoints_of(agent: AgentDeployment) -> list[Endpoint]:
     out = []
     for where, url in urls:
         try:
-            parts = urlsplit(url)
-            host, port = (parts.hostname or "").rstrip(".").lower(), parts.port
+            out.append(Endpoint(where, addresses.parse_endpoint(url)))
         except ValueError:
             continue
-        if host:
-            out.append(Endpoint(where, url, host, port or (443 if parts.scheme == "https" else 80)))
     return out
 
 
@@ -138,9 +154,9 @@ def _host_matches(pattern: str, host: str) -> bool:
 def rule_matches(rule: EndpointRule, endpoint: Endpoint) -> bool:
     if rule.ports and endpoint.port not in rule.ports:
         return False
-    address = _address(endpoint.host)
-    if address is not None:
-        return rule.host is None and rule.cidr is not None and address in _network(rule.cidr)
+    ip = endpoint.target.address
+    if ip is not None:
+        return rule.host is None and rule.cidr is not None and ip in network(rule.cidr)
     return rule.host is not None and _host_matches(rule.host, endpoint.host)
 
 
@@ -154,22 +170,21 @@ def effective(agent: AgentDeployment, covering: Sequence[AgentPolicy], platform:
     default = platform.default_policy
     if not covering:
         name = f"{DEFAULT_POLICY_NAME} (no AgentPolicy covers namespace {agent.metadata.namespace})"
-        return [AgentPolicy.model_validate({"metadata": {"name": name}, "spec": default.wire()})]
-    residual = {
-        f: getattr(default, f)
+        return [AgentPolicy(metadata=ObjectMeta(name=name), spec=default)]
+    unset = tuple(
+        f
         for f in DEFAULTED_FIELDS
         if getattr(default, f) is not None and all(getattr(p.spec, f) is None for p in covering)
-    }
-    if not residual:
-        return list(covering)
-    spec = AgentPolicySpec.model_validate(
-        {**AgentPolicySpec(**residual).wire(), "allowedKubernetesRules": [r.wire() for r in _NEUTRAL_RULES]}
     )
-    name = f"{DEFAULT_POLICY_NAME} (for what no covering AgentPolicy sets)"
-    return [*covering, AgentPolicy.model_validate({"metadata": {"name": name}, "spec": spec.wire()})]
+    return [*covering, platform.residual(unset)] if unset else list(covering)
 
 
-def platform_violations(agent: AgentDeployment, policies: Sequence[AgentPolicy], platform: Platform) -> list[Violation]:
+def platform_violations(
+    agent: AgentDeployment,
+    policies: Sequence[AgentPolicy],
+    platform: Platform,
+    allowances: NetworkAllowances | None = None,
+) -> list[Violation]:
     """The platform's own rules, over the effective ``policies``."""
     found: list[Violation] = []
     if platform.delegation_ceiling is not None:
@@ -187,11 +202,11 @@ def platform_violations(agent: AgentDeployment, policies: Sequence[AgentPolicy],
                     "agentPermissionsCeiling): " + "; ".join(map(describe_rule, beyond)),
                 )
             )
-    forbidden = platform.forbidden()
-    allowances = network_allowances(agent, policies, platform)
+    forbidden = platform.forbidden
+    allowances = allowances or network_allowances(agent, policies, platform)
     for index, rule in enumerate(agent.spec.permissions.egress or ()):
-        net = _network(rule.cidr)
-        inside = [str(x) for x in map(_network, allowances.excluded) if x.version == net.version and net.subnet_of(x)]  # type: ignore[arg-type]
+        net = network(rule.cidr)
+        inside = [str(x) for x in map(network, allowances.excluded) if x.version == net.version and net.subnet_of(x)]  # type: ignore[arg-type]
         if inside:
             found.append(
                 Violation(
@@ -213,7 +228,7 @@ def platform_violations(agent: AgentDeployment, policies: Sequence[AgentPolicy],
                         "is not in allowedEndpoints",
                     )
                 )
-        address = _address(endpoint.host)
+        address = endpoint.target.address
         risky = (
             any(address in net for net in forbidden if net.version == address.version)
             if address is not None
@@ -236,13 +251,31 @@ def platform_violations(agent: AgentDeployment, policies: Sequence[AgentPolicy],
     return found
 
 
-def all_violations(
+@dataclass(frozen=True)
+class Judgement:
+    """What the effective policies and the platform say of one agent."""
+
+    violations: list[Violation]
+    allowances: NetworkAllowances
+    """What its NetworkPolicy may open, if it runs."""
+
+
+def judge(
     agent: AgentDeployment, policies: Iterable[AgentPolicy], namespace_labels: Mapping[str, str], platform: Platform
-) -> list[Violation]:
+) -> Judgement:
     """Every rule of every effective policy (the covering ones, or the default), then the
     platform's own rules: what the operator checks before it creates anything."""
     judges = effective(agent, covering(agent, policies, namespace_labels), platform)
-    return [v for p in judges for v in check(agent, p)] + platform_violations(agent, judges, platform)
+    allowances = network_allowances(agent, judges, platform)
+    violations = [v for p in judges for v in check(agent, p)]
+    return Judgement(violations + platform_violations(agent, judges, platform, allowances), allowances)
+
+
+def all_violations(
+    agent: AgentDeployment, policies: Iterable[AgentPolicy], namespace_labels: Mapping[str, str], platform: Platform
+) -> list[Violation]:
+    """``judge(...).violations``."""
+    return judge(agent, policies, namespace_labels, platform).violations
 
 
 def network_allowances(
@@ -252,18 +285,18 @@ def network_allowances(
     policies = list(policies)
     hostname_cidrs: dict[str, tuple[str, ...]] = {}
     for endpoint in endpoints_of(agent):
-        if _address(endpoint.host) is not None:
+        if endpoint.target.address is not None:
             continue
         for policy in policies:
             for rule in policy.spec.allowed_endpoints or ():
                 if rule.cidr and rule_matches(rule, endpoint):
                     hostname_cidrs[endpoint.host] = (*hostname_cidrs.get(endpoint.host, ()), rule.cidr)
-    explicit = [_network(r.cidr) for p in policies for r in p.spec.allowed_endpoints or () if r.cidr is not None] + [
-        _network(c) for p in policies for c in p.spec.allowed_egress or () if _is_narrow(c)
+    explicit = [network(r.cidr) for p in policies for r in p.spec.allowed_endpoints or () if r.cidr is not None] + [
+        network(c) for p in policies for c in p.spec.allowed_egress or () if _is_narrow(c)
     ]
     excluded = [
         str(net)
-        for net in platform.forbidden()
+        for net in platform.forbidden
         if not any(net.version == e.version and net.subnet_of(e) for e in explicit)  # type: ignore[arg-type]
     ]
     return NetworkAllowances(hostname_cidrs, tuple(excluded))
@@ -271,7 +304,7 @@ def network_allowances(
 
 def _is_narrow(cidr: str) -> bool:
     """An allowedEgress entry names a range explicitly unless it is a catch-all like 0.0.0.0/0."""
-    return _network(cidr).prefixlen > 0
+    return network(cidr).prefixlen > 0
 
 
 def load_platform(data: Mapping[str, object]) -> Platform:
@@ -299,7 +332,7 @@ def load_platform(data: Mapping[str, object]) -> Platform:
         raise ValueError("platform file: clusterCIDRs must be a list of CIDRs")
     for cidr in cidrs:
         try:
-            _network(str(cidr))
+            network(str(cidr))
         except ValueError:
             raise ValueError(f"platform file: clusterCIDRs: {cidr!r} is not a CIDR") from None
     return Platform(

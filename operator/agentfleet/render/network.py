@@ -7,59 +7,32 @@ allowed are not opened at all.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from agentfleet.api import addresses
+from agentfleet.api.addresses import Endpoint, network
 from agentfleet.api.types import AgentDeploymentSpec
 from agentfleet.render.base import RenderError, RenderSettings
 from agentfleet.render.children import ChildNames, Owner, selector
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
 DNS_PORT = 53
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where an upstream URL connects: a CIDR for IP literals, None for hostnames."""
-
-    cidr: str | None
-    port: int
-
-
 def normalize_cidr(cidr: str, where: str) -> str:
-    """Canonical form: host bits cleared, and IPv4-mapped IPv6 (::ffff:a.b.c.d) as the IPv4
-    network it really is, since the API server rejects mapped addresses in an ipBlock."""
+    """Canonical form (``api.addresses.network``), as a RenderError naming ``where``."""
     try:
-        network = ipaddress.ip_network(cidr, strict=False)
+        return str(network(cidr))
     except ValueError as err:
         raise RenderError(f"{where}: {cidr!r} is not a CIDR") from err
-    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
-        network = ipaddress.IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
-    return str(network)
 
 
 def parse_endpoint(url: str, where: str) -> Endpoint:
     try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
+        return addresses.parse_endpoint(url)
     except ValueError as err:
-        raise RenderError(f"{where}: {url!r} is not a valid URL ({err})") from err
-    if not host or parts.scheme not in DEFAULT_PORTS:
-        raise RenderError(f"{where}: {url!r} needs an http(s) scheme and a host")
-    port = DEFAULT_PORTS[parts.scheme] if port is None else port
-    if not 1 <= port <= 65535:
-        raise RenderError(f"{where}: port {port} of {url!r} is out of range")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return Endpoint(None, port)
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-        raise RenderError(f"{where}: {url!r} has an IPv6 zone, which a NetworkPolicy cannot express")
-    return Endpoint(normalize_cidr(str(address), where), port)
+        raise RenderError(f"{where}: {err}") from None
 
 
 def _tcp(ports: list[int]) -> list[dict[str, Any]]:
@@ -69,17 +42,17 @@ def _tcp(ports: list[int]) -> list[dict[str, Any]]:
 def ip_block(cidr: str, excluded: tuple[str, ...], where: str) -> dict[str, Any]:
     """An ipBlock for ``cidr`` with every excluded range inside it cut out; a ``cidr`` that lies
     inside an excluded range is an error (the policy check refuses such agents before render)."""
-    network = ipaddress.ip_network(normalize_cidr(cidr, where))
+    net = network(normalize_cidr(cidr, where))
     cut = []
     for text in excluded:
-        other = ipaddress.ip_network(normalize_cidr(text, "excluded ranges"))
-        if other.version != network.version:
+        other = network(normalize_cidr(text, "excluded ranges"))
+        if other.version != net.version:
             continue
-        if network.subnet_of(other):  # type: ignore[arg-type]
+        if net.subnet_of(other):  # type: ignore[arg-type]
             raise RenderError(f"{where}: {cidr} lies in {other}, a range agents may not reach")
-        if other.subnet_of(network):  # type: ignore[arg-type]
+        if other.subnet_of(net):  # type: ignore[arg-type]
             cut.append(str(other))
-    block: dict[str, Any] = {"cidr": str(network)}
+    block: dict[str, Any] = {"cidr": str(net)}
     if cut:
         block["except"] = sorted(set(cut))
     return {"ipBlock": block}
@@ -103,17 +76,18 @@ def upstream_rules(
         if tool.endpoint and (allowed is None or tool.name in allowed)
     ]
     default_peers = tuple(normalize_cidr(c, "settings.upstream_cidrs") for c in settings.upstream_cidrs)
-    ports_by_peer: dict[tuple[str, ...], list[int]] = {}
+    ports_by_peer: dict[tuple[tuple[str, ...], bool], list[int]] = {}
     for url, where in urls:
         endpoint = parse_endpoint(url, where)
-        host = (urlsplit(url).hostname or "").rstrip(".").lower()
-        peers = (endpoint.cidr,) if endpoint.cidr else tuple((hostname_cidrs or {}).get(host, default_peers))
-        ports_by_peer.setdefault(peers, []).append(endpoint.port)
+        if endpoint.address is not None:
+            peers: tuple[str, ...] = (str(network(str(endpoint.address))),)
+        else:
+            peers = tuple((hostname_cidrs or {}).get(endpoint.host, default_peers))
+        ports_by_peer.setdefault((peers, endpoint.address is not None), []).append(endpoint.port)
     rules = []
-    for peers, ports in sorted(ports_by_peer.items()):
+    for (peers, literal), ports in sorted(ports_by_peer.items()):
         # An IP-literal endpoint the policy check admitted is reachable even in an excluded range
         # (a policy named it); hostname blocks always have the excluded ranges cut out.
-        literal = len(peers) == 1 and ipaddress.ip_network(peers[0]).num_addresses == 1
         blocks = [{"ipBlock": {"cidr": c}} if literal else ip_block(c, excluded, "upstream endpoints") for c in peers]
         rules.append({"to": blocks, "ports": _tcp(ports)})
     return rules
