@@ -276,6 +276,7 @@ async def run(args: argparse.Namespace) -> int:
         await HEALTH.start(args.liveness)
     elector: LeaderElector | None = None
     if args.leader_election_namespace:
+        # A client of its own: renewals must never queue behind a burst of reconcile calls.
         kube = await Kube.connect(concurrency=4)
         settings = LeaseSettings(namespace=args.leader_election_namespace, lease_duration=args.lease_duration)
         elector = LeaderElector(kube, identity(), settings)

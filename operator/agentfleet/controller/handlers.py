@@ -155,7 +155,7 @@ class ReadyMirror:
     def __init__(self, kube: Kube, delay: float = 1.0) -> None:
         self.kube = kube
         self.delay = delay
-        self._latest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self._scheduled: set[tuple[str, str]] = set()
         self._newest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -165,8 +165,8 @@ class ReadyMirror:
         seen: tuple[int, dict[str, Any]],
         agent_index: kopf.Index[tuple[str, str], dict[str, Any]],
     ) -> None:
-        scheduled = key in self._latest
-        self._latest[key] = seen
+        scheduled = key in self._scheduled
+        self._scheduled.add(key)
         self._newest[key] = seen
         if not scheduled:
             task = asyncio.create_task(self._flush(key, agent_index), name=f"ready-mirror {key[0]}/{key[1]}")
@@ -175,7 +175,10 @@ class ReadyMirror:
 
     async def _flush(self, key: tuple[str, str], agent_index: kopf.Index[tuple[str, str], dict[str, Any]]) -> None:
         await asyncio.sleep(self.delay)
-        seen = self._latest.pop(key)
+        self._scheduled.discard(key)
+        seen = self._newest.get(key)
+        if seen is None:  # the Deployment went away meanwhile
+            return
         try:
             await mirror_readiness(self.kube, agent_index, key, lambda: self._newest.get(key, seen))
         except KubeError as exc:  # transient: the next Deployment event (or resync) writes it
@@ -260,11 +263,14 @@ async def touch_changed(memo: kopf.Memo, indexes: dict[str, Any], namespace: str
     agent_index: kopf.Index[tuple[str, str], dict[str, Any]] = indexes["agent_index"]
     policies = policies_of(policy_index)
     touches = []
+    hashes: dict[str, str] = {}  # one fingerprint per namespace, not per agent
     for (ns, name), store in list(agent_index.items()):
         if namespace is not None and ns != namespace:
             continue
+        if ns not in hashes:
+            hashes[ns] = covering_hash(policies, ns, labels_of(namespace_index, ns))
+        want = hashes[ns]
         for agent in store:
-            want = covering_hash(policies, ns, labels_of(namespace_index, ns))
             if (agent["metadata"].get("annotations") or {}).get(names.POLICY_HASH) != want:
                 touches.append((ns, name, want))
     sem = asyncio.Semaphore(16)

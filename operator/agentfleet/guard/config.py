@@ -265,12 +265,4 @@ def read_secret_file(path: str | None, what: str) -> str | None:
 
 def read_api_key(path: str | None) -> str | None:
     """The upstream API key from the mounted Secret file (None when no file is configured)."""
-    if path is None:
-        return None
-    try:
-        key = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read API key file {path}: {exc.strerror or exc}") from exc
-    if not key:
-        raise ConfigError(f"API key file {path} is empty")
-    return key
+    return read_secret_file(path, "API key")

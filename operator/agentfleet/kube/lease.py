@@ -50,7 +50,6 @@ class LeaderElector:
         self.settings = settings
         self.clock = clock
         self.is_leader = False
-        self.transitions = 0
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
         self._last_renew = 0.0
@@ -105,7 +104,6 @@ class LeaderElector:
 
     def _won(self, now: float) -> bool:
         if not self.is_leader:
-            self.transitions += 1
             log.warning("became the leader", extra={"identity": self.identity})
         self.is_leader, self._last_renew = True, now
         return True
