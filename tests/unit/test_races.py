@@ -189,7 +189,7 @@ async def test_a_suspension_holds_even_when_the_spec_cannot_be_rendered() -> Non
 
 async def test_an_action_interrupted_before_its_event_is_announced_after_a_restart(tmp_path: Any) -> None:
     """Durable intent first: the audit record is on disk before the status says suspended, the
-    status says so (``announced: false``) before the Event; an operator killed right after the
+    status says so (``breachAnnounced: false``) before the Event; an operator killed right after the
     status write finishes the announcement after its restart, exactly once."""
     from agentfleet.api.guardconfig import AuditSink
     from agentfleet.api.types import Action, AgentDeploymentSpec
@@ -217,7 +217,7 @@ async def test_an_action_interrupted_before_its_event_is_announced_after_a_resta
         await Actor(kube, carry_out, Memory, audit).apply(view, Verdict((NS, NAME), act=act))
     status = kube.obj("AgentDeployment", NS, NAME)["status"]
     assert cond.is_true(status["conditions"], cond.SUSPENDED)
-    assert status["lastBreach"]["announced"] is False
+    assert status["breachAnnounced"] is False
     assert '"kind":"operator_action"' in trail.read_text(), "the intent was not on disk before the status"
 
     del kube.create  # the restarted operator can post Events again
@@ -225,7 +225,7 @@ async def test_an_action_interrupted_before_its_event_is_announced_after_a_resta
     pending = AgentView(NS, NAME, 1, spec, status, None)
     await restarted.announce_pending([pending])
     await restarted.announce_pending([pending])  # idempotent: the first one marked it announced
-    assert kube.obj("AgentDeployment", NS, NAME)["status"]["lastBreach"]["announced"] is True
+    assert kube.obj("AgentDeployment", NS, NAME)["status"]["breachAnnounced"] is True
     assert [e["reason"] for e in kube.events] == ["GuardrailAction"]
     assert "announced after an operator restart" in kube.events[0]["message"]
     audit.close()

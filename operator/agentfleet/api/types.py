@@ -615,9 +615,6 @@ class Breach(Model):
     """When the action was taken (RFC 3339)."""
     action: str
     """Action taken."""
-    announced: bool | None = None
-    """False from the moment the action is recorded until its Event and audit record are out; a
-    restarted operator finishes announcing what a crash interrupted."""
 
 
 class Usage(Model):
@@ -659,6 +656,10 @@ class AgentDeploymentStatus(Model):
     """Replica count to restore on resume after an automatic suspension."""
     last_breach: Breach | None = None
     """The last guardrail breach acted upon."""
+    breach_announced: bool | None = None
+    """False from the moment lastBreach is recorded until its Event and audit record are out; a
+    restarted operator finishes announcing what a crash interrupted. (Apart from lastBreach, which
+    never changes once recorded.)"""
     usage: Usage | None = None
     """Observed usage."""
 

@@ -91,13 +91,13 @@ class Actor:
     async def _record(self, agent: AgentView, v: Verdict, body: dict[str, Any]) -> Outcome:
         """Write what ``v`` decides onto status, the durable record of an action coming first:
         the audit record of the intent is on disk before the status says it, the status says it
-        (``lastBreach.announced: false``) before the Events go out, and ``announced`` turns true
+        (``breachAnnounced: false``) before the Events go out, and ``breachAnnounced`` turns true
         only once they are out -- so a crash at any point leaves something that finishes it."""
         status = body.get("status") or {}
         now = cond.now_rfc3339()
         out = outcome(v, status, body["metadata"].get("generation"), now)
         if "lastBreach" in out.fields:
-            out.fields["lastBreach"]["announced"] = False
+            out.fields["breachAnnounced"] = False
         if out.scale_to is not None:
             await self.kube.merge_patch(
                 "AgentDeployment",
@@ -126,22 +126,21 @@ class Actor:
 
     async def _announced(self, body: dict[str, Any]) -> None:
         def mark(status: dict[str, Any]) -> dict[str, Any]:
-            breach = status.get("lastBreach")
-            return {**status, "lastBreach": {**breach, "announced": True}} if breach else status
+            return {**status, "breachAnnounced": True} if status.get("breachAnnounced") is False else status
 
         await update_status(self.kube, body, mark)
 
     async def announce_pending(self, agents: list[AgentView]) -> None:
         """Finish announcing actions a crash interrupted: recorded on status (``lastBreach``
-        with ``announced: false``) but maybe without their Event and audit record."""
+        and ``breachAnnounced: false``) but maybe without their Event and audit record."""
         for agent in agents:
             breach = agent.status.get("lastBreach")
-            if not breach or breach.get("announced") is not False:
+            if not breach or agent.status.get("breachAnnounced") is not False:
                 continue
             async with exclusive(self.kube, agent.namespace, agent.name):
                 body = await self.kube.get("AgentDeployment", agent.namespace, agent.name)
                 breach = ((body or {}).get("status") or {}).get("lastBreach")
-                if body is None or not breach or breach.get("announced") is not False:
+                if body is None or not breach or (body.get("status") or {}).get("breachAnnounced") is not False:
                     continue
                 message = (
                     f"{breach.get('action')} by guardrail {breach.get('rule')}: {breach.get('metric')} "
