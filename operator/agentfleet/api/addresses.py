@@ -16,6 +16,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+LEDGER_PORTS = {"redis": 6379, "rediss": 6379}
+"""The shared budget ledger's URL schemes (``api.ledger``), read like any other endpoint."""
 
 
 def network(cidr: str) -> Network:
@@ -49,17 +51,23 @@ class Endpoint:
     """The address of an IP-literal host; None for a hostname."""
 
 
-def parse_endpoint(url: str) -> Endpoint:
-    """ValueError (with what is wrong) for a URL without an http(s) scheme and a host, a port out
-    of range, or an IPv6 zone (which a NetworkPolicy cannot express)."""
+def parse_ledger_url(url: str) -> Endpoint:
+    """``parse_endpoint`` for the ledger's ``redis://`` or ``rediss://`` URL."""
+    return parse_endpoint(url, LEDGER_PORTS)
+
+
+def parse_endpoint(url: str, schemes: dict[str, int] = DEFAULT_PORTS) -> Endpoint:
+    """ValueError (with what is wrong) for a URL without one of ``schemes`` (http(s) by default,
+    each with its default port) and a host, a port out of range, or an IPv6 zone (which a
+    NetworkPolicy cannot express)."""
     try:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
     except ValueError as err:
         raise ValueError(f"{url!r} is not a valid URL ({err})") from None
-    if not host or parts.scheme not in DEFAULT_PORTS:
-        raise ValueError(f"{url!r} needs an http(s) scheme and a host")
-    port = DEFAULT_PORTS[parts.scheme] if port is None else port
+    if not host or parts.scheme not in schemes:
+        raise ValueError(f"{url!r} needs a {'/'.join(schemes)} scheme and a host")
+    port = schemes[parts.scheme] if port is None else port
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} of {url!r} is out of range")
     if "%" in host:

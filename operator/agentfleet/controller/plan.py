@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from agentfleet import policy as policy_core
 from agentfleet.api import conditions as cond
 from agentfleet.api import names
-from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy, Pricing
+from agentfleet.api.guardconfig import PolicyQuota
+from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy, LedgerPolicy, Pricing
 from agentfleet.policy.platform import NetworkAllowances, Platform, all_violations
 from agentfleet.policy.platform import judge as judge_with
 from agentfleet.policy.rules import Violation
@@ -69,6 +70,10 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     allowances: NetworkAllowances = field(default_factory=NetworkAllowances)
     """What the NetworkPolicy may open (hostname CIDRs, excluded ranges)."""
+    ledger_policy: LedgerPolicy = field(default_factory=LedgerPolicy)
+    """What the guard does while the shared ledger is unreachable (the strictest covering policy's)."""
+    quotas: list[PolicyQuota] = field(default_factory=list)
+    """The covering policies' spend quotas."""
 
 
 @dataclass(frozen=True)
@@ -296,7 +301,10 @@ def plan(
             status["conditions"] = conditions
         consumed[names.RESUME] = None
     replicas, zero_reason = desired_replicas(agent, status, policies, namespace_labels)
+    ledger_policy, quotas = policy_core.ledger_terms(agent, policies, namespace_labels)
     return Plan(
+        ledger_policy=ledger_policy,
+        quotas=quotas,
         allowances=judgement.allowances,
         agent=agent,
         source=source,

@@ -106,6 +106,9 @@ async def converge(ctx: Context, body: dict[str, Any]) -> Outcome:
             replicas=p.replicas,
             hostname_cidrs=p.allowances.hostname_cidrs,
             excluded_cidrs=p.allowances.excluded,
+            ledger=ctx.platform.ledger,
+            ledger_policy=p.ledger_policy,
+            quotas=p.quotas,
         )
     except RenderError as exc:
         return await report(ctx, body, plans.invalid(body, str(exc), now))

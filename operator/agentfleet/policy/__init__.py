@@ -12,8 +12,18 @@ from agentfleet.policy.rules import (
     covering,
     covers,
     effective_pricing,
+    ledger_terms,
     suspend_all,
     violations,
 )
 
-__all__ = ["CEILINGS", "Violation", "covering", "covers", "effective_pricing", "suspend_all", "violations"]
+__all__ = [
+    "CEILINGS",
+    "Violation",
+    "covering",
+    "covers",
+    "effective_pricing",
+    "ledger_terms",
+    "suspend_all",
+    "violations",
+]

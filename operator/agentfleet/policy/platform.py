@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from agentfleet.api import addresses
 from agentfleet.api.addresses import network
+from agentfleet.api.ledger import PlatformLedger
 from agentfleet.api.types import (
     AgentDeployment,
     AgentPolicy,
@@ -35,7 +36,7 @@ from agentfleet.api.types import (
     KubernetesRule,
     ObjectMeta,
 )
-from agentfleet.policy.rules import Violation, check, covering, describe_rule, rule_covered
+from agentfleet.policy.rules import Violation, check, covering, describe_rule, rule_covered, secrets_of
 
 FORBIDDEN_RANGES: tuple[str, ...] = (
     "0.0.0.0/8",  # "this network", 0.0.0.0
@@ -83,6 +84,8 @@ class Platform:
     """What the operator may delegate (None: not configured, nothing beyond the policies)."""
     cluster_cidrs: tuple[str, ...] = ()
     """The cluster's pod and service ranges."""
+    ledger: PlatformLedger | None = None
+    """The shared budget ledger every guard uses (None: each guard counts alone, in memory)."""
 
     def residual(self, fields: tuple[str, ...]) -> AgentPolicy:
         """The default policy reduced to ``fields`` (judging nothing else), built once per set."""
@@ -202,6 +205,7 @@ def platform_violations(
                     "agentPermissionsCeiling): " + "; ".join(map(describe_rule, beyond)),
                 )
             )
+    found += ledger_secret_violations(agent, platform)
     forbidden = platform.forbidden
     allowances = allowances or network_allowances(agent, policies, platform)
     for index, rule in enumerate(agent.spec.permissions.egress or ()):
@@ -249,6 +253,30 @@ def platform_violations(
                 )
             )
     return found
+
+
+def ledger_secret_violations(agent: AgentDeployment, platform: Platform) -> list[Violation]:
+    """No agent may name the ledger's password Secret, whatever ``allowedSecrets`` says.
+
+    The operator mounts that Secret into every guard itself, without checking it against
+    ``allowedSecrets``: the platform chose it (the chart's ``ledger.passwordSecret``), not the
+    tenant, and it never reaches the agent container. The same Secret named by a tenant is the
+    opposite case: as an env var or ``permissions.secrets`` it would hand the agent the password
+    of the ledger that holds every team's budgets (so it could erase its own spend), and as the
+    model's ``apiKeySecretRef`` the guard would send it to the agent's model endpoint. A policy
+    allowing "*" must not open that, so this is a platform rule, not a policy one."""
+    ledger = platform.ledger
+    if ledger is None or ledger.password_secret is None:
+        return []
+    if ledger.password_secret not in secrets_of(agent):
+        return []
+    return [
+        Violation(
+            PLATFORM,
+            "ledgerSecret",
+            f"Secret {ledger.password_secret} holds the shared budget ledger's password; agents may not reference it",
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -313,10 +341,11 @@ def load_platform(data: Mapping[str, object]) -> Platform:
         defaultPolicy: {...}          # an AgentPolicy spec; unset: the built-in deny-by-default
         delegationCeiling: [rules]    # the chart's agentPermissionsCeiling.rules
         clusterCIDRs: [10.244.0.0/16, 10.96.0.0/12]
+        ledger: {url, passwordSecret, pods: {namespace, labels} | cidrs}   # api.ledger.PlatformLedger
 
     Raises ValueError naming the field when the file is malformed (the operator refuses to start
     rather than run with a platform it misread)."""
-    unknown = set(data) - {"defaultPolicy", "delegationCeiling", "clusterCIDRs"}
+    unknown = set(data) - {"defaultPolicy", "delegationCeiling", "clusterCIDRs", "ledger"}
     if unknown:
         raise ValueError(f"unknown platform field(s): {', '.join(sorted(unknown))}")
     try:
@@ -325,6 +354,7 @@ def load_platform(data: Mapping[str, object]) -> Platform:
         if ceiling is not None and not isinstance(ceiling, list):
             raise ValueError("delegationCeiling must be a list of RBAC rules")
         rules = tuple(KubernetesRule.model_validate(r) for r in ceiling) if ceiling is not None else None
+        ledger = PlatformLedger.model_validate(data["ledger"]) if data.get("ledger") else None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"platform file: {exc}") from None
     cidrs = data.get("clusterCIDRs") or []
@@ -339,4 +369,5 @@ def load_platform(data: Mapping[str, object]) -> Platform:
         default_policy=default if default is not None else BUILTIN_DEFAULT,
         delegation_ceiling=rules,
         cluster_cidrs=tuple(str(c) for c in cidrs),
+        ledger=ledger,
     )

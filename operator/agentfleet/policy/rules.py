@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+from agentfleet.api.guardconfig import PolicyQuota
 from agentfleet.api.types import (
     AgentDeployment,
     AgentPolicy,
     AgentPolicySpec,
     KubernetesRule,
+    LedgerPolicy,
     ModelPrice,
     Pricing,
     RequiredGuardrail,
@@ -108,6 +110,24 @@ def effective_pricing(
             if entry.model == model.name:
                 return Pricing.model_validate(_price_of(entry))
     return model.pricing
+
+
+def ledger_terms(
+    agent: AgentDeployment, policies: Iterable[AgentPolicy], namespace_labels: Mapping[str, str] | None = None
+) -> tuple[LedgerPolicy, list[PolicyQuota]]:
+    """What the covering policies ask of the agent's guard at the shared ledger: the strictest of
+    their ``ledger`` behaviours (FailClosed where none sets one) and one quota per policy with a
+    ``spendQuota`` (keyed by the policy's name, so every agent it covers counts against the same
+    ledger key). Ordered by policy name, so the rendered guard config -- and the pods -- do not
+    change when the informer lists the policies in another order."""
+    chosen = sorted(_narrow(agent, policies, namespace_labels), key=lambda p: p.metadata.name)
+    behaviour = LedgerPolicy.strictest([p.spec.ledger for p in chosen if p.spec.ledger is not None])
+    quotas = [
+        PolicyQuota(policy=p.metadata.name, **p.spec.spend_quota.model_dump())
+        for p in chosen
+        if p.spec.spend_quota is not None
+    ]
+    return behaviour, quotas
 
 
 def _price_of(entry: ModelPrice) -> dict[str, str]:

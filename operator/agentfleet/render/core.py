@@ -4,10 +4,12 @@ same input always gives the same output, so the reconciler can apply it idempote
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentfleet.api.types import AgentDeployment, Pricing
+from agentfleet.api.guardconfig import PolicyQuota
+from agentfleet.api.ledger import PlatformLedger
+from agentfleet.api.types import AgentDeployment, LedgerPolicy, Pricing
 from agentfleet.render import guard, network, rbac, workload
 from agentfleet.render.base import Rendered, RenderError, RenderSettings
 from agentfleet.render.children import Owner, child_names
@@ -23,11 +25,17 @@ def render(
     replicas: int | None = None,
     hostname_cidrs: Mapping[str, tuple[str, ...]] | None = None,
     excluded_cidrs: tuple[str, ...] = (),
+    ledger: PlatformLedger | None = None,
+    ledger_policy: LedgerPolicy | None = None,
+    quotas: Sequence[PolicyQuota] = (),
 ) -> Rendered:
     """``pricing`` (from an AgentPolicy's table) wins over the agent's declared price;
     ``replicas`` overrides the Deployment's count (0 when suspended by policy, or the current
     scale); by default it is ``spec.replicas``, or 0 when ``spec.suspended``.
-    ``hostname_cidrs`` and ``excluded_cidrs`` (from the policies) shape the NetworkPolicy's egress."""
+    ``hostname_cidrs`` and ``excluded_cidrs`` (from the policies) shape the NetworkPolicy's egress.
+    ``ledger`` (the platform's shared budget ledger) goes into the guard config with
+    ``ledger_policy`` and the covering policies' ``quotas``; its password is mounted into the
+    guard alone and the pod may reach it."""
     owner = Owner.of(agent)
     names = child_names(owner.name)
     spec = agent.spec
@@ -38,10 +46,12 @@ def render(
         raise RenderError(f"replicas must not be negative, got {replicas}")
 
     effective = pricing if pricing is not None else spec.agent.model.pricing
-    config = guard.guard_config(owner, spec, revision, settings, effective)
+    config = guard.guard_config(owner, spec, revision, settings, effective, ledger, ledger_policy, quotas)
     config_map = guard.config_map(owner, names, revision, config)
     config_hash = short_hash(config_map["data"][guard.CONFIG_KEY])
-    template = workload.pod_template(owner, names, spec, revision=revision, settings=settings, config_hash=config_hash)
+    template = workload.pod_template(
+        owner, names, spec, revision=revision, settings=settings, config_hash=config_hash, ledger=ledger
+    )
     objects = [rbac.service_account(owner, names, mount_token=bool(spec.permissions.kubernetes))]
     if spec.permissions.kubernetes:
         objects += [
@@ -51,7 +61,7 @@ def render(
     objects += [
         config_map,
         workload.service(owner, names, settings),
-        network.network_policy(owner, names, spec, settings, hostname_cidrs, excluded_cidrs),
+        network.network_policy(owner, names, spec, settings, hostname_cidrs, excluded_cidrs, ledger),
         workload.deployment(owner, names, revision, replicas, copy.deepcopy(template)),
     ]
     return Rendered(revision=revision, objects=objects, pod_template=template, guard_config=config)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from agentfleet.api.guardconfig import AuditSink, GuardConfig
-from agentfleet.api.types import AgentDeploymentSpec, Pricing
+from agentfleet.api.guardconfig import AuditSink, GuardConfig, PolicyQuota
+from agentfleet.api.ledger import PlatformLedger
+from agentfleet.api.types import AgentDeploymentSpec, LedgerPolicy, Pricing
 from agentfleet.render.base import RenderSettings
 from agentfleet.render.children import ChildNames, Owner
 
@@ -20,10 +22,20 @@ AUDIT_FILE = f"{AUDIT_DIR}/audit.jsonl"
 
 
 def guard_config(
-    owner: Owner, spec: AgentDeploymentSpec, revision: str, settings: RenderSettings, pricing: Pricing
+    owner: Owner,
+    spec: AgentDeploymentSpec,
+    revision: str,
+    settings: RenderSettings,
+    pricing: Pricing,
+    ledger: PlatformLedger | None = None,
+    ledger_policy: LedgerPolicy | None = None,
+    quotas: Sequence[PolicyQuota] = (),
 ) -> GuardConfig:
     """``pricing`` is the effective price (policy table or the agent's own); it replaces the
-    model's declared price so the guard sees one number."""
+    model's declared price so the guard sees one number. ``ledger`` (the platform's) with
+    ``ledger_policy`` (the covering policies' strictest; FailClosed when None) becomes the guard's
+    shared ledger; ``quotas`` are the covering policies' spend quotas (the guard refuses to
+    pretend it enforces them without a ledger, and says so in its log)."""
     model = spec.agent.model
     key_ref = model.api_key_secret_ref
     return GuardConfig(
@@ -42,6 +54,8 @@ def guard_config(
         metrics_host="0.0.0.0",  # metrics, probes and the audit head: for Prometheus and the kubelet
         metrics_port=settings.metrics_port,
         audit=AuditSink(stdout=True, file=AUDIT_FILE),
+        quotas=list(quotas),
+        ledger=ledger.guard_config(ledger_policy or LedgerPolicy()) if ledger is not None else None,
     )
 
 

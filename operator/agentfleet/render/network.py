@@ -7,11 +7,12 @@ allowed are not opened at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agentfleet.api import addresses
 from agentfleet.api.addresses import Endpoint, network
+from agentfleet.api.ledger import PlatformLedger
 from agentfleet.api.types import AgentDeploymentSpec
 from agentfleet.render.base import RenderError, RenderSettings
 from agentfleet.render.children import ChildNames, Owner, selector
@@ -29,8 +30,12 @@ def normalize_cidr(cidr: str, where: str) -> str:
 
 
 def parse_endpoint(url: str, where: str) -> Endpoint:
+    return parse_endpoint_with(addresses.parse_endpoint, url, where)
+
+
+def parse_endpoint_with(parse: Callable[[str], Endpoint], url: str, where: str) -> Endpoint:
     try:
-        return addresses.parse_endpoint(url)
+        return parse(url)
     except ValueError as err:
         raise RenderError(f"{where}: {err}") from None
 
@@ -93,6 +98,30 @@ def upstream_rules(
     return rules
 
 
+def ledger_rule(ledger: PlatformLedger, settings: RenderSettings, excluded: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Egress to the shared budget ledger, on its port only: to its pods when it runs in the
+    cluster (a NetworkPolicy matches the pods behind a Service, not the Service's address, so the
+    port is the pods' and must equal the URL's), else to its ``cidrs``, else to its IP literal,
+    else -- a hostname with neither -- like a hostname model endpoint. The platform chose these
+    peers, so the forbidden ranges are not cut out of them (only out of the hostname fallback)."""
+    endpoint = parse_endpoint_with(addresses.parse_ledger_url, ledger.url, "platform ledger.url")
+    peers: list[dict[str, Any]]
+    if ledger.pods is not None:
+        peers = [
+            {
+                "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: ledger.pods.namespace}},
+                "podSelector": {"matchLabels": dict(sorted(ledger.pods.labels.items()))},
+            }
+        ]
+    elif ledger.cidrs:
+        peers = [{"ipBlock": {"cidr": normalize_cidr(c, "platform ledger.cidrs")}} for c in ledger.cidrs]
+    elif endpoint.address is not None:
+        peers = [{"ipBlock": {"cidr": str(network(str(endpoint.address)))}}]
+    else:
+        peers = [ip_block(c, excluded, "settings.upstream_cidrs") for c in settings.upstream_cidrs]
+    return {"to": peers, "ports": _tcp([endpoint.port])}
+
+
 def metrics_ingress(settings: RenderSettings) -> list[dict[str, Any]]:
     """Only the metrics port, only from the Prometheus namespaces: the LLM API listens on the
     pod's loopback and has no ingress at all, so no other pod can spend this agent's budget."""
@@ -115,15 +144,19 @@ def network_policy(
     settings: RenderSettings,
     hostname_cidrs: Mapping[str, tuple[str, ...]] | None = None,
     excluded: tuple[str, ...] = (),
+    ledger: PlatformLedger | None = None,
 ) -> dict[str, Any]:
-    """Egress: DNS, the model and tool endpoints (as the policies allow them) and
-    ``permissions.egress``, every block with the forbidden ranges cut out. Ingress: the metrics
-    port from Prometheus only (``metrics_ingress``)."""
+    """Egress: DNS, the model and tool endpoints (as the policies allow them),
+    ``permissions.egress``, every block with the forbidden ranges cut out, and the platform's
+    shared budget ledger (``ledger_rule``). Ingress: the metrics port from Prometheus only
+    (``metrics_ingress``)."""
     dns = {
         "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.dns_namespace}}}],
         "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
     }
     egress = [dns, *upstream_rules(spec, settings, hostname_cidrs, excluded)]
+    if ledger is not None:
+        egress.append(ledger_rule(ledger, settings, excluded))
     for index, rule in enumerate(spec.permissions.egress or []):
         allowed: dict[str, Any] = {"to": [ip_block(rule.cidr, excluded, f"permissions.egress[{index}].cidr")]}
         if rule.ports:

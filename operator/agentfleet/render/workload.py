@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from agentfleet.api.ledger import LEDGER_PASSWORD_DIR, LEDGER_VOLUME, PlatformLedger
 from agentfleet.api.names import AGENT_CONTAINER, CONFIG_HASH_ANNOTATION, GUARD_CONTAINER, REVISION_ANNOTATION
 from agentfleet.api.names import METRICS as METRICS_LABEL
 from agentfleet.api.types import AgentDeploymentSpec, EnvVar
@@ -113,8 +114,11 @@ def agent_container(owner: Owner, spec: AgentDeploymentSpec, revision: str, port
     return container
 
 
-def guard_container(spec: AgentDeploymentSpec, settings: RenderSettings) -> dict[str, Any]:
-    """A native sidecar: it starts, and passes its startup probe, before the agent starts."""
+def guard_container(
+    spec: AgentDeploymentSpec, settings: RenderSettings, ledger: PlatformLedger | None = None
+) -> dict[str, Any]:
+    """A native sidecar: it starts, and passes its startup probe, before the agent starts.
+    It alone mounts the upstream key and the shared ledger's password."""
     mounts = [
         {"name": "guard-config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "guard-tmp", "mountPath": "/tmp"},
@@ -122,6 +126,8 @@ def guard_container(spec: AgentDeploymentSpec, settings: RenderSettings) -> dict
     ]
     if spec.agent.model.api_key_secret_ref:
         mounts.insert(1, {"name": "upstream-key", "mountPath": UPSTREAM_KEY_DIR, "readOnly": True})
+    if ledger is not None and ledger.password_secret:
+        mounts.append({"name": LEDGER_VOLUME, "mountPath": LEDGER_PASSWORD_DIR, "readOnly": True})
     return {
         "name": GUARD_CONTAINER,
         "image": settings.guard_image,
@@ -139,8 +145,15 @@ def guard_container(spec: AgentDeploymentSpec, settings: RenderSettings) -> dict
     }
 
 
-def volumes(names: ChildNames, spec: AgentDeploymentSpec, revision: str) -> list[dict[str, Any]]:
-    """Only the API key's item is projected, group-readable (fsGroup), into the guard alone."""
+def volumes(
+    names: ChildNames, spec: AgentDeploymentSpec, revision: str, ledger: PlatformLedger | None = None
+) -> list[dict[str, Any]]:
+    """Only the API key's item is projected, group-readable (fsGroup), into the guard alone.
+
+    The ledger's password Secret is not checked against the policies' ``allowedSecrets``: those
+    bound what a *tenant* may reference, and this one is the platform's choice (the operator's
+    ``--platform`` file), the same in every namespace, mounted into the guard only. Tenants are
+    refused for naming it themselves (``policy.platform.ledger_secret_violations``)."""
     result: list[dict[str, Any]] = [
         {"name": "guard-config", "configMap": {"name": names.config_map(revision), "defaultMode": 0o444}}
     ]
@@ -148,6 +161,10 @@ def volumes(names: ChildNames, spec: AgentDeploymentSpec, revision: str) -> list
     if ref:
         secret = {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}], "defaultMode": 0o440}
         result.append({"name": "upstream-key", "secret": secret})
+    if ledger is not None and ledger.password_secret:
+        key = ledger.password_key
+        secret = {"secretName": ledger.password_secret, "items": [{"key": key, "path": key}], "defaultMode": 0o440}
+        result.append({"name": LEDGER_VOLUME, "secret": secret})
     result += [
         {"name": "agent-tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         {"name": "guard-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
@@ -169,6 +186,7 @@ def pod_template(
     revision: str,
     settings: RenderSettings,
     config_hash: str,
+    ledger: PlatformLedger | None = None,
 ) -> dict[str, Any]:
     """``config_hash`` rolls the pods when the guard config changes without a new revision
     (a policy price change), since the guard reads its config once, at start."""
@@ -188,9 +206,9 @@ def pod_template(
             "enableServiceLinks": False,
             "securityContext": pod_security(),
             "terminationGracePeriodSeconds": grace_seconds(spec),
-            "initContainers": [guard_container(spec, settings)],
+            "initContainers": [guard_container(spec, settings, ledger)],
             "containers": [agent_container(owner, spec, revision, settings.guard_port)],
-            "volumes": volumes(names, spec, revision),
+            "volumes": volumes(names, spec, revision, ledger),
         },
     }
 
