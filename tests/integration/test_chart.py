@@ -272,6 +272,7 @@ def test_helm_lint_is_clean_with_defaults_and_with_every_option(tmp_path: Path) 
         "serviceMonitor": {"enabled": True},
         "podMonitor": {"enabled": True},
         "dashboard": {"namespace": "monitoring"},
+        "ledger": {"install": True, "agentNamespaces": ["team-a"], "redis": {"persistence": {"enabled": False}}},
     }
     res = helm("lint", "--strict", str(CHART), f"--kube-version={K8S_VERSION}", "-f", values_file(tmp_path, everything))
     assert "0 chart(s) failed" in res.stdout, res.stdout

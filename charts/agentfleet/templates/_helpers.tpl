@@ -60,3 +60,47 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "agentfleet.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "agentfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* The chart's Redis (ledger.install): its name and the labels that select its pod. */}}
+{{- define "agentfleet.ledgerName" -}}
+{{- printf "%s-ledger" (include "agentfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agentfleet.ledgerSelectorLabels" -}}
+{{ include "agentfleet.selectorLabels" . }}
+app.kubernetes.io/component: ledger
+{{- end }}
+
+{{/* The Secret the chart's Redis reads its password from (in the release namespace). */}}
+{{- define "agentfleet.ledgerServerSecret" -}}
+{{- default .Values.ledger.passwordSecret .Values.ledger.redis.existingSecret }}
+{{- end }}
+
+{{- define "agentfleet.ledgerImage" -}}
+{{- $image := .Values.ledger.redis.image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository $image.tag }}
+{{- end }}
+{{- end }}
+
+{{/* The ledger section of the operator's platform file (api.ledger.PlatformLedger), or nothing. */}}
+{{- define "agentfleet.platformLedger" -}}
+{{- $l := .Values.ledger }}
+{{- if $l.install }}
+{{- $ledger := dict "url" (printf "redis://%s.%s.svc:6379/0" (include "agentfleet.ledgerName" .) .Release.Namespace) "pods" (dict "namespace" .Release.Namespace "labels" (include "agentfleet.ledgerSelectorLabels" . | fromYaml)) }}
+{{- if $l.passwordSecret }}{{ $_ := set $ledger "passwordSecret" $l.passwordSecret }}{{ end }}
+{{- $_ := set $ledger "passwordKey" $l.passwordKey }}
+{{- $_ := set $ledger "timeout" $l.timeout }}
+{{- $_ := set $ledger "maxConnections" $l.maxConnections }}
+{{- $_ := set $ledger "keyPrefix" $l.keyPrefix }}
+{{- toJson $ledger }}
+{{- else if $l.url }}
+{{- $ledger := dict "url" $l.url "passwordKey" $l.passwordKey "timeout" $l.timeout "maxConnections" $l.maxConnections "keyPrefix" $l.keyPrefix }}
+{{- if $l.passwordSecret }}{{ $_ := set $ledger "passwordSecret" $l.passwordSecret }}{{ end }}
+{{- if $l.pods }}{{ $_ := set $ledger "pods" $l.pods }}{{ end }}
+{{- if $l.cidrs }}{{ $_ := set $ledger "cidrs" $l.cidrs }}{{ end }}
+{{- toJson $ledger }}
+{{- end }}
+{{- end }}
