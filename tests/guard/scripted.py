@@ -86,7 +86,9 @@ class ScriptedUpstream:
             parsed: Any = json.loads(raw) if raw else None
         except ValueError:
             parsed = raw.decode("utf-8", "replace")
-        self.requests.append({"path": request.path, "method": request.method, "body": parsed})
+        self.requests.append(
+            {"path": request.path, "method": request.method, "body": parsed, "headers": dict(request.headers)}
+        )
         if not self.queue:
             return web.json_response({"error": {"message": "nothing scripted"}}, status=500)
         canned = self.queue.popleft()

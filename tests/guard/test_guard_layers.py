@@ -29,16 +29,31 @@ LAYERS = {
         "injection",
         "breaker",
         "metrics",
+        "peer_auth",
     },
     "transport": {"sse", "upstream", "classifier", "redis_ledger"},
     "state": {"state"},
     "core": {"core"},
-    "adapters": {"httpio", "openai_wire", "openai_chat", "openai_stream", "toolproxy"},
+    "adapters": {
+        "httpio",
+        "openai_wire",
+        "openai_chat",
+        "openai_stream",
+        "toolproxy",
+        "streaming",
+        "responses_wire",
+        "responses_stream",
+        "openai_responses",
+        "anthropic_wire",
+        "anthropic_stream",
+        "anthropic_messages",
+        "peers",
+    },
     "server": {"app"},
     "cli": {"cli", "__init__"},
 }
 ORDER = list(LAYERS)
-NO_AIOHTTP = LAYERS["checks"] | LAYERS["core"] | LAYERS["state"] | {"openai_wire"}
+NO_AIOHTTP = LAYERS["checks"] | LAYERS["core"] | LAYERS["state"] | {"openai_wire", "responses_wire", "anthropic_wire"}
 
 
 def layer_of(module: str) -> str:

@@ -282,9 +282,9 @@ async def test_sizes_and_counts_are_bounded_with_clear_errors(make_guard: MakeGu
         async with s.post(h.url + "/v1/chat/completions", data=deep) as r:
             reply = await r.json()
             assert (r.status, reply["error"]["code"]) == (400, "invalid_request")
-        async with s.post(h.url + "/v1/responses", json={}) as r:  # a route the guard does not serve
+        async with s.post(h.url + "/v1/audio/speech", json={}) as r:  # a route the guard does not serve
             reply = await r.json()
-            assert r.status == 404 and "/v1/responses" in reply["error"]["message"]
+            assert r.status == 404 and "/v1/audio/speech" in reply["error"]["message"]
         async with s.get(h.url + "/v1/chat/completions") as r:
             assert r.status == 405 and (await r.json())["error"]["code"] == "invalid_request"
     assert fake.requests == 0

@@ -27,7 +27,9 @@ _CEL_DURATION_PATTERN = DURATION_PATTERN.replace("\\.", "[.]")  # a CEL string l
 MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
 DECIMAL_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,9})?$"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+TOOL_NAME_PATTERN = r"^(mcp:)?[a-zA-Z0-9_-]{1,64}$"
+"""A function's name as the model calls it, a hosted tool's kind (``web_search``), or a remote MCP
+server as ``mcp:<server label>`` (the colon keeps it apart from every function name)."""
 
 
 def _bounded_duration(value: str) -> str:

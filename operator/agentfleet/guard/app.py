@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from agentfleet.guard import openai_chat, toolproxy
+from agentfleet.guard import anthropic_messages, openai_chat, openai_responses, toolproxy
 from agentfleet.guard.config import Listeners
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.httpio import error_response
@@ -126,7 +126,10 @@ def api_application(guard: Guard) -> web.Application:
         _route(guard, toolproxy.tool_call),
         _route(guard, _models),
     )
+    responses = _route(guard, openai_responses.Responses(guard).create)
     for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/responses", responses)
+        app.router.add_post(f"{prefix}/messages", _route(guard, anthropic_messages.messages))
         app.router.add_post(f"{prefix}/chat/completions", chat)
         app.router.add_post(f"{prefix}/embeddings", emb)
         app.router.add_get(f"{prefix}/models", models)

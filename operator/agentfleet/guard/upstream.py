@@ -162,12 +162,26 @@ class Upstream:
         self.breaker = breaker
         self.metrics = metrics
         self._headers = {"Content-Type": "application/json", "User-Agent": "agentfleet-guard"}
+        self._api_key = api_key
+        self.provider = provider
         if api_key:
             if provider is Provider.AZURE_OPENAI:
                 self._headers["api-key"] = api_key
             else:
                 self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+
+    def messages_headers(self, version: str, beta: str | None) -> dict[str, str]:
+        """Headers for the Anthropic Messages API: Anthropic itself takes the key in
+        ``x-api-key`` (never the agent's: the agent has none), other providers as usual."""
+        headers = dict(self._headers)
+        if self.provider is Provider.ANTHROPIC and self._api_key:
+            headers.pop("Authorization", None)
+            headers["x-api-key"] = self._api_key
+        headers["anthropic-version"] = version
+        if beta:
+            headers["anthropic-beta"] = beta
+        return headers
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -207,16 +221,16 @@ class Upstream:
             )
         return Reply(resp.status, body, resp.content_type)
 
-    async def call(self, path: str, body: bytes, deadline_at: float) -> Reply:
+    async def call(self, path: str, body: bytes, deadline_at: float, headers: dict[str, str] | None = None) -> Reply:
         """POST ``body`` and read the whole JSON response, within ``deadline_at`` (loop time).
 
-        A 200 whose body is not a JSON object counts as a failed attempt (and is retried)."""
+        A 200 whose body is not a JSON object counts as a failed attempt (and is retried).
+        ``headers`` replace the default ones (another protocol's authentication)."""
         url = self.base_url + path
+        sent = headers or self._headers
 
         async def attempt() -> Reply:
-            async with self.session.post(
-                url, data=body, headers=self._headers, timeout=self._timeout(deadline_at)
-            ) as resp:
+            async with self.session.post(url, data=body, headers=sent, timeout=self._timeout(deadline_at)) as resp:
                 passthrough = await self._check_status(resp)
                 if passthrough is not None:
                     return passthrough
@@ -236,10 +250,12 @@ class Upstream:
         reply.attempts = attempts
         return reply
 
-    async def open_stream(self, path: str, body: bytes, deadline_at: float) -> StreamStart:
+    async def open_stream(
+        self, path: str, body: bytes, deadline_at: float, headers: dict[str, str] | None = None
+    ) -> StreamStart:
         """POST a streaming request and wait for its first event, retrying until then."""
         url = self.base_url + path
-        headers = {**self._headers, "Accept": "text/event-stream"}
+        headers = {**(headers or self._headers), "Accept": "text/event-stream"}
 
         async def attempt() -> StreamStart:
             resp = await self.session.post(url, data=body, headers=headers, timeout=self._timeout(deadline_at))

@@ -16,7 +16,7 @@ from agentfleet.render.guard import AUDIT_DIR, CONFIG_DIR, CONFIG_PATH, UPSTREAM
 NONROOT_ID = 65532
 METRICS_PORT_NAME = "metrics"
 API_KEY_PLACEHOLDER = "agentfleet-placeholder-the-guard-holds-the-key"
-RESERVED_ENV = frozenset({"OPENAI_BASE_URL", "OPENAI_API_KEY"})
+RESERVED_ENV = frozenset({"OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"})
 RESERVED_ENV_PREFIX = "AGENTFLEET_"
 GUARD_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
 GRACE_SECONDS = (30, 300)
@@ -79,6 +79,8 @@ def agent_env(owner: Owner, spec: AgentDeploymentSpec, revision: str, port: int)
     env: list[dict[str, Any]] = [
         {"name": "OPENAI_BASE_URL", "value": f"{guard}/v1"},
         {"name": "OPENAI_API_KEY", "value": API_KEY_PLACEHOLDER},
+        {"name": "ANTHROPIC_BASE_URL", "value": guard},  # the Anthropic SDKs add /v1 themselves
+        {"name": "ANTHROPIC_API_KEY", "value": API_KEY_PLACEHOLDER},
         {"name": "AGENTFLEET_AGENT", "value": owner.name},
         {"name": "AGENTFLEET_NAMESPACE", "value": owner.namespace},
         {"name": "AGENTFLEET_REVISION", "value": revision},
