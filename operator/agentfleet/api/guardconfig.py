@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field
 
 from agentfleet.api.types import (
     Budgets,
+    DnsName,
     Duration,
     GuardSettings,
     LedgerPolicy,
@@ -78,6 +79,70 @@ class PolicyQuota(SpendQuota):
     """Name of the AgentPolicy: every guard it covers counts against the same ledger key."""
 
 
+PEER_AUDIENCE_PREFIX = "agentfleet.dev/agent"
+"""Audience of the ServiceAccount tokens agents present to each other's guards:
+``agentfleet.dev/agent/<namespace>/<callee>`` (a token for one callee is useless at another)."""
+
+
+def peer_audience(namespace: str, agent: str) -> str:
+    """The token audience that names ``agent`` in ``namespace`` as the callee."""
+    return f"{PEER_AUDIENCE_PREFIX}/{namespace}/{agent}"
+
+
+class PeerAuth(Model):
+    """How the guard's peer port verifies its callers: Kubernetes ServiceAccount tokens,
+    checked offline against the cluster's service-account signing keys (see docs/sub-agents.md)."""
+
+    issuer: str = Field(min_length=1, max_length=1024)
+    """The cluster's service-account issuer (``iss`` of every token)."""
+    jwks: str = Field(min_length=2, max_length=256 * 1024)
+    """The issuer's JSON Web Key Set (JSON text, as ``/openid/v1/jwks`` serves it)."""
+    audience: str = Field(min_length=1, max_length=512)
+    """The only audience accepted: ``peer_audience(namespace, agent)`` of this agent."""
+    leeway: int = Field(default=30, ge=0, le=300)
+    """Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``."""
+
+
+class PeerListener(Model):
+    """The guard's third listener: calls from other agents' guards, forwarded to this agent."""
+
+    host: str = "0.0.0.0"
+    """Address of the peer listener (the NetworkPolicy admits only agents of the namespace)."""
+    port: int = Field(default=9443, ge=0, le=65535)
+    """Port of the peer listener (0 picks a free port, for local runs)."""
+    agent_url: str = Field(pattern=r"^http://(127\.0\.0\.1|\[::1\]|localhost):[0-9]{1,5}$", max_length=64)
+    """Where this agent serves its own API, on the pod's loopback (``AGENTFLEET_SERVE_PORT``)."""
+    auth: PeerAuth
+    """How callers are authenticated."""
+    max_inflight: int = Field(default=64, ge=1, le=4096)
+    """Calls from other agents handled at once; more get 429."""
+
+
+class SubAgentRoute(Model):
+    """One agent this agent may call (from ``permissions.subAgents``, after the policy check)."""
+
+    name: DnsName
+    """Name of the callee AgentDeployment (same namespace)."""
+    url: str = Field(pattern=r"^https?://[^\s/]+$", max_length=512)
+    """Base URL of the callee guard's peer port (its Service)."""
+    token_file: str = Field(min_length=1, max_length=4096)
+    """The projected ServiceAccount token whose audience names the callee (guard container only)."""
+
+
+class SubAgents(Model):
+    """Calls to other agents, and the limits that keep a swarm from amplifying one task."""
+
+    callees: list[SubAgentRoute] = Field(default=[], max_length=64)
+    """The agents this agent may call; any other name is refused."""
+    max_depth: int = Field(default=3, ge=1, le=8)
+    """Longest chain of calls: a call this agent makes while it serves a call at depth d is at
+    depth d+1; the peer port refuses inbound calls deeper than this too."""
+    max_calls_per_task: int = Field(default=16, ge=1, le=1000)
+    """Sub-agent calls one task of this agent may make (fan-out)."""
+    call_timeout: Duration = "5m"
+    """Longest a sub-agent call may take, response included."""
+
+
 class GuardConfig(Model):
     """Everything one guard process needs to enforce one agent revision."""
 
@@ -125,3 +190,7 @@ class GuardConfig(Model):
     """The shared budget ledger; unset: budgets are counted in this guard's memory only."""
     injection_classifier: InjectionClassifier | None = None
     """An HTTP classifier consulted besides the built-in heuristics (unset: heuristics only)."""
+    sub_agents: SubAgents = SubAgents()
+    """Agents this agent may call through ``/agents/NAME/...`` on the API listener, and limits."""
+    peer: PeerListener | None = None
+    """The peer listener for calls from other agents; unset: this agent cannot be called."""

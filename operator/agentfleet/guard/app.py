@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from agentfleet.guard import anthropic_messages, openai_chat, openai_responses, toolproxy
+from agentfleet.guard import anthropic_messages, openai_chat, openai_responses, peers, toolproxy
 from agentfleet.guard.config import Listeners
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.httpio import error_response
@@ -135,6 +135,10 @@ def api_application(guard: Guard) -> web.Application:
         app.router.add_get(f"{prefix}/models", models)
         app.router.add_get(f"{prefix}/models/{{model}}", models)
     app.router.add_route("*", "/tools/{name}", tool)
+    sub_agent = _route(guard, peers.call_sub_agent)  # calls to other agents (docs/sub-agents.md)
+    app.router.add_post("/agents/{callee}/{tail:.*}", sub_agent)
+    app.router.add_get("/agents/{callee}/{tail:.*}", sub_agent, allow_head=False)
+    peers.state_of(guard)
     _ops_routes(guard, app)
     return app
 
@@ -168,6 +172,7 @@ class Server:
             max_field_size=MAX_LINE,
             max_headers=MAX_HEADERS,
         )
+        self._peers = peers.PeerServer(guard, MAX_LINE, MAX_HEADERS)  # only with a peer config
         self.api_port = 0
         self.metrics_port = 0
 
@@ -190,6 +195,7 @@ class Server:
             await self._metrics.setup()
             await web.TCPSite(self._metrics, self.where.metrics_host, self.where.metrics_port).start()
             self.metrics_port = self._metrics.addresses[0][1]
+            await self._peers.start()
         except BaseException:
             await self.stop()
             raise
@@ -199,6 +205,7 @@ class Server:
         self.guard.draining = True
         try:
             await self._api.cleanup()
+            await self._peers.stop()
             await self._metrics.cleanup()
         finally:
             await self.guard.stop()

@@ -33,6 +33,16 @@ class Code(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     INVALID_REQUEST = "invalid_request"
     OVERLOADED = "overloaded"
+    SUB_AGENT_NOT_PERMITTED = "sub_agent_not_permitted"
+    """The agent called an agent that is not in its ``permissions.subAgents``."""
+    SUB_AGENT_DEPTH = "sub_agent_depth"
+    """A call between agents would make the chain deeper than ``maxDepth``."""
+    SUB_AGENT_FAN_OUT = "sub_agent_fan_out"
+    """The task made all the sub-agent calls it may."""
+    PEER_UNAUTHENTICATED = "peer_unauthenticated"
+    """A call on the peer port without a valid ServiceAccount token for this agent."""
+    PEER_FORBIDDEN = "peer_forbidden"
+    """A call on the peer port from an identity that may not call this agent."""
     INTERNAL_ERROR = "internal_error"
 
 
