@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,41 @@ def converged(kube: Kube, ns: str, names: list[str]) -> bool:
         if st.get("observedGeneration") != a["metadata"]["generation"] or not st.get("currentRevision"):
             return False
     return True
+
+
+def audited(files: list[Path], ns: str, name: str) -> list[dict[str, Any]]:
+    """The operator's action records for one agent, from every replica's audit file."""
+    records: list[dict[str, Any]] = []
+    for path in files:
+        lines = path.read_text().splitlines() if path.exists() else []
+        records += [
+            r
+            for r in map(json.loads, lines)
+            if r.get("kind") == "operator_action" and r.get("namespace") == ns and r.get("agent") == name
+        ]
+    return records
+
+
+def actions_of(records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """The distinct actions audit records describe: (action, revision acted on). A record written
+    again for the same action (the intent before a crash, the announcement after) is one action."""
+    return {(str(r.get("action")), str(r.get("revision"))) for r in records if r.get("action") != "Alert"}
+
+
+def deployment_revision(kube: Kube, ns: str, name: str) -> int:
+    """The Deployment controller's own count of template changes: one more per rollout."""
+    d = kube.get_json("deployment", name, "-n", ns)
+    return int(d["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision", "0"))
+
+
+def warning_events(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = kube.get_json(
+        "events", "-n", ns, "--field-selector", f"involvedObject.name={name},type=Warning"
+    )["items"]
+    return found
+
+
+def fatal_lines(log: Path) -> list[str]:
+    """Errors and tracebacks in an operator's log (SIGKILLs leave neither)."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line for line in lines if '"severity": "error"' in line or "Traceback" in line]

@@ -117,6 +117,28 @@ def test_cooldown_from_status_survives_a_restart() -> None:
     assert judge(view([rule(cooldown="5m")], lastBreach=old), loops(1)).act is not None
 
 
+def test_a_pending_for_is_recorded_and_continued_after_a_restart() -> None:
+    """A crash-looping operator (or a new leader) continues the ``for`` wait from status rather
+    than starting it again: otherwise restarts more often than ``for`` would never act."""
+    agent = view([rule(**{"for": "1m"})])
+    first = judge(agent, loops(1), Memory(), T0)
+    assert first.act is None
+    assert first.pending_breaches == [{"rule": "loops", "revision": REV, "since": "2026-11-21T12:00:00Z"}]
+    restarted = view([rule(**{"for": "1m"})], pendingBreaches=first.pending_breaches)
+    again = judge(restarted, loops(1), Memory(), T0 + timedelta(seconds=30))
+    assert again.act is None and again.pending_breaches is None, "unchanged: nothing to write"
+    assert judge(restarted, loops(1), Memory(), T0 + timedelta(seconds=60)).act is not None
+    # The recorded wait is for that revision only, and a future time is never trusted.
+    other = [{"rule": "loops", "revision": "other", "since": "2026-11-21T11:00:00Z"}]
+    assert judge(view([rule(**{"for": "1m"})], pendingBreaches=other), loops(1), Memory(), T0).act is None
+    future = [{"rule": "loops", "revision": REV, "since": "2026-11-21T13:00:00Z"}]
+    v = judge(view([rule(**{"for": "1m"})], pendingBreaches=future), loops(1), Memory(), T0 + timedelta(seconds=61))
+    assert v.act is None
+    # When the breach ends, status forgets it.
+    cleared = judge(restarted, loops(0), Memory(), T0 + timedelta(seconds=40))
+    assert cleared.pending_breaches == []
+
+
 def test_most_severe_action_wins_and_alerts_ride_along() -> None:
     rules = [rule(name="r1", action="Rollback"), rule(name="s1", action="Suspend"), rule(name="a1", action="Alert")]
     v = judge(view(rules, stableRevision="s"), loops(1))

@@ -619,6 +619,17 @@ class Breach(Model):
     """Action taken."""
 
 
+class PendingBreach(Model):
+    """A guardrail breaching now but not yet for its ``for`` duration."""
+
+    rule: str
+    """Rule name."""
+    revision: str
+    """Revision breaching."""
+    since: str
+    """When the breach was first seen (RFC 3339)."""
+
+
 class Usage(Model):
     """Observed usage, summed over replicas, from Prometheus."""
 
@@ -662,6 +673,11 @@ class AgentDeploymentStatus(Model):
     """False from the moment lastBreach is recorded until its Event and audit record are out; a
     restarted operator finishes announcing what a crash interrupted. (Apart from lastBreach, which
     never changes once recorded.)"""
+    pending_breaches: list[PendingBreach] | None = Field(
+        default=None, max_length=64, json_schema_extra=_map_list("rule")
+    )
+    """Rules breaching now, waiting out their ``for``: recorded so that an operator restart or a
+    new leader continues the wait instead of starting it again."""
     usage: Usage | None = None
     """Observed usage."""
 

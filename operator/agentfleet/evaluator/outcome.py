@@ -58,6 +58,8 @@ def outcome(v: Verdict, status: dict[str, Any], generation: int | None, now: str
     if v.budget_exceeded is not None:
         over, msg = v.budget_exceeded
         condition(cond.BUDGET_EXCEEDED, over, "BudgetExceeded" if over else "WithinBudget", msg)
+    if v.pending_breaches is not None:
+        out.fields["pendingBreaches"] = v.pending_breaches
     if v.promote_stable:
         out.fields["stableRevision"] = v.promote_stable
         out.events.append(("Normal", "RevisionStable", f"revision {v.promote_stable} passed its stabilization window"))

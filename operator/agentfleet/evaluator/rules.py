@@ -10,9 +10,11 @@ Semantics (docs/guardrails.md has the long form):
   (MetricsAvailable=False, nothing else) or Suspend (fail closed);
 - a revision becomes stable after ``analysis.stabilizationWindow`` with no breach seen.
 
-The only state kept between cycles is ``Memory`` (pending-since and last-breach-seen times); it
-is advisory: losing it on restart delays an action by at most ``for`` and never duplicates one,
-because what was done is recorded in status.
+The state kept between cycles is ``Memory`` (pending-since and last-breach-seen times). What must
+survive a restart or a change of leader is on status: what was done (``lastBreach``, so an action
+is never repeated) and since when each rule breaches (``pendingBreaches``, so a crash-looping
+operator or a failover continues a ``for`` wait instead of starting it again and never acting).
+The rest is advisory: losing it only delays promotion to stable.
 
 Isolation: one agent can never stop the fleet from being judged. A rule that cannot be judged
 (a query refused or unresolvable, a duration past the bound, anything raising while it is
@@ -124,6 +126,8 @@ class Verdict:
     budget_exceeded: tuple[bool, str] | None = None
     resume_budget: bool = False
     promote_stable: str | None = None
+    pending_breaches: list[dict[str, str]] | None = None
+    """The rules breaching now with their first-seen times, when that differs from status."""
 
     def empty(self) -> bool:
         return (
@@ -133,6 +137,7 @@ class Verdict:
             and self.budget_exceeded is None
             and not self.resume_budget
             and self.promote_stable is None
+            and self.pending_breaches is None
         )
 
 
@@ -233,6 +238,7 @@ def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: date
         elif v.act is None and not suspended and not applied(agent, act, rolled_back):
             v.act = act
 
+    v.pending_breaches = pending_change(agent, memory, revision)
     budget_act, v.budget_exceeded, v.resume_budget = judge_budgets(agent, samples, suspended)
     if budget_act and v.act is None and not suspended:
         v.act = budget_act
@@ -268,10 +274,35 @@ def judge_rule(
         memory.pending.pop(pkey, None)
         return None
     memory.breach_seen[(agent.namespace, agent.name, revision)] = now
-    since = memory.pending.setdefault(pkey, now)
+    if pkey not in memory.pending:  # after a restart or a failover: the wait recorded on status
+        memory.pending[pkey] = min(recorded_pending(agent, rule.name, revision) or now, now)
+    since = memory.pending[pkey]
     if now - since < wait or in_cooldown(agent, rule, memory, now, quiet):
         return None
     return make_act(agent, rule, value, revision, withheld=not own)
+
+
+def recorded_pending(agent: AgentView, rule: str, revision: str) -> datetime | None:
+    """Since when status says ``rule`` breaches on ``revision`` (None: it does not say)."""
+    for entry in agent.status.get("pendingBreaches") or []:
+        if isinstance(entry, dict) and entry.get("rule") == rule and entry.get("revision") == revision:
+            return parse_time(entry.get("since"))
+    return None
+
+
+def pending_change(agent: AgentView, memory: Memory, revision: str) -> list[dict[str, str]] | None:
+    """The rules breaching on ``revision`` and since when, if status records something else."""
+    now_pending = sorted(
+        (rule, since)
+        for (ns, name, rule, rev), since in memory.pending.items()
+        if (ns, name, rev) == (agent.namespace, agent.name, revision)
+    )
+    entries = [
+        {"rule": rule, "revision": revision, "since": since.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        for rule, since in now_pending
+    ]
+    recorded = agent.status.get("pendingBreaches") or []
+    return None if entries == recorded else entries
 
 
 def availability(
