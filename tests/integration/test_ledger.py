@@ -29,7 +29,7 @@ from agentfleet.api.guardconfig import GuardConfig
 from agentfleet.policy.platform import load_platform
 from hack.harness.agents import agent_policy, condition, objects_of, status, wait_reconciled
 from hack.harness.chart import CHART, helm, token_kubeconfig
-from hack.harness.kube import Cluster, Kube, free_port, poll
+from hack.harness.kube import ROOT, Cluster, Kube, free_port, poll
 from hack.harness.processes import OperatorProcess
 from tests.guard.redisd import REDIS_SERVER
 from tests.integration.test_chart import BINS, K8S_VERSION, find, values_file
@@ -43,6 +43,7 @@ SECRET = "agentfleet-ledger"
 PORT_BASE = 23400
 SERVICE_CIDR = "10.96.0.0/12"
 TEAM = "ledger-team"
+PLUGIN = ROOT / ".venv" / "bin" / "kubectl-agentfleet"
 HARDENED = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -420,3 +421,45 @@ def test_an_agent_naming_the_ledger_secret_is_refused_even_where_every_secret_is
     assert "ledger" in c["message"] and SECRET in c["message"]
     assert not objects_of(admin, "pods", team, "thief")
     admin.kubectl("delete", "agentpolicy", "ledger-team-secrets")
+
+
+def test_the_budget_command_shows_the_hierarchy_and_says_what_it_could_not_read(world: World) -> None:
+    """KWOK pods run no guard, so the pod proxy cannot reach /readyz: the command still shows the
+    hierarchy from the revision's guard config, and says per pod why LAST SEEN is empty."""
+    admin, team = world.admin, world.team
+    admin.apply(agent_policy("ledger-cli-quota", namespaces=[team], spendQuota={"dollars": "12", "period": "Month"}))
+    admin.apply(small_agent("counted", team))
+    wait_reconciled(admin, team, "counted", timeout=90)
+
+    def quota_rendered() -> dict[str, Any] | None:
+        res = subprocess.run(
+            [str(PLUGIN), "--kubeconfig", admin.kubeconfig, "-n", team, "budget", "counted", "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        doc: dict[str, Any] = yaml.safe_load(res.stdout)
+        return doc if any(b["level"] == "policy/ledger-cli-quota" for b in doc["budgets"]) else None
+
+    doc = poll(quota_rendered, timeout=60, what="the budget command to show the policy's quota")
+    levels = {(b["level"], b["budget"]): b for b in doc["budgets"]}
+    assert levels[("agent", "cost_per_day")]["limit"] == "$1.50"
+    assert levels[("agent", "cost_per_day")]["resets"].endswith("+00:00")
+    quota = levels[("policy/ledger-cli-quota", "spend_quota")]
+    assert (
+        quota["limit"] == "$12" and quota["window"] == "Month (UTC)" and quota["resets"].endswith("-01T00:00:00+00:00")
+    )
+    assert doc["ledger"].startswith(f"shared ledger at {LEDGER}.{RELEASE_NS}.svc:6379")
+    assert len(doc["guards"]) == 2 and all(g.get("error") for g in doc["guards"]), doc["guards"]
+    assert all(b["lastSeen"] is None for b in doc["budgets"])
+    table = subprocess.run(
+        [str(PLUGIN), "--kubeconfig", admin.kubeconfig, "-n", team, "budget", "counted"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "LAST SEEN" in table and "policy/ledger-cli-quota" in table and "not a live reading" in table
+    admin.kubectl("delete", "agentpolicy", "ledger-cli-quota")

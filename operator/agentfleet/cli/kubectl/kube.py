@@ -297,6 +297,23 @@ class Cluster:
             )
         )
 
+    def config_map(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._json(
+            self.core.read_namespaced_config_map, name, namespace, what=f"get configmap {namespace}/{name}"
+        )
+
+    def pod_get(self, namespace: str, pod: str, port: int, path: str) -> str:
+        """GET ``path`` on a pod's ``port`` through the API server's pod proxy (``pods/proxy``)."""
+        resp = self._raw(
+            self.core.connect_get_namespaced_pod_proxy_with_path,
+            f"{pod}:{port}",
+            namespace,
+            path.lstrip("/"),
+            what=f"GET :{port}{path} of pod {namespace}/{pod}",
+        )
+        data: bytes = resp.data
+        return data.decode(errors="replace")
+
     def pod_log(self, namespace: str, pod: str, container: str, previous: bool = False) -> str:
         resp = self._raw(
             self.core.read_namespaced_pod_log,

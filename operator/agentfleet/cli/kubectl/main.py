@@ -72,6 +72,7 @@ EXAMPLES = """examples:
   kubectl agentfleet rollback support --to-revision 3
   kubectl agentfleet census -A                       # what actually runs, counted honestly
   kubectl agentfleet audit support                   # verify the guards' hash-chained audit trail
+  kubectl agentfleet budget support                  # budgets by level, resets, what the guards last saw
 
 exit codes: 0 success, 1 failure (not found, API error, broken chain, timeout), 2 usage error"""
 
@@ -172,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         output,
         every,
     )
+    p = command(
+        "budget",
+        "An agent's budgets by level (task, agent, AgentPolicy quotas), when each resets, the shared ledger "
+        "and what each guard last saw of it.",
+        output,
+    )
+    p.add_argument("name", metavar="NAME")
     p = command("audit", "Fetch and verify a guard's hash-chained audit trail.", output)
     p.add_argument("name", metavar="NAME")
     p.add_argument(
@@ -532,6 +540,74 @@ def cmd_audit(s: Session) -> int:
     return 0 if ok else 1
 
 
+def cmd_budget(s: Session) -> int:
+    from agentfleet.cli.kubectl import budget as budgets  # the guard config's models: only this command pays
+
+    name: str = s.args.name
+    obj = s.cluster.get_agent(s.namespace, name)
+    revision = _status(obj).get("currentRevision")
+    if not revision:
+        raise PluginError(f"agentdeployment {s.namespace}/{name} has no running revision yet (not reconciled)")
+    config_map = f"{name}-guard-{revision}"
+    try:
+        cfg = budgets.guard_config_of(s.cluster.config_map(s.namespace, config_map))
+    except ValueError as exc:
+        raise PluginError(f"configmap {s.namespace}/{config_map}: {exc}") from None
+    rows = budgets.hierarchy(cfg, s.now)
+    views = []
+    for pod in s.cluster.pods(s.namespace, name):
+        pod_name = str((pod.get("metadata") or {}).get("name", ""))
+        if (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        try:
+            views.append(
+                budgets.guard_view(pod_name, s.cluster.pod_get(s.namespace, pod_name, cfg.metrics_port, "/readyz"))
+            )
+        except PluginError as exc:
+            views.append(budgets.GuardView(pod_name, error=exc.message))
+    seen = budgets.level_cells(rows, views)
+    ledger = budgets.ledger_summary(cfg)
+    if s.output in {"json", "yaml"}:
+        doc = {
+            "name": name,
+            "namespace": s.namespace,
+            "revision": revision,
+            "ledger": ledger,
+            "budgets": [{**r.json(), "lastSeen": c if c != "-" else None} for r, c in zip(rows, seen, strict=True)],
+            "guards": [v.json() for v in views],
+        }
+        out(dump(doc, s.output))
+        return 0
+    out(f"Agent {s.namespace}/{name}, revision {revision}: budgets counted {ledger}.\n")
+    headers = ["LEVEL", "BUDGET", "LIMIT", "WINDOW", "RESETS", "LAST SEEN"]
+    out(
+        table(
+            headers,
+            [
+                [r.level, r.name, r.limit, r.window, rfc3339(r.resets) if r.resets else NONE, c]
+                for r, c in zip(rows, seen, strict=True)
+            ],
+        )
+    )
+    if views:
+        guard_rows = [
+            [
+                v.pod,
+                cell(v.ledger),
+                NONE if v.available is None else ("yes" if v.available else "NO"),
+                cell(v.pending_settles),
+                NONE if v.local_dollars is None else f"${v.local_dollars}",
+                v.error or "",
+            ]
+            for v in views
+        ]
+        out("\nGuards (LAST SEEN is used + held at a guard's last reservation, not a live reading):")
+        out(table(["POD", "LEDGER", "AVAILABLE", "QUEUED SETTLES", "LOCAL SPEND", "ERROR"], guard_rows))
+    else:
+        note("no running guard to ask: LAST SEEN is empty")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Session], int]] = {
     "status": cmd_status,
     "suspend": cmd_suspend,
@@ -540,6 +616,7 @@ COMMANDS: dict[str, Callable[[Session], int]] = {
     "history": cmd_history,
     "census": cmd_census,
     "audit": cmd_audit,
+    "budget": cmd_budget,
 }
 
 
