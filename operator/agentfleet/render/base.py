@@ -28,13 +28,39 @@ class RenderSettings:
     upstream_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     """Egress for hostname upstreams: a NetworkPolicy cannot match hostnames, only CIDRs."""
     dns_namespace: str = "kube-system"
+    peer_port: int = 9443
+    """The guard's peer listener: calls from other agents of the namespace (docs/sub-agents.md)."""
+    agent_serve_port: int = 8000
+    """Where an agent that can be called serves its own API, on loopback (AGENTFLEET_SERVE_PORT)."""
+    peer_issuer: str | None = None
+    """The cluster's service-account issuer; with ``peer_jwks``, agents can be called (the
+    operator reads both from the API server)."""
+    peer_jwks: str | None = None
+    """The issuer's JSON Web Key Set (JSON text) the guards verify callers' tokens with."""
+    peer_token_seconds: int = 600
+    """Lifetime of the projected tokens agents call each other with (the kubelet rotates them)."""
+
+    @property
+    def peers_enabled(self) -> bool:
+        """Whether guards get a peer listener (the operator knows the cluster's signing keys)."""
+        return bool(self.peer_issuer and self.peer_jwks)
 
     def __post_init__(self) -> None:
-        for name, port in (("guard_port", self.guard_port), ("metrics_port", self.metrics_port)):
+        ports = {
+            "guard_port": self.guard_port,
+            "metrics_port": self.metrics_port,
+            "peer_port": self.peer_port,
+            "agent_serve_port": self.agent_serve_port,
+        }
+        for name, port in ports.items():
             if not 1 <= port <= 65535:
                 raise RenderError(f"{name} {port} is not a TCP port")
         if self.guard_port == self.metrics_port:
             raise RenderError("guard_port and metrics_port must differ")
+        if len(set(ports.values())) != len(ports):
+            raise RenderError(f"the pod's ports must all differ: {ports}")
+        if not 600 <= self.peer_token_seconds <= 86400:
+            raise RenderError("peer_token_seconds must be within [600, 86400] (the kubelet's minimum is 600)")
         if not self.guard_image.strip():
             raise RenderError("guard_image is empty")
 

@@ -7,11 +7,20 @@ from typing import Any
 
 import yaml
 
-from agentfleet.api.guardconfig import AuditSink, GuardConfig, PolicyQuota
+from agentfleet.api.guardconfig import (
+    AuditSink,
+    GuardConfig,
+    PeerAuth,
+    PeerListener,
+    PolicyQuota,
+    SubAgentRoute,
+    SubAgents,
+    peer_audience,
+)
 from agentfleet.api.ledger import PlatformLedger
 from agentfleet.api.types import AgentDeploymentSpec, LedgerPolicy, Pricing
 from agentfleet.render.base import RenderSettings
-from agentfleet.render.children import ChildNames, Owner
+from agentfleet.render.children import ChildNames, Owner, child_names
 
 CONFIG_DIR = "/etc/agentfleet"
 CONFIG_KEY = "guard.yaml"
@@ -19,6 +28,41 @@ CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 UPSTREAM_KEY_DIR = "/var/run/agentfleet/upstream"
 AUDIT_DIR = "/var/log/agentfleet"
 AUDIT_FILE = f"{AUDIT_DIR}/audit.jsonl"
+PEER_TOKEN_DIR = "/var/run/agentfleet/peers"
+"""Projected ServiceAccount tokens, one per callee (``<callee>/token``), in the guard only."""
+
+
+def sub_agents(owner: Owner, spec: AgentDeploymentSpec, settings: RenderSettings) -> SubAgents:
+    """The callees of ``permissions.subAgents`` (AgentDeployments of the same namespace), each at its
+    guard's peer port behind its Service, with the token whose audience names it."""
+    return SubAgents(
+        callees=[
+            SubAgentRoute(
+                name=callee,
+                url=f"http://{child_names(callee).service}.{owner.namespace}.svc:{settings.peer_port}",
+                token_file=f"{PEER_TOKEN_DIR}/{callee}/token",
+            )
+            for callee in (spec.permissions.sub_agents or [])
+            if settings.peers_enabled
+        ]
+    )
+
+
+def peer_listener(owner: Owner, settings: RenderSettings) -> PeerListener | None:
+    """The peer listener, when the operator knows the cluster's signing keys (else no agent
+    can be called, and none is exposed)."""
+    if not (settings.peer_issuer and settings.peer_jwks):
+        return None
+    return PeerListener(
+        host="0.0.0.0",
+        port=settings.peer_port,
+        agent_url=f"http://127.0.0.1:{settings.agent_serve_port}",
+        auth=PeerAuth(
+            issuer=settings.peer_issuer,
+            jwks=settings.peer_jwks,
+            audience=peer_audience(owner.namespace, owner.name),
+        ),
+    )
 
 
 def guard_config(
@@ -56,6 +100,8 @@ def guard_config(
         audit=AuditSink(stdout=True, file=AUDIT_FILE),
         quotas=list(quotas),
         ledger=ledger.guard_config(ledger_policy or LedgerPolicy()) if ledger is not None else None,
+        sub_agents=sub_agents(owner, spec, settings),
+        peer=peer_listener(owner, settings),
     )
 
 

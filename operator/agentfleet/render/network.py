@@ -14,6 +14,7 @@ from agentfleet.api import addresses
 from agentfleet.api.addresses import Endpoint, network
 from agentfleet.api.ledger import PlatformLedger
 from agentfleet.api.types import AgentDeploymentSpec
+from agentfleet.render import peers
 from agentfleet.render.base import RenderError, RenderSettings
 from agentfleet.render.children import ChildNames, Owner, selector
 
@@ -157,6 +158,7 @@ def network_policy(
     egress = [dns, *upstream_rules(spec, settings, hostname_cidrs, excluded)]
     if ledger is not None:
         egress.append(ledger_rule(ledger, settings, excluded))
+    egress += peers.egress(spec, settings)
     for index, rule in enumerate(spec.permissions.egress or []):
         allowed: dict[str, Any] = {"to": [ip_block(rule.cidr, excluded, f"permissions.egress[{index}].cidr")]}
         if rule.ports:
@@ -170,6 +172,6 @@ def network_policy(
             "podSelector": {"matchLabels": selector(owner.name)},
             "policyTypes": ["Egress", "Ingress"],
             "egress": egress,
-            "ingress": metrics_ingress(settings),
+            "ingress": metrics_ingress(settings) + peers.ingress(settings),
         },
     }

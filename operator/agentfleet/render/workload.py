@@ -9,6 +9,7 @@ from agentfleet.api.ledger import LEDGER_PASSWORD_DIR, LEDGER_VOLUME, PlatformLe
 from agentfleet.api.names import AGENT_CONTAINER, CONFIG_HASH_ANNOTATION, GUARD_CONTAINER, REVISION_ANNOTATION
 from agentfleet.api.names import METRICS as METRICS_LABEL
 from agentfleet.api.types import AgentDeploymentSpec, EnvVar
+from agentfleet.render import peers
 from agentfleet.render.base import RenderError, RenderSettings, duration_seconds
 from agentfleet.render.children import ChildNames, Owner, labels, selector
 from agentfleet.render.guard import AUDIT_DIR, CONFIG_DIR, CONFIG_PATH, UPSTREAM_KEY_DIR
@@ -193,7 +194,7 @@ def pod_template(
     """``config_hash`` rolls the pods when the guard config changes without a new revision
     (a policy price change), since the guard reads its config once, at start."""
     mount_token = bool(spec.permissions.kubernetes)
-    return {
+    template: dict[str, Any] = {
         "metadata": {
             "labels": labels(owner.name, revision),
             "annotations": {
@@ -213,6 +214,8 @@ def pod_template(
             "volumes": volumes(names, spec, revision, ledger),
         },
     }
+    peers.add_to_pod(template["spec"], owner, spec, settings)  # calls between agents
+    return template
 
 
 def deployment(
@@ -250,6 +253,9 @@ def service(owner: Owner, names: ChildNames, settings: RenderSettings) -> dict[s
         "spec": {
             "type": "ClusterIP",
             "selector": selector(owner.name),
-            "ports": [{"name": "metrics", "port": port, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"}],
+            "ports": [
+                {"name": "metrics", "port": port, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"},
+                *peers.service_ports(settings),
+            ],
         },
     }
