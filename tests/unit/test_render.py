@@ -338,6 +338,7 @@ def test_agent_talks_to_its_guard() -> None:
     env = env_of(pod(agent(), settings=RenderSettings(guard_port=4100)))
     rendered = render(agent())
     assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:4100/v1"
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:4100"  # the Anthropic SDKs add /v1/messages
     assert env["AGENTFLEET_TOOLS_URL"] == "http://127.0.0.1:4100/tools"
     assert env["OPENAI_API_KEY"] and "secretKeyRef" not in json.dumps(env["OPENAI_API_KEY"])
     assert env["AGENTFLEET_AGENT"] == "support" and env["AGENTFLEET_NAMESPACE"] == "team-a"
