@@ -20,6 +20,7 @@ from agentfleet.controller import plan as plans
 from agentfleet.policy import ledger_terms
 from agentfleet.policy.platform import Platform, all_violations, load_platform
 from agentfleet.render import Rendered, RenderSettings, render
+from agentfleet.render.ledger import with_ledger_mount
 
 pytestmark = pytest.mark.unit
 
@@ -258,3 +259,28 @@ def test_a_hostname_ledger_without_peers_goes_where_hostname_endpoints_go_minus_
     settings = RenderSettings(upstream_cidrs=("0.0.0.0/0",))
     (rule,) = egress_to_ledger(rendered_with(named, settings=settings, excluded_cidrs=("10.96.0.0/12",)))
     assert rule["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.96.0.0/12"]}}]
+
+
+# --------------------------------------------------------------------------- a pinned revision's template
+
+
+def test_a_rollback_to_a_revision_from_before_the_ledger_mounts_todays_password() -> None:
+    recorded = render(agent()).pod_template  # recorded before the platform named a ledger
+    today = rendered_with(LEDGER).pod_template
+    pinned = with_ledger_mount(recorded, today)
+    assert [v for v in pinned["spec"]["volumes"] if v not in recorded["spec"]["volumes"]] == [
+        v for v in today["spec"]["volumes"] if v.get("name") == "ledger-password"
+    ]
+    guard = container(pinned["spec"], GUARD_CONTAINER)
+    assert [m for m in guard["volumeMounts"] if m["name"] == "ledger-password"] == [
+        {"name": "ledger-password", "mountPath": LEDGER_PASSWORD_DIR, "readOnly": True}
+    ]
+    assert container(pinned["spec"], AGENT_CONTAINER) == container(recorded["spec"], AGENT_CONTAINER)
+    # Nothing else of the recorded template changes, and the recorded one is left alone.
+    assert with_ledger_mount(pinned, recorded) == recorded
+    assert "ledger-password" not in str(recorded)
+    # Another Secret name today replaces the recorded one.
+    other = PlatformLedger.model_validate({**IN_CLUSTER, "passwordSecret": "ledger-v2"})
+    moved = with_ledger_mount(pinned, rendered_with(other).pod_template)
+    assert "ledger-v2" in str(moved["spec"]["volumes"]) and "agentfleet-ledger" not in str(moved)
+    assert sum(m["name"] == "ledger-password" for m in container(moved["spec"], GUARD_CONTAINER)["volumeMounts"]) == 1

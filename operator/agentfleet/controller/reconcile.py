@@ -29,6 +29,7 @@ from agentfleet.kube.status import (
 from agentfleet.kube.writers import exclusive
 from agentfleet.policy.platform import Platform
 from agentfleet.render import Rendered, RenderError, RenderSettings, render, render_controller_revision, selector
+from agentfleet.render.ledger import with_ledger_mount
 
 log = logging.getLogger("agentfleet.reconcile")
 
@@ -113,7 +114,8 @@ async def converge(ctx: Context, body: dict[str, Any]) -> Outcome:
     except RenderError as exc:
         return await report(ctx, body, plans.invalid(body, str(exc), now))
     if p.pinned:  # exact: the template recorded with the revision, not today's rendering of it
-        rendered = with_template(rendered, p.pinned["data"]["template"])
+        # (but the ledger password follows today's guard config, which the pinned pods mount)
+        rendered = with_template(rendered, with_ledger_mount(p.pinned["data"]["template"], rendered.pod_template))
     number, new = plans.revision_number(all_revisions, rendered.revision)
     snapshot = render_controller_revision(agent, rendered, number) if new else None
 
