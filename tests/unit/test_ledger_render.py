@@ -284,3 +284,15 @@ def test_a_rollback_to_a_revision_from_before_the_ledger_mounts_todays_password(
     moved = with_ledger_mount(pinned, rendered_with(other).pod_template)
     assert "ledger-v2" in str(moved["spec"]["volumes"]) and "agentfleet-ledger" not in str(moved)
     assert sum(m["name"] == "ledger-password" for m in container(moved["spec"], GUARD_CONTAINER)["volumeMounts"]) == 1
+
+
+def test_renaming_a_policy_with_a_quota_re_reconciles_its_agents() -> None:
+    """The quota's ledger key is the policy's name, so the covering fingerprint must see names."""
+    from agentfleet.controller.handlers import covering_hash
+
+    before = [policy("team", spendQuota={"dollars": "100"})]
+    after = [policy("team-a-quota", spendQuota={"dollars": "100"})]
+    assert covering_hash(before, NS, LABELS) != covering_hash(after, NS, LABELS)
+    assert covering_hash(before, NS, LABELS) == covering_hash(list(before), NS, LABELS)
+    elsewhere = [*before, policy("other", namespaces=["team-b"], spendQuota={"dollars": "1"})]
+    assert covering_hash(elsewhere, NS, LABELS) == covering_hash(before, NS, LABELS)

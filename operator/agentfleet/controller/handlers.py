@@ -234,9 +234,13 @@ async def mirror_readiness(
 
 
 def covering_hash(policies: Iterable[AgentPolicy], namespace: str, labels: dict[str, str]) -> str:
-    """Fingerprint of the policies covering a namespace: when it changes, its agents re-reconcile."""
+    """Fingerprint of the policies covering a namespace: when it changes, its agents re-reconcile.
+    Names count too: a spend quota is keyed by its policy's name, so a renamed policy (same spec)
+    must reach the guards."""
     specs = sorted(
-        json.dumps(p.spec.wire(), sort_keys=True) for p in policies if policy_core.covers(p, namespace, labels)
+        json.dumps([p.metadata.name, p.spec.wire()], sort_keys=True)
+        for p in policies
+        if policy_core.covers(p, namespace, labels)
     )
     return hashlib.sha256("\n".join(specs).encode()).hexdigest()[:12]
 
