@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ from agentfleet.evaluator.loop import Evaluator, EvaluatorSettings
 from agentfleet.evaluator.prom import Prometheus
 from agentfleet.health import HealthServer, stale
 from agentfleet.kube.client import Kube
+from agentfleet.kube.issuer import IssuerError, read_issuer
 from agentfleet.kube.lease import LeaderElector, LeaseSettings
 from agentfleet.policy.platform import Platform, load_platform
 from agentfleet.registry import REGISTRY
@@ -164,6 +166,8 @@ def configure(args: argparse.Namespace) -> None:
         memo.render_settings = RenderSettings(
             guard_image=args.guard_image, upstream_cidrs=upstream, metrics_from_namespaces=scrapers
         )
+        memo.render_settings = await with_cluster_keys(memo.kube, memo.render_settings)
+        memo.cluster_keys = asyncio.create_task(refresh_cluster_keys(memo, kwargs), name="cluster-keys")
         memo.platform = read_platform(args.platform)
         memo.evaluator = None
         if args.prometheus_url:
@@ -172,6 +176,8 @@ def configure(args: argparse.Namespace) -> None:
 
     @kopf.on.cleanup()
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        memo.cluster_keys.cancel()
+        await asyncio.gather(memo.cluster_keys, return_exceptions=True)
         memo.policy_status.cancel()
         await asyncio.gather(memo.policy_status, return_exceptions=True)
         if memo.evaluator is not None:
@@ -182,6 +188,55 @@ def configure(args: argparse.Namespace) -> None:
             audit.close()
         await memo.ready_mirror.close()
         await memo.kube.close()
+
+
+KEYS_REFRESH_SECONDS = 600.0
+"""How often the operator re-reads the cluster's service-account keys (a rotation publishes the
+new key before signing with it, so this only needs to beat the kubelet's token refresh)."""
+
+
+async def with_cluster_keys(kube: Kube, settings: RenderSettings) -> RenderSettings:
+    """``settings`` with the cluster's issuer and JWKS, so that agents can call each other;
+    unchanged (and said in the log) when they cannot be read: then no agent can be called."""
+    try:
+        issuer, jwks = await read_issuer(kube)
+    except IssuerError as exc:
+        logging.getLogger("agentfleet").warning("calls between agents are off: %s", exc)
+        return settings
+    return dataclasses.replace(settings, peer_issuer=issuer, peer_jwks=jwks)
+
+
+async def refresh_cluster_keys(memo: kopf.Memo, indexes: dict[str, Any]) -> None:
+    """Re-read the keys periodically; on a change, re-render every agent (its guard config, and
+    so its pods' config hash, changes) so that tokens signed with a new key are accepted."""
+    agent_index, policy_index, namespace_index = (
+        indexes["agent_index"],
+        indexes["policy_index"],
+        indexes["namespace_index"],
+    )
+    log = logging.getLogger("agentfleet")
+    while True:
+        await asyncio.sleep(KEYS_REFRESH_SECONDS)
+        fresh = await with_cluster_keys(memo.kube, memo.render_settings)
+        if (fresh.peer_issuer, fresh.peer_jwks) == (memo.render_settings.peer_issuer, memo.render_settings.peer_jwks):
+            continue
+        memo.render_settings = fresh
+        log.warning("the cluster's service-account keys changed: re-rendering every agent")
+        for body in [b for store in list(agent_index.values()) for b in store]:
+            namespace = body["metadata"]["namespace"]
+            ctx = Context(
+                kube=memo.kube,
+                settings=fresh,
+                policies=policies_of(policy_index),
+                namespace_labels=labels_of(namespace_index, namespace),
+                platform=memo.platform,
+            )
+            try:
+                await reconcile(ctx, body)
+            except Exception as exc:  # one agent's trouble must not stop the others' keys
+                log.warning(
+                    "re-rendering %s/%s after a key change failed: %s", namespace, body["metadata"]["name"], exc
+                )
 
 
 def start_policy_status(memo: kopf.Memo, indexes: dict[str, Any]) -> asyncio.Task[None]:

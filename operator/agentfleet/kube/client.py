@@ -122,13 +122,14 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any] | None:
         """One API call; returns the decoded JSON body (None for 404 on GET/DELETE).
 
         An API server that cannot be reached (restarting, a network blip, a timeout) is a
         KubeError 503 like any other transient answer: every caller already retries those, and a
         restart of the API server must not fill the log with tracebacks."""
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         async with self._sem:
             try:
                 resp = await self._api.call_api(
