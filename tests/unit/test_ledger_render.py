@@ -94,6 +94,8 @@ def test_the_platform_file_carries_the_ledger_and_refuses_what_a_network_policy_
         ({"url": "redis://10.0.0.5", "cidrs": ["nope"]}, "does not appear to be an IPv4 or IPv6 network"),
         ({"url": "redis://r", "passwordSecret": "Not_A_Name"}, "String should match pattern"),
         ({"url": "redis://r", "password": "hunter2"}, "Extra inputs are not permitted"),
+        ({"url": "redis://:hunter2@r:6379"}, "must not hold a password"),
+        ({"url": "redis://guard:hunter2@r:6379"}, "must not hold a password"),
     ]:
         with pytest.raises(ValueError, match=re.escape(fragment)):
             load_platform({"ledger": bad})
@@ -103,6 +105,7 @@ def test_the_ledger_url_defaults_to_the_redis_port_and_keeps_an_explicit_one() -
     assert PlatformLedger(url="redis://ledger.example").endpoint().port == 6379
     assert PlatformLedger(url="rediss://ledger.example:6380/2").endpoint().port == 6380
     assert PlatformLedger(url="redis://[::ffff:10.1.2.3]:7000").endpoint().address is not None
+    assert PlatformLedger(url="redis://guard@ledger:6379").endpoint().host == "ledger"  # an ACL user, no password
 
 
 # --------------------------------------------------------------------------- the covering policies' terms

@@ -16,6 +16,8 @@ time with the installer's credentials (``ledger.agentNamespaces``), or the platf
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field, model_validator
 
 from agentfleet.api.addresses import Endpoint, network, parse_ledger_url
@@ -65,6 +67,9 @@ class PlatformLedger(Model):
     @model_validator(mode="after")
     def _readable(self) -> PlatformLedger:
         self.endpoint()  # raises ValueError for a URL a NetworkPolicy cannot express
+        if urlsplit(self.url).password is not None:
+            # The URL lands in every guard's ConfigMap, which agents may be allowed to read.
+            raise ValueError("ledger.url must not hold a password: name a Secret in passwordSecret")
         for cidr in self.cidrs or ():
             network(cidr)  # the CRD-style Cidr type is checked by the API server only
         if self.pods is not None and self.cidrs is not None:
