@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
@@ -200,6 +201,7 @@ class AuditLog:
         self.seq = 0
         self.prev = GENESIS
         self._head: tuple[int, str] | None = None
+        self._sealed: tuple[int, str] | None = None
         self.head_file = head_path(Path(sink.file)) if sink.file else None
         dropped_tail = 0
         if sink.file:
@@ -280,7 +282,7 @@ class AuditLog:
         rec["seq"], rec["prev"] = self.seq, self.prev
         body = canonical(rec)
         h = hashlib.sha256(body.encode()).hexdigest()
-        self._head = (self.seq, h)
+        self._sealed = (self.seq, h)
         self.seq, self.prev = self.seq + 1, h
         # The hash goes last; verify re-serializes the record without it, so the line itself
         # need not be in canonical key order.
@@ -319,7 +321,8 @@ class AuditLog:
                 for line in lines:
                     self._file.write(line)
                 self._file.flush()
-                self._publish_head()
+            self._head = self._sealed  # published only once written: an anchor is never ahead of the trail
+            self._publish_head()
         finally:
             self._written += taken
 
@@ -377,9 +380,33 @@ def _lines(paths: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
                 yield path, lineno, line
 
 
+ANCHOR_HASH_PART_HEX = 12
+"""A published head's hash travels as two 48-bit numbers (12 hex digits each, exact in a float64
+Prometheus sample), so the head is two gauges with fixed labels: no series per hash."""
+MIN_ANCHOR_HEX = 2 * ANCHOR_HASH_PART_HEX
+"""The shortest hash prefix an anchor may give: 96 bits, beyond any second-preimage search."""
+
+
+def hash_parts(digest_hex: str) -> tuple[int, int]:
+    """The first 96 bits of a record hash as the two numbers a guard publishes."""
+    n = ANCHOR_HASH_PART_HEX
+    return int(digest_hex[:n], 16), int(digest_hex[n : 2 * n], 16)
+
+
+def hash_prefix(high: float, low: float) -> str:
+    """The 24-hex-digit hash prefix two published numbers stand for (ValueError if they cannot)."""
+    parts = []
+    for value in (high, low):
+        if math.isnan(value) or value < 0 or value >= 16**ANCHOR_HASH_PART_HEX or value != int(value):
+            raise ValueError(f"{value!r} is not a published hash part")
+        parts.append(f"{int(value):0{ANCHOR_HASH_PART_HEX}x}")
+    return "".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Anchor:
-    """A chain head published earlier (off the node): the record ``seq`` had hash ``hash``."""
+    """A chain head published earlier (off the node): the record ``seq`` had hash ``hash`` (the
+    whole 64-hex-digit hash, or a prefix of at least 24 digits as the operator publishes it)."""
 
     seq: int
     hash: str
@@ -388,9 +415,20 @@ class Anchor:
     def parse(cls, text: str) -> Anchor:
         """``SEQ:HASH`` (ValueError otherwise)."""
         seq, sep, value = text.partition(":")
-        if not sep or not seq.isdigit() or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise ValueError(f"anchor {text!r} is not SEQ:HASH (a record number and its 64-hex-digit hash)")
+        if (
+            not sep
+            or not seq.isdigit()
+            or not MIN_ANCHOR_HEX <= len(value) <= 64
+            or any(c not in "0123456789abcdef" for c in value)
+        ):
+            raise ValueError(
+                f"anchor {text!r} is not SEQ:HASH (a record number and its hash: 64 hex digits, or the first "
+                f"{MIN_ANCHOR_HEX} or more)"
+            )
         return cls(int(seq), value)
+
+    def matches(self, digest_hex: str) -> bool:
+        return digest_hex.startswith(self.hash)
 
 
 def verify(paths: list[Path], anchors: Sequence[Anchor] = (), *, allow_restarts: bool = False) -> VerifyResult:
@@ -448,7 +486,7 @@ def verify(paths: list[Path], anchors: Sequence[Anchor] = (), *, allow_restarts:
             return VerifyResult(False, count, f"{label}: seq {seq} does not follow seq {last_seq} (edited)")
         anchor = wanted.get(seq)
         if anchor is not None:
-            if rec["hash"] != anchor.hash:
+            if not anchor.matches(rec["hash"]):
                 return VerifyResult(
                     False,
                     count,

@@ -630,6 +630,21 @@ class PendingBreach(Model):
     """When the breach was first seen (RFC 3339)."""
 
 
+class AuditAnchor(Model):
+    """A guard's audit chain head, copied off its pod by the operator."""
+
+    pod: str
+    """The pod whose guard wrote the chain."""
+    revision: str | None = None
+    """The revision the pod ran."""
+    seq: int = Field(ge=0)
+    """Sequence number of the newest record the guard had written."""
+    hash: str = Field(pattern=r"^[0-9a-f]{24,64}$")
+    """Its hash (the first 24 hex digits at least)."""
+    time: str
+    """When the operator read it (RFC 3339)."""
+
+
 class Usage(Model):
     """Observed usage, summed over replicas, from Prometheus."""
 
@@ -678,6 +693,9 @@ class AgentDeploymentStatus(Model):
     )
     """Rules breaching now, waiting out their ``for``: recorded so that an operator restart or a
     new leader continues the wait instead of starting it again."""
+    audit_anchors: list[AuditAnchor] | None = Field(default=None, max_length=16, json_schema_extra=_map_list("pod"))
+    """Each guard's audit chain head as last scraped, newest pods first (at most 16): what
+    ``kubectl agentfleet audit`` checks the pods' trails against, out of the agent's reach."""
     usage: Usage | None = None
     """Observed usage."""
 

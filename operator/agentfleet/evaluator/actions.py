@@ -22,6 +22,7 @@ from agentfleet.api import names
 from agentfleet.api.types import Action
 from agentfleet.audit import AuditLog
 from agentfleet.evaluator import metrics
+from agentfleet.evaluator.anchors import anchors_change, heads
 from agentfleet.evaluator.outcome import Outcome, fmt_value, outcome
 from agentfleet.evaluator.rules import Act, AgentView, Memory, Samples, Verdict, make_act
 from agentfleet.kube.client import Kube, KubeError
@@ -193,20 +194,27 @@ class Actor:
         await post_event(self.kube, body, type_, reason, message)
 
     async def refresh_usage(self, agents: list[AgentView], samples: Samples, sem: asyncio.Semaphore) -> None:
-        """Write spend today and tokens in the last hour where they changed."""
+        """Write spend today, tokens in the last hour and the guards' audit anchors where they
+        changed (one status write per agent at most)."""
         now = cond.now_rfc3339()
+        published = heads(samples.audit_heads)
 
         async def one(agent: AgentView) -> None:
+            fields: dict[str, Any] = {}
             spend = samples.spend_today.get(agent.key)
             tokens = samples.tokens_last_hour.get(agent.key)
-            if spend is None and tokens is None:
-                return
-            usage = {
-                "spendToday": f"{Decimal(spend or 0).quantize(Decimal('0.0001'))}",
-                "tokensLastHour": int(tokens or 0),
-            }
-            old = agent.status.get("usage") or {}
-            if {k: old.get(k) for k in usage} == usage:
+            if spend is not None or tokens is not None:
+                usage = {
+                    "spendToday": f"{Decimal(spend or 0).quantize(Decimal('0.0001'))}",
+                    "tokensLastHour": int(tokens or 0),
+                }
+                old = agent.status.get("usage") or {}
+                if {k: old.get(k) for k in usage} != usage:
+                    fields["usage"] = {**usage, "updatedAt": now}
+            anchors = anchors_change(agent.status.get("auditAnchors"), published.get(agent.key, {}), now)
+            if anchors is not None:
+                fields["auditAnchors"] = anchors
+            if not fields:
                 return
             body = {
                 "apiVersion": names.API_VERSION,
@@ -220,7 +228,7 @@ class Actor:
                 "status": agent.status,
             }
             async with sem:
-                await update_status(self.kube, body, merge({"usage": {**usage, "updatedAt": now}}))
+                await update_status(self.kube, body, merge(fields))
 
         results = await asyncio.gather(*(one(a) for a in agents), return_exceptions=True)
         for agent, result in zip(agents, results, strict=True):

@@ -27,6 +27,7 @@ from agentfleet.api import names
 from agentfleet.api.types import AgentPolicy, Metric
 from agentfleet.evaluator import metrics
 from agentfleet.evaluator.actions import Actor
+from agentfleet.evaluator.anchors import HEADS_QUERY
 from agentfleet.evaluator.prom import FLEET, TENANT, PromError, Prometheus
 from agentfleet.evaluator.queries import (
     TOKENS_LAST_HOUR,
@@ -43,7 +44,7 @@ from agentfleet.kube.status import written
 
 log = logging.getLogger("agentfleet.evaluator")
 
-SPEND, TOKENS, EXHAUSTED = "spendToday", "tokensLastHour", "budgetsExhausted"
+SPEND, TOKENS, EXHAUSTED, HEADS = "spendToday", "tokensLastHour", "budgetsExhausted", "auditHeads"
 BUILTIN_NAMES = frozenset(str(m) for m in Metric if m != Metric.CUSTOM)
 
 
@@ -200,6 +201,8 @@ class Evaluator:
         if agents and (budgeted or usage_cycle):
             fleet[SPEND] = spend_today_query(now)
             fleet[TOKENS] = TOKENS_LAST_HOUR
+        if agents and usage_cycle:
+            fleet[HEADS] = HEADS_QUERY
         if budgeted:
             fleet[EXHAUSTED] = exhausted_query(self.settings.rate_window)
         metrics.CYCLE_QUERIES.set(len(fleet) + len(tenant))
@@ -226,7 +229,7 @@ class Evaluator:
         verdicts.sort(key=lambda v: v.act is None and not v.resume_budget)
         await asyncio.gather(*(act(v) for v in verdicts))
         await self.actor.announce_pending(agents)  # what a crash interrupted between record and Event
-        if usage_cycle and SPEND not in samples.failed:
+        if usage_cycle and not {SPEND, HEADS} <= samples.failed:
             await self.actor.refresh_usage(agents, samples, sem)
         self._cycles += 1
 
@@ -317,7 +320,9 @@ def fair(tenant: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
 
 def file(samples: Samples, name: str, result: list[tuple[dict[str, str], float]]) -> None:
     """File one query's answer where the rule engine looks for it."""
-    if name == EXHAUSTED:
+    if name == HEADS:
+        samples.audit_heads = result
+    elif name == EXHAUSTED:
         for labels, value in result:
             if value > 0:
                 key = (labels.get("namespace", ""), labels.get("agent", ""))

@@ -85,6 +85,8 @@ class Samples:
     failed: set[str] = field(default_factory=set)
     rejected: dict[str, str] = field(default_factory=dict)
     """Failed queries that Prometheus refused as bad (not an outage), with its error."""
+    audit_heads: list[tuple[dict[str, str], float]] = field(default_factory=list)
+    """The guards' audit chain heads as scraped (published on status as anchors)."""
 
 
 @dataclass

@@ -10,10 +10,13 @@ once, so the hot path does a dict lookup and an add, not a label resolution.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from agentfleet.audit import hash_parts
 from agentfleet.guard.breaker import BreakerState
 
 BASE = ("namespace", "agent", "revision", "model")
@@ -42,6 +45,38 @@ UPSTREAM_REASONS = (
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
+AUDIT_HEAD_SEQ = "agentfleet_audit_head_seq"
+AUDIT_HEAD_HASH_HIGH = "agentfleet_audit_head_hash_high"
+AUDIT_HEAD_HASH_LOW = "agentfleet_audit_head_hash_low"
+AUDIT_HEAD_LABELS = ("namespace", "agent", "revision")
+
+
+class AuditHeadCollector(Collector):
+    """The audit chain's head (the newest record written) as three gauges read from one snapshot,
+    so a scrape never pairs one record's seq with another's hash. The operator publishes what
+    Prometheus scrapes here on the agent's status, where neither the agent nor the guard can
+    rewrite it: an anchor for ``kubectl agentfleet audit``."""
+
+    def __init__(self, labels: Sequence[str], head: Callable[[], tuple[int, str] | None]) -> None:
+        self._labels = list(labels)
+        self._head = head
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        head = self._head()
+        if head is None:
+            return
+        seq, digest_hex = head
+        high, low = hash_parts(digest_hex)
+        for name, value, what in (
+            (AUDIT_HEAD_SEQ, seq, "Sequence number of the newest audit record written."),
+            (AUDIT_HEAD_HASH_HIGH, high, "Bits 0-47 of the newest audit record's hash."),
+            (AUDIT_HEAD_HASH_LOW, low, "Bits 48-95 of the newest audit record's hash."),
+        ):
+            family = GaugeMetricFamily(name, what, labels=AUDIT_HEAD_LABELS)
+            family.add_metric(self._labels, float(value))
+            yield family
+
+
 class GuardMetrics:
     """All guard metrics with pre-bound children."""
 
@@ -51,6 +86,7 @@ class GuardMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         base = (namespace, agent, revision, model)
+        self._base = base
         self._tools = frozenset(tools)
         self.requests = Counter(
             "agentfleet_requests", "LLM API requests by outcome (ok, error, rejected).", [*BASE, "outcome"], registry=r
@@ -147,6 +183,9 @@ class GuardMetrics:
     def tool_call(self, tool: str, outcome: str) -> None:
         """Count a tool call decision; undeclared tool names are folded into ``_other``."""
         self.tool[(tool if tool in self._tools else OTHER_TOOL, outcome)].inc()
+
+    def publish_audit_head(self, head: Callable[[], tuple[int, str] | None]) -> None:
+        self.registry.register(AuditHeadCollector(self._base[:3], head))
 
     def render(self) -> bytes:
         """The text exposition format."""

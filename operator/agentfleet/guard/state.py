@@ -68,6 +68,7 @@ class Guard:
             queue_size=self.tuning.audit_queue,
             stream=audit_stream,
         )
+        self.metrics.publish_audit_head(lambda: self.audit.head)
         self.ledger: SpendLedger = self._ledger()
         self.tasks = TaskTable(self.tuning.max_tasks, idle_ttl=2 * self.limits.max_task_duration)
         self.breaker = CircuitBreaker(

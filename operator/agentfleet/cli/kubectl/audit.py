@@ -120,6 +120,20 @@ def parse_anchors(texts: Sequence[str]) -> tuple[Anchor, ...]:
     return tuple(Anchor.parse(text) for text in texts)
 
 
+def status_anchors(status: dict[str, Any], pod: str) -> tuple[Anchor, ...]:
+    """The anchor the operator published on the agent's status for this pod's guard (none if it
+    published none, or an entry does not parse: then the trail is checked on its own)."""
+    from agentfleet.audit import Anchor
+
+    for entry in status.get("auditAnchors") or []:
+        if isinstance(entry, dict) and entry.get("pod") == pod:
+            try:
+                return (Anchor.parse(f"{entry.get('seq')}:{entry.get('hash')}"),)
+            except ValueError:
+                return ()
+    return ()
+
+
 def verify_files(paths: Sequence[Path], anchors: Sequence[Anchor] = ()) -> AuditReport:
     """Verify files that form one chain, oldest first (``audit.jsonl.2 audit.jsonl.1 audit.jsonl``)."""
     from agentfleet.audit import verify

@@ -34,6 +34,7 @@ from agentfleet.cli.kubectl.audit import (
     guard_container_of,
     guard_restarts,
     parse_anchors,
+    status_anchors,
     verify_files,
     verify_log,
     verify_runs,
@@ -496,7 +497,10 @@ def _audit_pods(s: Session, name: str, anchors: Sequence[Anchor]) -> list[AuditR
                 )
             )
             continue
-        reports.append(verify_runs(source, runs, anchors))
+        # Without --anchor, the head the operator copied off this pod vouches for its trail (the
+        # current run only: an older run's log ends before it).
+        published = () if anchors or s.args.previous else status_anchors(_status(obj), pod_name)
+        reports.append(verify_runs(source, runs, anchors or published))
     return reports
 
 
