@@ -8,6 +8,7 @@ format byte for byte (message objects and typed event streams); the client is
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -318,3 +319,26 @@ async def test_an_injection_in_a_tool_result_is_flagged(
     await client(h, clients).messages.create(model="x", max_tokens=10, messages=_turns(1, {"q": 1}, evil))
     [record] = [r for r in await h.audit_records() if r["kind"] == "injection"]
     assert (record["tool"], record["decision"]) == ("search", "flag")
+
+
+async def test_the_budget_holds_under_500_concurrent_messages(
+    make_guard: MakeGuard, scripted: ScriptedUpstream, clients: list[anthropic.AsyncAnthropic]
+) -> None:
+    h = await guard_for(make_guard, scripted, budgets={"tokens_per_hour": 20_000})
+    for _ in range(500):
+        scripted.json(a_message([a_text("ok")], a_usage(300, 400, read=200)))
+    c = client(h, clients)
+
+    async def one() -> bool:
+        try:
+            await c.messages.create(model="x", max_tokens=1000, messages=USER)
+        except anthropic.RateLimitError as exc:
+            assert code(exc) == "budget_exhausted"
+            return False
+        return True
+
+    results = await asyncio.gather(*(one() for _ in range(500)))
+    ok = sum(results)
+    used = h.guard.ledger.snapshot()["tokens_per_hour"]["used"]  # type: ignore[index]
+    assert 1 <= ok < 500 and len(upstream(scripted)) == ok
+    assert used == ok * 900 and used <= 20_000

@@ -7,6 +7,7 @@ streams); the client is ``openai.AsyncOpenAI`` with only its base URL changed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 from typing import Any
@@ -330,3 +331,28 @@ async def test_the_audit_trail_of_a_response_with_calls(make_guard: MakeGuard, s
     assert calls == [("web_search", "allow", "web_search_call", "ws_1"), ("search", "allow", None, "call_1")]
     assert h.metric("agentfleet_tool_calls_total", tool="web_search", outcome="allowed") == 1
     assert json.loads(json.dumps(records[-1]))["kind"] == "llm_call"
+
+
+async def test_the_budget_holds_under_500_concurrent_responses(
+    make_guard: MakeGuard, scripted: ScriptedUpstream
+) -> None:
+    """Every call reserves its worst case before the upstream: however many arrive at once,
+    what is spent never passes the budget."""
+    h = await guard_for(make_guard, scripted, budgets={"tokens_per_hour": 20_000})
+    for i in range(500):
+        scripted.json(response([message("ok")], rid=f"resp_{i}", use=usage(500, 400)))
+    client = h.client()
+
+    async def one() -> bool:
+        try:
+            await client.responses.create(model="x", input="hi", max_output_tokens=1000)
+        except openai.RateLimitError as exc:
+            assert code_of(exc) == "budget_exhausted"
+            return False
+        return True
+
+    results = await asyncio.gather(*(one() for _ in range(500)))
+    ok = sum(results)
+    used = h.guard.ledger.snapshot()["tokens_per_hour"]["used"]  # type: ignore[index]
+    assert 1 <= ok < 500 and len(upstream_bodies(scripted)) == ok
+    assert used == ok * 900 and used <= 20_000
