@@ -13,11 +13,17 @@ from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
 
 from agentfleet.kube.wire import apply_patch_body
-from agentfleet.render import render, render_controller_revision
+from agentfleet.render import RenderSettings, render, render_controller_revision
 from hack.harness.kube import Kube
 from tests.support.strategies import agent_deployments, manifest
 
 pytestmark = pytest.mark.integration
+
+PEERS = RenderSettings(
+    peer_issuer="https://kubernetes.default.svc.cluster.local",
+    peer_jwks='{"keys":[{"alg":"RS256","e":"AQAB","kid":"k1","kty":"RSA","n":"AQAB","use":"sig"}]}',
+)
+"""Calls between agents on: the peer port, projected tokens and their NetworkPolicy rules."""
 
 # One namespace per test, shared by its examples: dry-run stores nothing, so they cannot collide.
 EXAMPLES = settings(
@@ -55,7 +61,8 @@ def test_rendered_objects_pass_server_side_dry_run(
 ) -> None:
     agent = data.draw(agent_deployments(namespace=namespace), label="agent")
     replicas = data.draw(st.none() | st.integers(0, 5), label="replicas")
-    rendered = render(agent, replicas=replicas)
+    settings_ = data.draw(st.sampled_from([RenderSettings(), PEERS]), label="settings")
+    rendered = render(agent, settings_, replicas=replicas)
     for obj in [*rendered.objects, render_controller_revision(agent, rendered, 1)]:
         dry_run_apply(client, obj)
 
