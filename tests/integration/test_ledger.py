@@ -15,23 +15,33 @@ Secret in its guard container only, and egress to the Redis pods and nowhere new
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import redis
 import yaml
 
-from agentfleet.api.guardconfig import GuardConfig
+from agentfleet.api.guardconfig import AuditSink, GuardConfig
+from agentfleet.api.ledger import PlatformLedger
+from agentfleet.api.types import AgentDeployment, AgentPolicy
+from agentfleet.guard.ledger import agent_budgets
+from agentfleet.guard.redis_ledger import RedisLedger
+from agentfleet.policy import ledger_terms
 from agentfleet.policy.platform import load_platform
+from agentfleet.render import render as render_agent
 from hack.harness.agents import agent_policy, condition, objects_of, status, wait_reconciled
 from hack.harness.chart import CHART, helm, token_kubeconfig
 from hack.harness.kube import ROOT, Cluster, Kube, free_port, poll
-from hack.harness.processes import OperatorProcess
+from hack.harness.processes import FakeLLMProcess, OperatorProcess
 from tests.guard.redisd import REDIS_SERVER
+from tests.guard.support import AGENT_KEY, AGENTFLEET, UPSTREAM_KEY, start
 from tests.integration.test_chart import BINS, K8S_VERSION, find, values_file
 
 pytestmark = pytest.mark.integration
@@ -179,12 +189,28 @@ def test_the_values_schema_refuses_a_ledger_it_cannot_use(tmp_path: Path) -> Non
         assert "schema" in res.stderr and where in res.stderr, (values, res.stderr)
 
 
-def test_the_rendered_redis_conf_runs_under_a_real_redis_server(tmp_path: Path) -> None:
-    """The chart's configuration, with only its paths and port moved to this machine."""
+PASSWORD = "s3cret-from-the-secret"
+
+
+@dataclass
+class ChartRedis:
+    """A real redis-server running the chart's rendered ``redis.conf`` (paths and port moved)."""
+
+    port: int
+    data: Path
+    client: redis.Redis
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def chart_redis(tmp_path: Path) -> Iterator[ChartRedis]:
     (cm,) = find(render(tmp_path, installed_values()), "ConfigMap", LEDGER)
     data, auth = tmp_path / "data", tmp_path / "auth.conf"
     data.mkdir()
-    auth.write_text('requirepass "s3cret-from-the-secret"\n')
+    auth.write_text(f'requirepass "{PASSWORD}"\n')  # what the chart's init container writes
     port = free_port()
     conf = (
         cm["data"]["redis.conf"]
@@ -196,9 +222,8 @@ def test_the_rendered_redis_conf_runs_under_a_real_redis_server(tmp_path: Path) 
     (tmp_path / "redis.conf").write_text(conf)
     log = (tmp_path / "redis.log").open("ab")
     proc = subprocess.Popen([REDIS_SERVER, str(tmp_path / "redis.conf")], stdout=log, stderr=log)
+    client = redis.Redis(port=port, password=PASSWORD, socket_timeout=2, socket_connect_timeout=2)
     try:
-        anonymous = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
-        client = redis.Redis(port=port, password="s3cret-from-the-secret", socket_timeout=2, socket_connect_timeout=2)
 
         def up() -> bool:
             assert proc.poll() is None, (tmp_path / "redis.log").read_text()
@@ -208,20 +233,125 @@ def test_the_rendered_redis_conf_runs_under_a_real_redis_server(tmp_path: Path) 
                 return False
 
         poll(up, timeout=10, what="the chart's redis.conf under redis-server")
-        with pytest.raises(redis.AuthenticationError):
-            anonymous.set("k", "v")
-        assert client.info("persistence")["aof_enabled"] == 1
-        assert client.info("memory")["maxmemory_policy"] == "noeviction"
-        for command in ("FLUSHALL", "FLUSHDB", "CONFIG GET maxmemory"):
-            with pytest.raises(redis.ResponseError, match="unknown command"):
-                client.execute_command(*command.split())
-        # Server-side scripts (the ledger's reserve and settle) run.
-        assert client.eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", 1, "ledger:test", 7) == 7
-        assert any(data.rglob("*.aof")), list(data.iterdir())
+        yield ChartRedis(port, data, client)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def test_the_rendered_redis_conf_runs_under_a_real_redis_server(chart_redis: ChartRedis) -> None:
+    """The chart's configuration: password required, append-only, no eviction, no FLUSHALL."""
+    anonymous = redis.Redis(port=chart_redis.port, socket_timeout=2, socket_connect_timeout=2)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.set("k", "v")
+    client = chart_redis.client
+    assert client.info("persistence")["aof_enabled"] == 1
+    assert client.info("memory")["maxmemory_policy"] == "noeviction"
+    for command in ("FLUSHALL", "FLUSHDB", "CONFIG GET maxmemory"):
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            client.execute_command(*command.split())
+    # Server-side scripts (the ledger's reserve and settle) run.
+    assert client.eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", 1, "ledger:test", 7) == 7
+    assert any(chart_redis.data.rglob("*.aof")), list(chart_redis.data.iterdir())
+
+
+def rendered_guard(tmp: Path, name: str, ledger: PlatformLedger, fake_url: str) -> tuple[GuardConfig, Path]:
+    """The guard config the operator renders for agent ``name`` under the quota policy, as a file
+    a guard process can run: only the mounted files' paths move to ``tmp``."""
+    body = small_agent(name, "team-a")
+    body["metadata"]["uid"] = f"uid-{name}"
+    body["spec"]["agent"]["model"].update(
+        {
+            "endpoint": fake_url,
+            "apiKeySecretRef": {"name": "llm-key", "key": "token"},
+            "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
+        }
+    )
+    body["spec"]["budgets"]["latency"] = {"perCallDeadline": "5s"}
+    quota = AgentPolicy.model_validate(
+        {
+            "metadata": {"name": "team-a-quota"},
+            "spec": {"spendQuota": {"dollars": "5"}, "ledger": {"onUnavailable": "FailClosed"}},
+        }
+    )
+    agent_ = AgentDeployment.model_validate(body)
+    behaviour, quotas = ledger_terms(agent_, [quota], {})
+    out = render_agent(agent_, ledger=ledger, ledger_policy=behaviour, quotas=quotas)
+    (cm,) = [o for o in out.objects if o["kind"] == "ConfigMap"]
+    cfg = GuardConfig.model_validate(yaml.safe_load(cm["data"]["guard.yaml"]))
+    assert cfg.ledger is not None and cfg.ledger.password_file == "/var/run/agentfleet/ledger/password"
+    secrets = tmp / name
+    secrets.mkdir()
+    (secrets / "password").write_text(PASSWORD + "\n")
+    (secrets / "token").write_text(UPSTREAM_KEY + "\n")
+    cfg = cfg.model_copy(
+        update={
+            "ledger": cfg.ledger.model_copy(update={"password_file": str(secrets / "password")}),
+            "api_key_file": str(secrets / "token"),
+            "audit": AuditSink(stdout=False, file=str(secrets / "audit.jsonl")),
+        }
+    )
+    path = secrets / "guard.yaml"
+    path.write_text(yaml.safe_dump(cfg.wire()))
+    return cfg, path
+
+
+def test_guards_rendered_by_the_operator_share_the_quota_in_the_charts_redis(
+    chart_redis: ChartRedis, tmp_path: Path
+) -> None:
+    """Two agents covered by one spendQuota, each with a real guard process running the config
+    the operator renders, against the chart's Redis (password from the mounted file): each agent's
+    own budget counts its spend, and the policy's quota counts both."""
+    ledger = PlatformLedger(url=chart_redis.url, password_secret=SECRET)
+    fake = FakeLLMProcess.start(tmp_path / "fake-llm.log")
+    procs = []
+    try:
+        configs = {}
+        for name, calls in (("alpha", 3), ("beta", 2)):
+            cfg, path = rendered_guard(tmp_path, name, ledger, fake.url)
+            proc, line = start(
+                [AGENTFLEET, "guard", "--config", str(path), "--port", "0", "--metrics-port", "0"],
+                '"event": "listening"',
+                tmp_path / f"{name}.log",
+                "stderr",
+            )
+            procs.append(proc)
+            configs[name] = cfg
+            client = openai.OpenAI(base_url=json.loads(line)["url"] + "/v1", api_key=AGENT_KEY, max_retries=0)
+            for i in range(calls):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"ticket {i}"}], max_tokens=20
+                )
+        for proc in procs:  # a clean stop settles everything in flight
+            proc.terminate()
+            proc.wait(timeout=20)
+
+        def status(cfg: GuardConfig) -> dict[str, dict[str, Any]]:
+            assert cfg.ledger is not None
+
+            async def read() -> dict[str, dict[str, Any]]:
+                led = RedisLedger(agent_budgets(cfg), cfg.ledger, hold_ttl=1, password=PASSWORD)  # type: ignore[arg-type]
+                await led.start()
+                try:
+                    return await led.status()
+                finally:
+                    await led.close()
+
+            return asyncio.run(read())
+
+        alpha, beta = status(configs["alpha"]), status(configs["beta"])
+        assert alpha["cost_per_day"]["held"] == beta["cost_per_day"]["held"] == 0
+        spent_alpha, spent_beta = alpha["cost_per_day"]["used"], beta["cost_per_day"]["used"]
+        assert spent_alpha > 0 and spent_beta > 0 and spent_alpha != spent_beta  # 3 calls vs 2
+        assert alpha["spend_quota"]["used"] == beta["spend_quota"]["used"] == spent_alpha + spent_beta
+        assert alpha["spend_quota"]["scope"] == "policy/team-a-quota"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        fake.stop()
 
 
 # ============================================================================= on a private control plane
