@@ -4,6 +4,7 @@ port, and B's guard verifies it and forwards to B's agent. Also as real guard pr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -265,6 +266,30 @@ async def test_a_chain_is_limited_in_depth_whatever_the_agents_send(
         # After the call returned, B's agent still acts at depth 2 (within its task duration).
         status, _ = await call(b.url + "/agents/critic/v1/chat/completions", {"X-Agentfleet-Task": "later"})
         assert status == expect
+
+
+async def test_calls_in_flight_are_capped_whatever_their_tasks(
+    make_guard: MakeGuard, agents: Callable[..., Awaitable[FakeAgent]], issuer: Issuer, tmp_path: Path
+) -> None:
+    """Inventing a task id per call does not widen the fan-out at any moment."""
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> tuple[int, Any]:
+        await release.wait()
+        return 200, None
+
+    researcher = await agents(then=hold)
+    b = await make_guard(agent="researcher", peer=peer_config(issuer, "researcher", researcher.url))
+    route = {"name": "researcher", "url": peer_url(b), "token_file": token_file(tmp_path, issuer, "researcher")}
+    a = await make_guard(sub_agents={"callees": [route], "max_concurrent_calls": 2})
+    url = a.url + "/agents/researcher/v1/chat/completions"
+    held = [asyncio.create_task(call(url, {"X-Agentfleet-Task": f"t-{i}"})) for i in range(2)]
+    await wait_for(lambda: len(researcher.seen) == 2, what="two calls in flight")
+    status, body = await call(url, {"X-Agentfleet-Task": "t-new"})
+    assert status == 429 and body["error"]["code"] == "concurrency_limit" and len(researcher.seen) == 2
+    release.set()
+    assert [s for s, _ in await asyncio.gather(*held)] == [200, 200]
+    assert (await call(url, {"X-Agentfleet-Task": "t-after"}))[0] == 200
 
 
 @pytest.mark.timeout(60)

@@ -139,6 +139,9 @@ class SubAgents(Model):
     depth d+1; the peer port refuses inbound calls deeper than this too."""
     max_calls_per_task: int = Field(default=16, ge=1, le=1000)
     """Sub-agent calls one task of this agent may make (fan-out)."""
+    max_concurrent_calls: int = Field(default=16, ge=1, le=1024)
+    """Sub-agent calls of this agent in flight at once, whatever their tasks (so inventing task
+    ids does not widen the fan-out at any moment)."""
     call_timeout: Duration = "5m"
     """Longest a sub-agent call may take, response included."""
 

@@ -165,6 +165,8 @@ class PeerState:
         self.fan_out = FanOut(cfg.sub_agents.max_calls_per_task, guard.tuning.max_tasks)
         self.verifier = Verifier(cfg.peer.auth, cfg.namespace) if cfg.peer is not None else None
         self.inbound = 0
+        self.outbound = 0
+        self.max_outbound = cfg.sub_agents.max_concurrent_calls
         self.peer_port = 0
         """The peer listener's port once bound (0: none)."""
         self._tokens: dict[str, tuple[float, str]] = {}
@@ -289,18 +291,27 @@ async def call_sub_agent(guard: Guard, request: web.Request) -> web.StreamRespon
                     f"beyond the limit of {st.max_depth}",
                     403,
                 )
-            st.fan_out.take(task)
-            body = await read_body(request)
-            token = await st.token(route)
-            headers = {
-                **_forwarded(request),
-                "Authorization": f"Bearer {token}",
-                DEPTH_HEADER: str(depth),
-                TASK_HEADER: task,
-            }
-            url = f"{route.url}{path}" + (f"?{request.query_string}" if request.query_string else "")
-            started = True
+            if st.outbound >= st.max_outbound:
+                raise GuardError(
+                    Code.CONCURRENCY_LIMIT,
+                    f"{st.max_outbound} sub-agent calls are already in flight; try again shortly",
+                    429,
+                    retry_after=1,
+                    should_retry=True,
+                )
+            st.outbound += 1  # taken before the first await, so the cap holds under concurrency
             try:
+                st.fan_out.take(task)
+                body = await read_body(request)
+                token = await st.token(route)
+                headers = {
+                    **_forwarded(request),
+                    "Authorization": f"Bearer {token}",
+                    DEPTH_HEADER: str(depth),
+                    TASK_HEADER: task,
+                }
+                url = f"{route.url}{path}" + (f"?{request.query_string}" if request.query_string else "")
+                started = True
                 resp = await _relay(
                     guard.upstream.session,
                     request,
@@ -318,6 +329,8 @@ async def call_sub_agent(guard: Guard, request: web.Request) -> web.StreamRespon
                 raise GuardError(
                     Code.UPSTREAM_UNAVAILABLE, f"agent {peer!r} cannot be reached: {exc}", 502, should_retry=True
                 ) from None
+            finally:
+                st.outbound -= 1
             status = resp.status
             outcome = "ok" if status < 400 else "error"
             return resp
@@ -372,12 +385,12 @@ async def serve_peer(guard: Guard, request: web.Request) -> web.StreamResponse:
                 retry_after=1,
                 should_retry=True,
             )
+        st.inbound += 1  # before the first await, so the cap holds under concurrency
+        st.depths.enter(depth, time.monotonic())
+        entered = True
         body = await read_body(request)
         headers = {**_forwarded(request), TASK_HEADER: task, CALLER_HEADER: caller.agent, DEPTH_HEADER: str(depth)}
         url = f"{peer_cfg.agent_url}{path}" + (f"?{request.query_string}" if request.query_string else "")
-        st.inbound += 1
-        st.depths.enter(depth, time.monotonic())
-        entered = True
         try:
             resp = await _relay(
                 guard.upstream.session,
@@ -417,7 +430,7 @@ async def serve_peer(guard: Guard, request: web.Request) -> web.StreamResponse:
             caller_pod=caller.pod if caller is not None else None,
             task=task_id[:MAX_TASK_ID] if task_id else None,
             depth=depth or None,
-            decision="allow" if entered else "reject" if outcome == "rejected" else "error",
+            decision="reject" if outcome == "rejected" else "allow" if entered else "error",
             outcome=outcome,
             reason=reason,
             detail=detail,
