@@ -127,6 +127,7 @@ async def test_usage_settles_with_the_prompt_cache_fields(
     expected = Decimal("0.00029")
     records = [r for r in await h.audit_records() if r["kind"] == "llm_call"]
     assert [(r["tokens_in"], r["tokens_out"], Decimal(r["cost"])) for r in records] == [(1150, 20, expected)] * 2
+    assert [r["protocol"] for r in records] == ["anthropic-messages"] * 2
     assert Decimal(str(h.guard.ledger.snapshot()["cost_per_day"]["used"])) == 2 * expected  # type: ignore[index]
 
 
@@ -152,13 +153,14 @@ async def test_disallowed_tools_and_mcp_servers_are_removed(
         scripted,
         tools=[{"name": "search"}, {"name": "web_search"}, {"name": "mcp:docs"}],
         allowed_tools=None,
+        budgets={"max_tool_calls_per_task": 3},
     )
     scripted.json(a_message([a_text("ok")]))
     await client(h, clients).messages.create(
         model="x",
         max_tokens=10,
         messages=USER,
-        tools=[SEARCH, SHELL, {"type": "web_search_20250305", "name": "web_search"}],  # type: ignore[list-item]
+        tools=[SEARCH, SHELL, {"type": "web_search_20250305", "name": "web_search", "max_uses": 10}],  # type: ignore[list-item]
         extra_body={
             "mcp_servers": [
                 {"type": "url", "url": "https://docs.example/mcp", "name": "docs"},
@@ -168,6 +170,7 @@ async def test_disallowed_tools_and_mcp_servers_are_removed(
     )
     sent = upstream(scripted)[0]["body"]
     assert [t["name"] for t in sent["tools"]] == ["search", "web_search"]
+    assert sent["tools"][1]["max_uses"] == 3  # Anthropic runs the searches: it stops where the task's cap is
     assert [s["name"] for s in sent["mcp_servers"]] == ["docs"]
     with pytest.raises(anthropic.PermissionDeniedError) as exc:
         await client(h, clients).messages.create(

@@ -60,11 +60,12 @@ async def test_a_response_passes_with_the_model_pinned_and_its_usage_settled(
     # 600 fresh in at $1/M + 400 cached at $0.5/M + 150 out at $2/M + 50 reasoning at $4/M
     expected = Decimal("0.0013")
     [record] = [r for r in await h.audit_records() if r["kind"] == "llm_call"]
-    assert (record["decision"], record["model"], record["tokens_in"], record["tokens_out"]) == (
+    assert (record["decision"], record["model"], record["tokens_in"], record["tokens_out"], record["protocol"]) == (
         "allow",
         "gpt-test",
         1000,
         200,
+        "openai-responses",
     )
     assert Decimal(record["cost"]) == expected
     assert Decimal(str(h.guard.ledger.snapshot()["cost_per_day"]["used"])) == expected  # type: ignore[index]
@@ -166,6 +167,30 @@ async def test_disallowed_tools_are_removed_and_a_forced_one_refused(
         )
     assert code_of(exc.value) == "tool_not_permitted"
     assert len(upstream_bodies(scripted)) == 1
+
+
+async def test_a_task_without_tool_calls_left_is_not_offered_hosted_tools(
+    make_guard: MakeGuard, scripted: ScriptedUpstream
+) -> None:
+    """The upstream runs a hosted call before the guard sees it: once the task's tool calls are
+    spent, hosted tools are not offered at all."""
+    h = await guard_for(
+        make_guard,
+        scripted,
+        tools=[{"name": "search"}, {"name": "web_search"}],
+        allowed_tools=None,
+        budgets={"max_tool_calls_per_task": 1},
+    )
+    client = h.client()
+    task = {"X-Agentfleet-Task": "t1"}
+    offered: list[Any] = [SEARCH, {"type": "web_search"}]
+    scripted.json(response([function_call("search", '{"q": 1}')]))
+    await client.responses.create(model="x", input="hi", tools=offered, extra_headers=task)
+    scripted.json(response([message("ok")]))
+    await client.responses.create(model="x", input="hi", tools=offered, extra_headers=task)
+    first, second = upstream_bodies(scripted)
+    assert first["max_tool_calls"] == 1 and [t["type"] for t in first["tools"]] == ["function", "web_search"]
+    assert "max_tool_calls" not in second and [t["type"] for t in second["tools"]] == ["function"]
 
 
 @pytest.mark.parametrize(
@@ -304,6 +329,7 @@ async def test_an_unchained_input_list_is_its_own_task(make_guard: MakeGuard, sc
     with pytest.raises(openai.RateLimitError) as exc:
         await h.client().responses.create(model="x", input=history, store=False)
     assert code_of(exc.value) == "loop_detected"
+    assert len(h.guard.tasks) == 0  # a response that is not stored cannot be continued: no chain kept
 
 
 async def test_background_responses_are_refused(make_guard: MakeGuard, scripted: ScriptedUpstream) -> None:

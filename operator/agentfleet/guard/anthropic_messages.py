@@ -46,7 +46,7 @@ def error_response(err: GuardError) -> web.Response:
 
 async def messages(guard: Guard, request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``."""
-    call = CallLog(guard, "llm_call")
+    call = CallLog(guard, "llm_call", "anthropic-messages")
     try:
         with guard.slot():
             return await _messages(guard, request, call)
@@ -79,6 +79,7 @@ async def _messages(guard: Guard, request: web.Request, call: CallLog) -> web.St
     task = call.task
     assert task is not None
     call.removed = wire.apply_tool_filter(payload, keep)
+    wire.cap_server_tool_uses(payload, guard.limits.max_tool_calls - task.tool_calls)
     payload["model"] = guard.model
     stream = call.stream = payload.get("stream") is True
     prompt_tokens = wire.estimate_prompt_tokens(payload)

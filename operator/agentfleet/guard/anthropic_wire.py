@@ -34,6 +34,9 @@ NON_CALL_BLOCKS = frozenset({"text", "thinking", "redacted_thinking", "container
 """Content block types of an answer that are not calls; a ``*_tool_result`` block is a result of
 a server-side call. Any other type is refused as an unreadable call."""
 
+SERVER_TOOLS = ("web_search_", "web_fetch_")
+"""Types of Anthropic's server tools that take ``max_uses``."""
+
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -229,6 +232,16 @@ def apply_tool_filter(payload: dict[str, Any], keep: list[bool]) -> list[str]:
             if key == "tools":
                 payload.pop("tool_choice", None)
     return removed
+
+
+def cap_server_tool_uses(payload: dict[str, Any], left: int) -> None:
+    """Lower each server tool's ``max_uses`` (web search, web fetch: run by Anthropic within one
+    answer) to the tool calls the task has left, so the upstream stops where the guard would."""
+    for tool in payload.get("tools") or ():
+        if isinstance(tool, dict) and isinstance(tool.get("type"), str) and tool["type"].startswith(SERVER_TOOLS):
+            asked = tool.get("max_uses")
+            valid = isinstance(asked, int) and not isinstance(asked, bool) and asked > 0
+            tool["max_uses"] = max(1, min(int(asked or 0), left) if valid else left)
 
 
 # ------------------------------------------------------------------------------ estimates

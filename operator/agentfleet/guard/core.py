@@ -56,6 +56,7 @@ class CallLog:
         "model",
         "outcome",
         "prompt",
+        "protocol",
         "reason",
         "reasoning",
         "removed",
@@ -69,9 +70,11 @@ class CallLog:
         "upstream",
     )
 
-    def __init__(self, guard: Guard, kind: str) -> None:
+    def __init__(self, guard: Guard, kind: str, protocol: str | None = None) -> None:
         self.guard = guard
         self.kind = kind
+        self.protocol = protocol
+        """The API the agent spoke, for the audit trail (None: OpenAI chat completions)."""
         self.model = guard.model
         """The model the call was pinned to (for the audit trail)."""
         self.t0 = time.perf_counter()
@@ -151,6 +154,7 @@ class CallLog:
             self.kind,
             task=self.task.id if self.task is not None and self.task.named else None,
             model=self.model,
+            protocol=self.protocol,
             decision=decision,
             reason=self.reason,
             detail=self.detail,

@@ -120,7 +120,7 @@ class Responses:
 
     async def create(self, guard: Guard, request: web.Request) -> web.StreamResponse:
         """``POST /v1/responses``."""
-        call = CallLog(guard, "llm_call")
+        call = CallLog(guard, "llm_call", "openai-responses")
         try:
             with guard.slot():
                 return await self._create(guard, request, call)
@@ -131,12 +131,20 @@ class Responses:
             call.finish()
 
     def _remember(
-        self, guard: Guard, call: CallLog, response_id: str | None, conversation: str | None, context: int
+        self,
+        guard: Guard,
+        call: CallLog,
+        response_id: str | None,
+        conversation: str | None,
+        context: int,
+        stored: bool,
     ) -> None:
         """Link a response (and its conversation) to the call's task."""
         task = call.task
         if task is None or not response_id:
             return
+        if not task.named and not stored:
+            return  # a response not stored upstream cannot be continued: no chain, no task to keep
         if not task.named:
             # The first response of a chain names its task; its counters carry over.
             key = f"response:{response_id}"
@@ -167,11 +175,14 @@ class Responses:
         payload["model"] = guard.model
         if wire.has_hosted_tools(payload):
             left = guard.limits.max_tool_calls - task.tool_calls
-            asked = payload.get("max_tool_calls")
             if left >= 1:
+                asked = payload.get("max_tool_calls")
                 valid = isinstance(asked, int) and not isinstance(asked, bool) and asked > 0
                 payload["max_tool_calls"] = min(int(asked or 0), left) if valid else left
+            else:  # the task has no tool call left: the upstream must not run one it would be refused
+                call.removed += wire.drop_hosted_tools(payload)
         stream = call.stream = payload.get("stream") is True
+        stored = payload.get("store") is not False
         prompt_tokens = wire.estimate_prompt_tokens(payload) + context
         completion_tokens = wire.completion_cap(payload, guard.tuning.default_completion_tokens)
         await core.commit_turn(guard, call, prompt_tokens, completion_tokens)
@@ -189,7 +200,8 @@ class Responses:
                 )
             finally:
                 if ids:
-                    self._remember(guard, call, ids[-1], conversation, wire.context_tokens(relay.usage()) or context)
+                    used = wire.context_tokens(relay.usage()) or context
+                    self._remember(guard, call, ids[-1], conversation, used, stored)
 
         reply = await guard.upstream.call("/responses", body, deadline)
         call.attempts = reply.attempts
@@ -210,7 +222,8 @@ class Responses:
             calls = answer.fresh(task.was_issued)
             refusal = core.judge_calls(guard, task, calls) if calls else None
         finally:  # after the judgement, so a refused chain stays refused (and its calls are counted)
-            self._remember(guard, call, rid if isinstance(rid, str) else None, conversation, wire.context_tokens(usage))
+            rid = rid if isinstance(rid, str) else None
+            self._remember(guard, call, rid, conversation, wire.context_tokens(usage), stored)
         if refusal is not None:
             raise refusal
         call.ok()

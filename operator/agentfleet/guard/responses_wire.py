@@ -301,6 +301,15 @@ def apply_tool_filter(payload: dict[str, Any], keep: list[bool]) -> list[str]:
     return removed
 
 
+def drop_hosted_tools(payload: dict[str, Any]) -> list[str]:
+    """Remove the tools the upstream runs itself; returns their names."""
+    tools = payload.get("tools")
+    if not isinstance(tools, list):
+        return []
+    hosted = [isinstance(t, dict) and t.get("type") not in ("function", "custom") for t in tools]
+    return apply_tool_filter(payload, [not h for h in hosted])
+
+
 def has_hosted_tools(payload: dict[str, Any]) -> bool:
     """Whether the request offers a tool that the upstream runs itself."""
     tools = payload.get("tools")
