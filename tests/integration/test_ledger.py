@@ -362,6 +362,9 @@ class World:
     admin: Kube
     operator: OperatorProcess
     team: str
+    helm_bin: str
+    values: str
+    """The values file the chart was installed with."""
 
 
 @pytest.fixture(scope="module")
@@ -377,7 +380,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for ns in (RELEASE_NS, TEAM):
             admin.kubectl("create", "namespace", ns)
         # KWOK runs no containers and provisions no volumes: the ledger's data is an emptyDir here.
-        values = installed_values(agentNamespaces=[TEAM], redis={"persistence": {"enabled": False}})
+        values = values_file(
+            run_dir.parent, installed_values(agentNamespaces=[TEAM], redis={"persistence": {"enabled": False}})
+        )
         helm(
             cluster.helm_bin,
             "install",
@@ -386,7 +391,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "-n",
             RELEASE_NS,
             "-f",
-            values_file(run_dir.parent, values),
+            values,
             "--wait",
             "--timeout=120s",
             kubeconfig=admin.kubeconfig,
@@ -405,7 +410,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         kubeconfig = token_kubeconfig(admin, FULLNAME, RELEASE_NS, run_dir.parent / "operator.kubeconfig")
         operator = OperatorProcess(kubeconfig, run_dir.parent / "operator.log", extra=[f"--platform={platform}"])
         operator.start()
-        yield World(admin, operator, TEAM)
+        yield World(admin, operator, TEAM, cluster.helm_bin, values)
     finally:
         if operator is not None:
             operator.stop()
@@ -447,6 +452,23 @@ def test_the_chart_installs_a_running_ledger_and_its_secret_where_agents_live(wo
         check=False,
     )
     assert can.stdout.strip() == "no"
+    # An upgrade keeps the generated password (the guards hold it), here and in agent namespaces.
+    before = {ns: world.admin.get_json("secret", SECRET, "-n", ns)["data"] for ns in (RELEASE_NS, world.team)}
+    helm(
+        world.helm_bin,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        RELEASE_NS,
+        "-f",
+        world.values,
+        "--wait",
+        "--timeout=120s",
+        kubeconfig=world.admin.kubeconfig,
+    )
+    after = {ns: world.admin.get_json("secret", SECRET, "-n", ns)["data"] for ns in (RELEASE_NS, world.team)}
+    assert after == before and before[RELEASE_NS] == before[world.team]
 
 
 def test_an_agent_under_a_spend_quota_gets_the_ledger_in_its_guard_only_and_egress_to_it(world: World) -> None:
