@@ -205,6 +205,8 @@ async def test_the_peer_port_refuses_anyone_without_a_token_for_this_agent(
     valid = {"Authorization": "Bearer " + issuer.token(peer_audience("team-a", "researcher"))}
     got, body = await call(url, {"X-Agentfleet-Depth": "4", "X-Agentfleet-Task": "t", **valid})
     assert got == 403 and body["error"]["code"] == "sub_agent_depth"
+    async with aiohttp.ClientSession() as session, session.delete(url, headers={**good, **valid}) as r:
+        assert r.status == 405
     assert researcher.seen == [], "nothing refused reached the agent"
     records = [r for r in await b.audit_records() if r["kind"] == "peer_call"]
     assert [r["reason"] for r in records] == [reason for _, _, reason in attempts.values()] + ["sub_agent_depth"]

@@ -458,7 +458,8 @@ class PeerServer:
                 log("internal_error", path="peer", error=f"{type(exc).__name__}: {exc}")
                 return error_response(GuardError(Code.INTERNAL_ERROR, "internal guard error", 500))
 
-        app.router.add_route("*", "/{tail:.*}", handler)
+        app.router.add_post("/{tail:.*}", handler)  # the methods the caller's guard forwards
+        app.router.add_get("/{tail:.*}", handler, allow_head=False)
         self._runner = web.AppRunner(
             app,
             access_log=None,
