@@ -167,6 +167,9 @@ class GuardConfig(Model):
     """File holding the upstream API key (the mounted Secret); never exposed to the agent."""
     tools: list[ToolSpec] = []
     """Declared tools."""
+    mcp_credential_files: dict[str, str] = Field(default={}, max_length=256)
+    """Declared MCP server (``mcp:<server>``) -> the file holding its credential (a Secret mounted
+    in the guard container only). A server whose ``mcp.credentialsSecretRef`` is set must have one."""
     allowed_tools: list[str] | None = None
     """Allowed tool names; None allows every declared tool."""
     budgets: Budgets = Budgets()

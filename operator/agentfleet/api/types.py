@@ -200,10 +200,72 @@ class SystemPrompt(Model):
     """A ConfigMap key holding the prompt text."""
 
 
+MCP_TOOL_PATTERN = r"^[a-zA-Z0-9_.-]{1,128}$"
+"""A tool's name on an MCP server (the 2025-11-25 revision's recommended characters)."""
+MCP_RESERVED_HEADERS = (
+    "host",
+    "content-type",
+    "content-length",
+    "accept",
+    "connection",
+    "transfer-encoding",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "last-event-id",
+)
+"""Headers the guard sets or relays itself; credentials may not be sent in one of them."""
+
+
+class McpServer(Model):
+    """An MCP server (streamable HTTP) the agent reaches through its guard, at
+    ``$AGENTFLEET_MCP_URL/<server>``: the guard filters ``tools/list`` by the allowlist, checks
+    every ``tools/call`` like any tool call, scans the results, and adds the credentials."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("!has(self.scheme) || has(self.credentialsSecretRef)", "mcp.scheme needs mcp.credentialsSecretRef"),
+            (
+                "!(self.header.lowerAscii() in " + repr(list(MCP_RESERVED_HEADERS)).replace("'", '"') + ")",
+                "mcp.header may not be a header the guard sets itself",
+            ),
+        )
+    )
+    endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=512)
+    """URL of the server's MCP endpoint (e.g. ``https://mcp.example.com/mcp``)."""
+    credentials_secret_ref: SecretKeyRef | None = None
+    """A Secret key holding the server's credential: mounted into the guard container only and
+    sent on every request to the server; the agent never sees it."""
+    header: str = Field(default="Authorization", pattern=r"^[A-Za-z0-9-]{1,64}$", max_length=64)
+    """Request header carrying the credential."""
+    scheme: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9._-]{0,31}$", max_length=32)
+    """Prefix of the header value (``Bearer`` sends ``Bearer <credential>``); unset: the value as stored."""
+    tools: list[Annotated[str, Field(pattern=MCP_TOOL_PATTERN, max_length=128)]] | None = Field(
+        default=None, max_length=256
+    )
+    """Only these tools of the server are visible and callable; unset: all of them."""
+
+    @model_validator(mode="after")
+    def _header(self) -> McpServer:
+        if self.header.lower() in MCP_RESERVED_HEADERS:
+            raise ValueError("mcp.header may not be a header the guard sets itself")
+        if self.scheme is not None and self.credentials_secret_ref is None:
+            raise ValueError("mcp.scheme needs mcp.credentialsSecretRef")
+        return self
+
+
 class ToolSpec(Model):
     """A tool the agent may be offered. HTTP tools with an endpoint are called through the
-    guard's tool proxy, which applies the same checks as for model-initiated calls."""
+    guard's tool proxy, which applies the same checks as for model-initiated calls; an MCP
+    server (``mcp:<server>`` with an ``mcp`` block) is reached through the guard's ``/mcp/<server>``."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("!has(self.mcp) || self.name.startsWith('mcp:')", "a tool with mcp must be named mcp:<server>"),
+            ("!has(self.mcp) || !has(self.endpoint)", "a tool has an endpoint or mcp, not both"),
+        )
+    )
     name: ToolName
     """Tool (function) name as it appears in the model's tool calls."""
     description: str | None = Field(default=None, max_length=1024)
@@ -211,7 +273,17 @@ class ToolSpec(Model):
     endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=512)
     """URL of an HTTP tool, reached through the guard's /tools/NAME route."""
     max_calls_per_task: int | None = Field(default=None, ge=1, le=100000)
-    """Cap on calls of this tool within one task."""
+    """Cap on calls of this tool within one task (of an MCP server: of all its tools together)."""
+    mcp: McpServer | None = None
+    """This tool is an MCP server reached through the guard (the name must be ``mcp:<server>``)."""
+
+    @model_validator(mode="after")
+    def _mcp(self) -> ToolSpec:
+        if self.mcp is not None and not self.name.startswith("mcp:"):
+            raise ValueError("a tool with mcp must be named mcp:<server>")
+        if self.mcp is not None and self.endpoint is not None:
+            raise ValueError("a tool has an endpoint or mcp, not both")
+        return self
 
 
 class EnvVar(Model):

@@ -465,16 +465,19 @@ def tool_route(g: Guard, name: str) -> ToolInfo:
     return info
 
 
-def open_tool_call(g: Guard, log: ToolLog, task_id: str | None, arguments: str) -> Task:
+def open_tool_call(g: Guard, log: ToolLog, task_id: str | None, arguments: str, call: ToolCall | None = None) -> Task:
     """Task checks and the tool gate for a direct tool call; the task is in flight afterwards.
-    A call the model issued (and the guard counted) in a response is not counted again."""
+    A call the model issued (and the guard counted) in a response is not counted again. ``call``
+    is the call as the gate judges it when it is not ``log.name(arguments)`` (an MCP tool is
+    judged as its server, ``mcp:<server>``, like the hosted MCP calls of the other adapters)."""
     if log.call_id is not None and len(log.call_id) > MAX_CALL_ID:
         raise invalid(f"the tool call id is longer than {MAX_CALL_ID} characters")
     task = log.task = resolve_task(g, task_id, None)
     admit(g, task, llm_call=False)
     if not (log.call_id and task.was_issued(log.call_id)):
-        refusal = g.gate.judge(task, [ToolCall(log.name, arguments, log.call_id)])
-        g.metrics.tool_call(log.name, "allowed" if refusal is None else "refused")
+        judged = call or ToolCall(log.name, arguments, log.call_id)
+        refusal = g.gate.judge(task, [judged])
+        g.metrics.tool_call(judged.name, "allowed" if refusal is None else "refused")
         if refusal is not None:
             raise refusal
     g.tasks.begin(task)

@@ -27,6 +27,10 @@ class Event:
 
     data: bytes
     type: bytes = b"message"
+    id: bytes | None = None
+    """The event's ``id`` field, if it had one (relays that support resumption re-emit it)."""
+    retry: bytes | None = None
+    """A ``retry`` field seen since the previous event (likewise)."""
 
 
 class SSEParser:
@@ -40,6 +44,8 @@ class SSEParser:
         self._data: list[bytes] = []
         self._size = 0
         self._type = b""
+        self._id: bytes | None = None
+        self._retry: bytes | None = None
         self._started = False
         self._error: SSEError | None = None
         """A bound was broken after events that were still returned: raised on the next feed."""
@@ -92,8 +98,8 @@ class SSEParser:
             if not self._data:
                 self._type = b""
                 return None
-            event = Event(b"\n".join(self._data), self._type or b"message")
-            self._data, self._size, self._type = [], 0, b""
+            event = Event(b"\n".join(self._data), self._type or b"message", self._id, self._retry)
+            self._data, self._size, self._type, self._id, self._retry = [], 0, b"", None, None
             return event
         if line.startswith(b":"):
             return None
@@ -107,7 +113,11 @@ class SSEParser:
             self._data.append(value)
         elif name == b"event":
             self._type = value
-        # id and retry carry nothing the guard needs; unknown fields are ignored (the spec).
+        elif name == b"id" and b"\0" not in value:
+            self._id = value[:1024]
+        elif name == b"retry" and value.isdigit():
+            self._retry = value[:16]
+        # Unknown fields are ignored (the spec).
         return None
 
 

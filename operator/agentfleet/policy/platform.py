@@ -141,6 +141,7 @@ def endpoints_of(agent: AgentDeployment) -> list[Endpoint]:
     """The model endpoint and every tool endpoint, parsed (unparseable ones are render errors)."""
     urls = [("agent.model.endpoint", agent.spec.agent.model.endpoint)]
     urls += [(f"agent.tools[{t.name}].endpoint", t.endpoint) for t in agent.spec.agent.tools or () if t.endpoint]
+    urls += [(f"agent.tools[{t.name}].mcp.endpoint", t.mcp.endpoint) for t in agent.spec.agent.tools or () if t.mcp]
     out = []
     for where, url in urls:
         try:

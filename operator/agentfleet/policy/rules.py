@@ -195,6 +195,8 @@ def secrets_of(agent: AgentDeployment) -> list[str]:
     spec = agent.spec
     names = [spec.agent.model.api_key_secret_ref.name] if spec.agent.model.api_key_secret_ref else []
     names += [e.secret_key_ref.name for e in spec.agent.env or () if e.secret_key_ref]
+    mcp_refs = [t.mcp.credentials_secret_ref for t in spec.agent.tools or () if t.mcp is not None]
+    names += [ref.name for ref in mcp_refs if ref is not None]
     names += list(spec.permissions.secrets or ())
     return names
 

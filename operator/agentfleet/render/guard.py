@@ -19,6 +19,7 @@ from agentfleet.api.guardconfig import (
 )
 from agentfleet.api.ledger import PlatformLedger
 from agentfleet.api.types import AgentDeploymentSpec, LedgerPolicy, Pricing
+from agentfleet.render import mcp
 from agentfleet.render.base import RenderSettings
 from agentfleet.render.children import ChildNames, Owner, child_names
 
@@ -90,6 +91,7 @@ def guard_config(
         pricing=pricing,
         api_key_file=f"{UPSTREAM_KEY_DIR}/{key_ref.key}" if key_ref else None,
         tools=list(spec.agent.tools or []),
+        mcp_credential_files=mcp.credential_files(spec),
         allowed_tools=list(spec.permissions.tools) if spec.permissions.tools is not None else None,
         budgets=spec.budgets,
         guard=spec.guard,

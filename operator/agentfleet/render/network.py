@@ -81,6 +81,11 @@ def upstream_rules(
         for tool in spec.agent.tools or []
         if tool.endpoint and (allowed is None or tool.name in allowed)
     ]
+    urls += [
+        (tool.mcp.endpoint, f"agent.tools[{tool.name}].mcp.endpoint")
+        for tool in spec.agent.tools or []
+        if tool.mcp and (allowed is None or tool.name in allowed)
+    ]
     default_peers = tuple(normalize_cidr(c, "settings.upstream_cidrs") for c in settings.upstream_cidrs)
     ports_by_peer: dict[tuple[tuple[str, ...], bool], list[int]] = {}
     for url, where in urls:

@@ -9,7 +9,7 @@ from agentfleet.api.ledger import LEDGER_PASSWORD_DIR, LEDGER_VOLUME, PlatformLe
 from agentfleet.api.names import AGENT_CONTAINER, CONFIG_HASH_ANNOTATION, GUARD_CONTAINER, REVISION_ANNOTATION
 from agentfleet.api.names import METRICS as METRICS_LABEL
 from agentfleet.api.types import AgentDeploymentSpec, EnvVar
-from agentfleet.render import peers
+from agentfleet.render import mcp, peers
 from agentfleet.render.base import RenderError, RenderSettings, duration_seconds
 from agentfleet.render.children import ChildNames, Owner, labels, selector
 from agentfleet.render.guard import AUDIT_DIR, CONFIG_DIR, CONFIG_PATH, UPSTREAM_KEY_DIR
@@ -215,6 +215,7 @@ def pod_template(
         },
     }
     peers.add_to_pod(template["spec"], owner, spec, settings)  # calls between agents
+    mcp.add_to_pod(template["spec"], spec, settings)  # MCP servers through the guard
     return template
 
 
