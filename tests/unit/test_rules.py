@@ -277,4 +277,4 @@ async def test_queries_per_cycle_do_not_grow_with_the_fleet(n: int) -> None:
     agents = fleet(n)
     ev = Evaluator(prom, NoActor(), lambda: agents, EvaluatorSettings())  # type: ignore[arg-type]
     await ev.cycle()
-    assert len(prom.queries) == 4  # two rule kinds + spend + tokens, whatever n is
+    assert len(prom.queries) == 5  # two rule kinds + spend + tokens + audit heads, whatever n is
