@@ -41,9 +41,9 @@ async def clients() -> AsyncIterator[list[anthropic.AsyncAnthropic]]:
         await c.close()
 
 
-def client(h: Harness, clients: list[anthropic.AsyncAnthropic]) -> anthropic.AsyncAnthropic:
+def client(h: Harness, clients: list[anthropic.AsyncAnthropic], timeout: float = 60) -> anthropic.AsyncAnthropic:
     """The official SDK pointed at the guard, as ANTHROPIC_BASE_URL points it (no SDK retries)."""
-    c = anthropic.AsyncAnthropic(base_url=h.url, api_key=AGENT_KEY, max_retries=0)
+    c = anthropic.AsyncAnthropic(base_url=h.url, api_key=AGENT_KEY, max_retries=0, timeout=timeout)
     clients.append(c)
     return c
 
@@ -327,10 +327,11 @@ async def test_an_injection_in_a_tool_result_is_flagged(
 async def test_the_budget_holds_under_500_concurrent_messages(
     make_guard: MakeGuard, scripted: ScriptedUpstream, clients: list[anthropic.AsyncAnthropic]
 ) -> None:
-    h = await guard_for(make_guard, scripted, budgets={"tokens_per_hour": 20_000})
+    slow_machine = {"per_call_deadline": "120s"}  # 500 connections at once on a loaded 2-core machine
+    h = await guard_for(make_guard, scripted, budgets={"tokens_per_hour": 20_000, "latency": slow_machine})
     for _ in range(500):
         scripted.json(a_message([a_text("ok")], a_usage(300, 400, read=200)))
-    c = client(h, clients)
+    c = client(h, clients, timeout=120)
 
     async def one() -> bool:
         try:

@@ -13,45 +13,27 @@ gets the error alone, never the tool calls that rode on it or were still held.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from agentfleet.guard.core import CallLog, judge_calls
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.httpio import error_body
 from agentfleet.guard.openai_wire import legacy_call_refusal, usage_of
-from agentfleet.guard.shapes import ToolCall
+from agentfleet.guard.shapes import ToolCall, Usage
 from agentfleet.guard.sse import Event, encode
 from agentfleet.guard.state import Guard
+from agentfleet.guard.streaming import relay_events
 from agentfleet.guard.tasks import Task
-from agentfleet.guard.upstream import StreamStart, classify
-
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
 
 
 def error_event(err: GuardError) -> bytes:
     """A refusal or failure as a server-sent event, for after a stream has started; the OpenAI
     SDKs raise ``APIError`` on it."""
     return encode(json.dumps(error_body(err)).encode())
-
-
-async def _write(resp: web.StreamResponse, data: bytes) -> bool:
-    """Write to the agent; False if it went away."""
-    try:
-        await resp.write(data)
-    except (ConnectionError, aiohttp.ClientError, RuntimeError):
-        return False
-    return True
 
 
 async def relay_stream(
@@ -65,65 +47,47 @@ async def relay_stream(
     want_usage: bool,
     prompt_tokens: int,
 ) -> web.StreamResponse:
-    """Open the upstream stream (retried until its first event) and relay it to the agent; on a
-    refusal or an upstream failure after the start, end with an error event instead of [DONE]."""
-    start: StreamStart = await guard.upstream.open_stream("/chat/completions", body, deadline)
-    call.attempts = start.attempts
-    if start.reply is not None:
-        call.passthrough(start.reply.status)
-        r = start.reply
-        return web.Response(status=r.status, body=r.body, content_type=r.content_type)
-    assert start.reader is not None
+    """Open the upstream stream (retried until its first event) and relay it to the agent
+    (``streaming.relay_events``); on a refusal or an upstream failure after the start, end with an
+    error event instead of [DONE]."""
+    start = await guard.upstream.open_stream("/chat/completions", body, deadline)
     relay = StreamRelay(guard, task, want_usage, held_limit=guard.tuning.max_response_bytes)
-    resp = web.StreamResponse(headers=SSE_HEADERS)
-    failure: GuardError | None = None
-    client_alive = True
-    try:
-        try:
-            await resp.prepare(request)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
-            client_alive = False
-        event: Event | None = start.first if client_alive else None
-        try:
-            async with asyncio.timeout_at(deadline):
-                while event is not None:
-                    out, failure = relay.feed(event)
-                    if out and not await _write(resp, out):
-                        client_alive = False
-                        break
-                    if failure is not None or relay.finished:
-                        break
-                    event = await start.reader.next()
-        except TimeoutError:
-            guard.metrics.upstream["timeout"].inc()
-            failure = GuardError(Code.UPSTREAM_UNAVAILABLE, "the stream exceeded the call deadline", 503)
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            reason, detail = classify(exc)
-            guard.metrics.upstream[reason].inc()
-            guard.breaker.failure(reason)
-            failure = GuardError(Code.UPSTREAM_UNAVAILABLE, f"upstream stream failed mid-way: {detail}", 503)
-        if failure is None and client_alive and not relay.finished and event is None:
-            guard.metrics.upstream["truncated"].inc()
-            guard.breaker.failure("stream truncated")
-            failure = GuardError(Code.UPSTREAM_UNAVAILABLE, "upstream stream ended before [DONE] (truncated)", 503)
-        if failure is not None and client_alive:
-            client_alive = await _write(resp, error_event(failure))
-    finally:
-        start.close()
-        call.used(usage_of(relay.usage), prompt_tokens, relay.out_chars)
-        call.completion = relay.audit_completion()
-    if failure is not None:
-        call.fail(failure)
-    elif relay.upstream_error:
-        call.outcome, call.status, call.reason = "error", 200, "upstream_stream_error"
-    elif not client_alive:
-        call.outcome, call.status, call.reason = "error", 200, "client_disconnected"
-    else:
-        call.ok()
-    if client_alive:
-        with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
-            await resp.write_eof()
-    return resp
+    return await relay_events(
+        guard, request, call, start, _AsRelay(relay), deadline=deadline, prompt_tokens=prompt_tokens, last="[DONE]"
+    )
+
+
+class _AsRelay:
+    """A chat ``StreamRelay`` as the ``streaming.Relay`` the shared stream loop drives."""
+
+    __slots__ = ("relay",)
+
+    def __init__(self, relay: StreamRelay) -> None:
+        self.relay = relay
+
+    @property
+    def finished(self) -> bool:
+        return self.relay.finished
+
+    @property
+    def upstream_error(self) -> bool:
+        return self.relay.upstream_error
+
+    @property
+    def out_chars(self) -> int:
+        return self.relay.out_chars
+
+    def feed(self, event: Event) -> tuple[bytes, GuardError | None]:
+        return self.relay.feed(event)
+
+    def usage(self) -> Usage | None:
+        return usage_of(self.relay.usage)
+
+    def error_event(self, err: GuardError) -> bytes:
+        return error_event(err)
+
+    def audit_completion(self) -> dict[str, Any]:
+        return self.relay.audit_completion()
 
 
 class _Builder:

@@ -38,13 +38,17 @@ class Relay(Protocol):
     """One protocol's view of a stream: ``feed`` an upstream event, get the bytes for the agent
     and a refusal that ends the stream."""
 
-    finished: bool
-    """The stream's last event was relayed (or an upstream error event)."""
-    upstream_error: bool
-    """The upstream ended the stream with an error event (relayed alone)."""
+    @property
+    def finished(self) -> bool:
+        """The stream's last event was relayed (or an upstream error event)."""
 
     @property
-    def out_chars(self) -> int: ...
+    def upstream_error(self) -> bool:
+        """The upstream ended the stream with an error event (relayed alone)."""
+
+    @property
+    def out_chars(self) -> int:
+        """Characters of output seen (the estimate when the upstream reports no usage)."""
 
     def feed(self, event: Event) -> tuple[bytes, GuardError | None]: ...
 
@@ -118,6 +122,7 @@ async def relay_events(
     *,
     deadline: float,
     prompt_tokens: int,
+    last: str = "its last event",
 ) -> web.StreamResponse:
     """Relay an opened upstream stream through ``relay``; on a refusal or an upstream failure
     after the start, end with the relay's error event. The call's usage, outcome and completion
@@ -158,9 +163,7 @@ async def relay_events(
         if failure is None and client_alive and not relay.finished and event is None:
             guard.metrics.upstream["truncated"].inc()
             guard.breaker.failure("stream truncated")
-            failure = GuardError(
-                Code.UPSTREAM_UNAVAILABLE, "upstream stream ended before its last event (truncated)", 503
-            )
+            failure = GuardError(Code.UPSTREAM_UNAVAILABLE, f"upstream stream ended before {last} (truncated)", 503)
         if failure is not None and client_alive:
             client_alive = await _write(resp, relay.error_event(failure))
     finally:
