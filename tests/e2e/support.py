@@ -1,8 +1,9 @@
 """A real node for the session: ``hack/cluster up --real-node`` on a private port range and
 network namespace, down at the end (or earlier, by the test that checks what down leaves).
 
-On it, for every test of the tier: a real Prometheus in namespace ``monitoring`` that finds the
-guards with Kubernetes service discovery (the chart's own scrape job,
+On it, for every test of the tier (helpers in ``hack/harness/realnode.py``, shared with
+``hack/demo``): a real Prometheus in namespace ``monitoring`` that finds the guards with
+Kubernetes service discovery (the chart's own scrape job,
 ``charts/agentfleet/files/prometheus-scrape-config.yaml``), the chart's operator with its
 evaluator pointed at that Prometheus, the fake LLM behind a Service, and ``greeter``, an agent
 whose guard answers through the fake LLM.
@@ -11,6 +12,12 @@ Environment: AGENTFLEET_E2E_PORT_BASE (default 17400), AGENTFLEET_E2E_RUN_DIR (d
 $AGENTFLEET_CACHE/e2e-run), AGENTFLEET_E2E_NETNS (default agentfleet-e2e-<port base>). Set
 AGENTFLEET_KEEP_CLUSTER=1 to leave the cluster running after the session (for debugging:
 ``eval "$(AGENTFLEET_RUN_DIR=... AGENTFLEET_PORT_BASE=... AGENTFLEET_NETNS=... hack/cluster env)"``).
+
+AGENTFLEET_E2E_KUBECONFIG=PATH runs the tier against an existing cluster instead (kind: ``hack/kind
+up`` then ``hack/kind load``): no node is started or stopped, pod addresses are reached from a
+client pod in ``monitoring``, and the two tests that need this project's own node
+(``test_chaos_audit.py`` kills a container with ``hack/node ctr``; ``test_zz_down.py`` checks the
+machine after the node is gone) are deselected (conftest.py).
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,91 +33,91 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from hack.harness.kube import HACK, ROOT, Kube, poll
+from hack.harness import realnode
+from hack.harness.kube import Kube, poll
+from hack.harness.realnode import (
+    CACHE,
+    HARDENED,
+    MONITORING,
+    SLEEPER,
+    FakeLLM,
+    Prometheus,
+    RealCluster,
+    idle_pod,
+    wait_pod_ready,
+)
 from tests.e2e.machine import Snapshot, snapshot
 
-CACHE = Path(os.environ.get("AGENTFLEET_CACHE", Path.home() / ".cache" / "agentfleet"))
+__all__ = ["HARDENED", "MONITORING", "SLEEPER", "FakeLLM", "Prometheus", "poll", "wait_pod_ready"]
+
 PORT_BASE = os.environ.get("AGENTFLEET_E2E_PORT_BASE", "17400")
 RUN_DIR = Path(os.environ.get("AGENTFLEET_E2E_RUN_DIR", CACHE / "e2e-run"))
 NETNS = os.environ.get("AGENTFLEET_E2E_NETNS", f"agentfleet-e2e-{PORT_BASE}")
+EXISTING = os.environ.get("AGENTFLEET_E2E_KUBECONFIG", "")
+"""An existing cluster's kubeconfig (kind): the tier runs there and brings up no node."""
 
 
-@dataclass
-class RealNode:
-    """The cluster with a real node; kubectl and helm run inside its network namespace."""
+@dataclass(kw_only=True)
+class RealNode(RealCluster):
+    """The session's cluster with a real node; kubectl and helm run inside its network namespace."""
 
     env: dict[str, str]
-    before: Snapshot
-    images: dict[str, str]
-    netns_inode: int
-    mntns_inode: int
+    before: Snapshot | None
+    netns_inode: int = 0
+    mntns_inode: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     is_down: bool = False
 
-    @property
-    def kube(self) -> Kube:
-        return Kube(str(RUN_DIR / "kubeconfig"), str(RUN_DIR / "bin" / "kubectl"))
-
-    def helm(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        home = RUN_DIR / "helm-home"
-        env = {
-            **os.environ,
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_DATA_HOME": str(home / "data"),
-        }
-        cmd = [str(RUN_DIR / "bin" / "helm"), *args, f"--kubeconfig={RUN_DIR / 'kubeconfig'}"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-        if res.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-        return res
-
     def cluster(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(HACK / "cluster"), *args], env=self.env, text=True, capture_output=True, timeout=timeout, check=False
-        )
+        return realnode.cluster_cmd(self.env, *args, timeout=timeout)
 
     def down(self) -> subprocess.CompletedProcess[str]:
-        res = self.cluster("down", timeout=300)
+        assert not EXISTING, "an existing cluster (AGENTFLEET_E2E_KUBECONFIG) is not ours to take down"
+        res = realnode.down(self.env)
         self.is_down = True
         return res
 
 
+_SESSION: list[RealNode] = []
+
+
+def session_node() -> RealNode:
+    assert _SESSION, "the real_node fixture is not set up"
+    return _SESSION[0]
+
+
 @pytest.fixture(scope="session")
 def real_node() -> Iterator[RealNode]:
-    env = {
-        **os.environ,
-        "AGENTFLEET_RUN_DIR": str(RUN_DIR),
-        "AGENTFLEET_PORT_BASE": PORT_BASE,
-        "AGENTFLEET_NETNS": NETNS,
-    }
-    if (RUN_DIR / "real-node.json").exists():  # a previous session that was killed: start clean
-        subprocess.run([str(HACK / "cluster"), "down"], env=env, check=False, timeout=300)
+    if EXISTING:
+        existing = RealCluster.existing(EXISTING)
+        node = RealNode(kubeconfig=EXISTING, images=existing.images, env=dict(os.environ), before=None)
+        _SESSION[:] = [node]
+        yield node
+        return
+    env = realnode.node_env(RUN_DIR, PORT_BASE, NETNS)
+    if realnode.node_running(RUN_DIR):  # a previous session that was killed: start clean
+        realnode.down(env)
     before = snapshot()
     t0 = time.monotonic()
-    up = subprocess.run(
-        [str(HACK / "cluster"), "up", "--real-node", "--no-prometheus"],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=1800,
-        check=False,
-    )
+    up = realnode.up(env)
     print(up.stdout[-3000:], up.stderr[-3000:])
     if up.returncode != 0:
-        subprocess.run([str(HACK / "cluster"), "down"], env=env, check=False, timeout=300)
+        realnode.down(env)
         pytest.fail(f"hack/cluster up --real-node failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}", pytrace=False)
     state = json.loads((RUN_DIR / "node" / "node.json").read_text())
+    on_node = RealCluster.of_node(RUN_DIR)
     node = RealNode(
+        kubeconfig=on_node.kubeconfig,
+        images=on_node.images,
+        run_dir=RUN_DIR,
         env=env,
         before=before,
-        images=json.loads((RUN_DIR / "images.json").read_text())["images"],
         netns_inode=os.stat(f"/run/netns/{NETNS}").st_ino,
         mntns_inode=int(state["mntns"]),
         timings={"up": time.monotonic() - t0},
     )
+    _SESSION[:] = [node]
     poll(
         lambda: node.kube.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
         timeout=60,
@@ -121,31 +127,6 @@ def real_node() -> Iterator[RealNode]:
     if not node.is_down and os.environ.get("AGENTFLEET_KEEP_CLUSTER") != "1":
         res = node.down()
         assert res.returncode == 0, f"hack/cluster down failed:\n{res.stdout}\n{res.stderr}"
-
-
-def wait_pod_ready(kube: Kube, namespace: str, selector: str, timeout: float = 120) -> dict[str, Any]:
-    """The first pod matching ``selector`` once all its containers are ready; fails fast on a
-    container that keeps crashing, with its log."""
-
-    def ready() -> dict[str, Any] | None:
-        pods = kube.get_json("pods", "-n", namespace, "-l", selector)["items"]
-        for pod in pods:
-            statuses = pod.get("status", {}).get("containerStatuses", []) + pod.get("status", {}).get(
-                "initContainerStatuses", []
-            )
-            for st in statuses:
-                if st.get("restartCount", 0) >= 3:
-                    logs = kube.kubectl(
-                        "logs", pod["metadata"]["name"], "-n", namespace, "-c", st["name"], "--previous", check=False
-                    )
-                    raise AssertionError(f"container {st['name']} keeps crashing:\n{logs.stdout[-3000:]}")
-            conds = pod.get("status", {}).get("conditions", [])
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
-                return dict(pod)
-        return None
-
-    result: dict[str, Any] = poll(ready, timeout=timeout, interval=0.5, what=f"a Ready pod {selector} in {namespace}")
-    return result
 
 
 # ----------------------------------------------------------------------------- inside containers
@@ -200,249 +181,64 @@ def assert_hardened(facts: dict[str, Any], what: str) -> None:
 
 RELEASE, RELEASE_NS = "af", "agentfleet-system"
 NS = "e2e-agents"
-NODE_IP = "10.200.0.2"
-"""hack/node's node IP; the API server advertises it, so the `kubernetes` Service leads there."""
-API_PORT = int(PORT_BASE) + 2
-MONITORING = "monitoring"
-"""The chart's default ``guardMetricsScrapers``: the one namespace the guards' metrics port admits."""
+if EXISTING:  # where the `kubernetes` Service leads on that cluster
+    NODE_IP, API_PORT = realnode.api_endpoint(RealCluster(kubeconfig=EXISTING, images={}))
+else:
+    NODE_IP, API_PORT = realnode.NODE_IP, int(PORT_BASE) + 2
+"""The API server's address after kube-proxy's DNAT (hack/node's node IP and the API port)."""
 API_KEY = "sk-e2e-upstream-key-only-the-guard-may-see"
 FAKE_TEXT = "Hello from the fake LLM. Everything is fine."
 """The fake LLM's default answer (hack/harness/fake_llm.py, DEFAULT_TEXT)."""
-SCRAPE_CONFIG = ROOT / "charts" / "agentfleet" / "files" / "prometheus-scrape-config.yaml"
-HARDENED = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-}
-SLEEPER = "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); signal.pause()"
-"""A container that idles and stops at once on TERM (probe pods with python3 in their image)."""
 
 
 def netns_python(code: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run Python code in the node's network namespace (where pod and Service IPs route), from
-    the host; the test process itself stays outside."""
-    return subprocess.run(
-        [str(RUN_DIR / "bin" / "netns-exec"), sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-HTTP_GET = """
-import sys, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as resp:
-        sys.stdout.write(resp.read().decode())
-except OSError as exc:
-    sys.stderr.write(str(exc))
-    sys.exit(3)
-"""
+    """Run Python code where pod and Service IPs route (the node's network namespace), from the
+    host; the test process itself stays outside."""
+    return session_node().python(code, *args, timeout=timeout)
 
 
 def netns_get(url: str, timeout: float = 5) -> str:
     """GET ``url`` from inside the node's network namespace; the body (AssertionError if it fails)."""
-    res = netns_python(HTTP_GET, url, str(timeout), timeout=timeout + 20)
-    if res.returncode != 0:
-        raise AssertionError(f"GET {url} failed: {res.stderr.strip()[-500:]}")
-    return res.stdout
+    return session_node().get(url, timeout)
 
 
-@dataclass
-class Prometheus:
-    """The e2e Prometheus pod (Kubernetes service discovery), queried from the node's namespace."""
-
-    url: str
-    pod: str
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        from urllib.parse import quote
-
-        body = json.loads(netns_get(f"{self.url}/api/v1/query?query={quote(promql)}"))
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def targets(self) -> list[dict[str, Any]]:
-        active: list[dict[str, Any]] = json.loads(netns_get(f"{self.url}/api/v1/targets?state=active"))["data"][
-            "activeTargets"
-        ]
-        return active
-
-
-def prometheus_config() -> dict[str, Any]:
-    """The chart's scrape job as it is, at a short interval so tests see data within seconds."""
-    (job,) = yaml.safe_load(SCRAPE_CONFIG.read_text())
-    return {
-        "global": {"scrape_interval": "2s", "scrape_timeout": "1500ms", "evaluation_interval": "2s"},
-        "scrape_configs": [job],
-    }
+def plugin(*args: str, input_text: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``kubectl agentfleet ARGS`` (the installed plugin), run in the node's network namespace
+    where the API server listens."""
+    return session_node().plugin(*args, input_text=input_text, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
 def prometheus(real_node: RealNode) -> Prometheus:
     """Prometheus as a pod in ``monitoring``, with the RBAC Kubernetes discovery needs (list and
     watch pods), so the guards' NetworkPolicies admit its scrapes the way they would in a cluster."""
-    kube = real_node.kube
-    labels = {"app": "prometheus"}
     t0 = time.monotonic()
-    kube.kubectl("create", "namespace", MONITORING)
-    kube.apply(
-        [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "prometheus", "namespace": MONITORING}},
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": {"name": "e2e-prometheus"},
-                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
-            },
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": "e2e-prometheus"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "e2e-prometheus"},
-                "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": MONITORING}],
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "prometheus", "namespace": MONITORING},
-                "data": {"prometheus.yml": yaml.safe_dump(prometheus_config())},
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "prometheus", "namespace": MONITORING, "labels": labels},
-                "spec": {
-                    "serviceAccountName": "prometheus",
-                    "terminationGracePeriodSeconds": 2,
-                    "securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
-                    "containers": [
-                        {
-                            "name": "prometheus",
-                            "image": real_node.images["prometheus"],
-                            "args": [
-                                "--config.file=/etc/prometheus/prometheus.yml",
-                                "--storage.tsdb.path=/prometheus",
-                                "--storage.tsdb.retention.time=2h",
-                                "--web.listen-address=0.0.0.0:9090",
-                                "--log.level=warn",
-                            ],
-                            "ports": [{"containerPort": 9090, "name": "http"}],
-                            "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "http"}, "periodSeconds": 1},
-                            "securityContext": HARDENED,
-                            "volumeMounts": [
-                                {"name": "config", "mountPath": "/etc/prometheus"},
-                                {"name": "data", "mountPath": "/prometheus"},
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": "prometheus"}},
-                        {"name": "data", "emptyDir": {}},
-                    ],
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "prometheus", "namespace": MONITORING},
-                "spec": {"selector": labels, "ports": [{"port": 9090, "targetPort": "http"}]},
-            },
-        ]
-    )
-    wait_pod_ready(kube, MONITORING, "app=prometheus", timeout=120)
+    prom = realnode.start_prometheus(real_node)
     real_node.timings["Prometheus pod Ready"] = time.monotonic() - t0
-    ip = kube.get_json("service", "prometheus", "-n", MONITORING)["spec"]["clusterIP"]
-    return Prometheus(f"http://{ip}:9090", "prometheus")
+    return prom
 
 
 @pytest.fixture(scope="session")
 def operator_installed(real_node: RealNode, prometheus: Prometheus) -> dict[str, Any]:
     """The chart, with the local image and the evaluator on the e2e Prometheus; the operator Ready."""
-    image = real_node.images["agentfleet"]
-    repository, tag = image.rsplit(":", 1)
     t0 = time.monotonic()
-    real_node.helm(
-        "install",
+    realnode.install_chart(
+        real_node,
         RELEASE,
-        str(ROOT / "charts" / "agentfleet"),
-        "-n",
         RELEASE_NS,
-        "--create-namespace",
-        f"--set=image.repository={repository}",
-        f"--set=image.tag={tag}",
+        prometheus.url,
         "--set=operator.workers=4",
         "--set=operator.apiConcurrency=8",
         f"--set=operator.watchNamespaces={{{NS}}}",
-        # No cluster DNS on this node: Prometheus by its Service's ClusterIP.
-        f"--set=evaluator.prometheusURL={prometheus.url}",
         "--set=evaluator.interval=2",
         "--set=evaluator.rateWindow=30s",
     )
-    pod = wait_pod_ready(real_node.kube, RELEASE_NS, "app.kubernetes.io/component=operator", timeout=180)
+    pod = realnode.wait_operator(real_node, RELEASE_NS)
     real_node.timings["chart install to operator Ready"] = time.monotonic() - t0
     return pod
 
 
-def fake_llm_objects(image: str, name: str, namespace: str, port: int = 8900) -> list[dict[str, Any]]:
-    """The fake LLM as a pod (listening on ``port``) behind a Service of the same name."""
-    labels = {"app": name}
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "automountServiceAccountToken": False,
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "fake-llm",
-                        "image": image,
-                        "args": ["--host", "0.0.0.0", "--port", str(port)],
-                        "ports": [{"containerPort": port, "name": "http"}],
-                        "readinessProbe": {"httpGet": {"path": "/v1/models", "port": "http"}, "periodSeconds": 1},
-                        "securityContext": HARDENED,
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"selector": labels, "ports": [{"port": port, "targetPort": "http"}]},
-        },
-    ]
-
-
-@dataclass
-class FakeLLM:
-    """A fake LLM pod behind a Service; its control API read from the node's namespace."""
-
-    name: str
-    cluster_ip: str
-    pod_ip: str
-    port: int = 8900
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{self.cluster_ip}:{self.port}/v1"
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(netns_get(f"http://{self.pod_ip}:{self.port}/_control/stats"))
-        return result
-
-
-def start_fake_llm(real_node: RealNode, name: str, namespace: str, port: int = 8900) -> FakeLLM:
-    kube = real_node.kube
-    kube.apply(fake_llm_objects(real_node.images["fake-llm"], name, namespace, port))
-    pod = wait_pod_ready(kube, namespace, f"app={name}", timeout=120)
-    svc = kube.get_json("service", name, "-n", namespace)
-    return FakeLLM(name, svc["spec"]["clusterIP"], pod["status"]["podIP"], port)
+start_fake_llm = realnode.start_fake_llm
 
 
 @pytest.fixture(scope="session")
@@ -549,29 +345,9 @@ def greeter(real_node: RealNode, operator_installed: dict[str, Any], fake_llm: F
 
 def probe_pod(real_node: RealNode, name: str, namespace: str) -> dict[str, Any]:
     """An idle pod with python3 (the agent image) from which connections are tried."""
-    kube = real_node.kube
-    if kube.kubectl("get", "namespace", namespace, check=False).returncode != 0:
-        kube.kubectl("create", "namespace", namespace)
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
-            "spec": {
-                "automountServiceAccountToken": False,
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "probe",
-                        "image": real_node.images["agent"],
-                        "command": ["python3", "-c", SLEEPER],
-                        "securityContext": HARDENED,
-                    }
-                ],
-            },
-        }
-    )
-    return wait_pod_ready(kube, namespace, f"app={name}", timeout=120)
+    real_node.ensure_namespace(namespace)
+    real_node.kube.apply(idle_pod(name, namespace, real_node.images["agent"]))
+    return wait_pod_ready(real_node.kube, namespace, f"app={name}", timeout=120)
 
 
 CONNECT = """
@@ -598,20 +374,6 @@ def connect_from(
         "exec", pod, "-n", namespace, "-c", container, "--", "python3", "-c", CONNECT, host, str(port), str(timeout)
     )
     return res.stdout.strip()
-
-
-def plugin(*args: str, input_text: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``kubectl agentfleet ARGS`` (the installed plugin), run in the node's network namespace
-    where the API server listens."""
-    return subprocess.run(
-        [str(RUN_DIR / "bin" / "netns-exec"), str(ROOT / ".venv" / "bin" / "kubectl-agentfleet"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "KUBECONFIG": str(RUN_DIR / "kubeconfig")},
-        input=input_text,
-        check=False,
-    )
 
 
 def agent_pods(kube: Kube, name: str) -> list[dict[str, Any]]:
