@@ -18,6 +18,7 @@ import anthropic
 import pytest
 import pytest_asyncio
 
+from agentfleet.audit import verify
 from tests.guard.scripted import ScriptedUpstream
 from tests.guard.support import AGENT_KEY, UPSTREAM_KEY, Harness, MakeGuard
 from tests.guard.wire_formats import a_message, a_stream, a_text, a_tool_use, a_usage
@@ -346,3 +347,25 @@ async def test_the_budget_holds_under_500_concurrent_messages(
     used = h.guard.ledger.snapshot()["tokens_per_hour"]["used"]  # type: ignore[index]
     assert 1 <= ok < 500 and len(upstream(scripted)) == ok
     assert used == ok * 900 and used <= 20_000
+
+
+async def test_the_audit_trail_of_messages_verifies(
+    make_guard: MakeGuard, scripted: ScriptedUpstream, clients: list[anthropic.AsyncAnthropic]
+) -> None:
+    h = await guard_for(make_guard, scripted)
+    scripted.json(a_message([a_tool_use("search", {"q": 1})]))
+    await client(h, clients).messages.create(model="x", max_tokens=10, messages=USER)
+    scripted.sse(*a_stream([a_tool_use("shell", {"cmd": "ls"})]))
+    with pytest.raises(anthropic.APIStatusError):
+        async with client(h, clients).messages.stream(model="x", max_tokens=10, messages=USER) as stream:
+            await stream.get_final_message()
+    records = await h.audit_records()
+    kinds = [(r["kind"], r.get("tool"), r["decision"]) for r in records if r["kind"] in ("llm_call", "tool_call")]
+    assert kinds == [
+        ("tool_call", "search", "allow"),
+        ("llm_call", None, "allow"),
+        ("tool_call", "shell", "refuse"),
+        ("llm_call", None, "reject"),
+    ]
+    assert verify([h.audit_file]).ok
+    assert h.metric("agentfleet_tool_calls_total", tool="search", outcome="allowed") == 1

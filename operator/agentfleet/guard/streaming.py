@@ -1,5 +1,5 @@
-"""Relaying an upstream event stream to the agent, for the event-typed protocols (OpenAI
-Responses, Anthropic Messages).
+"""Relaying an upstream event stream to the agent, for every streamed protocol (OpenAI chat
+completions and Responses, Anthropic Messages).
 
 What differs between those protocols (which events carry tool calls, usage, the end, and how
 a refusal is written) is a ``Relay`` the adapter supplies; what is the same (opening the stream
