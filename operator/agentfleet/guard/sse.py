@@ -11,7 +11,7 @@ dropped. Re-emitting an event means writing each of its data lines as its own ``
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
@@ -27,9 +27,10 @@ class Event:
 
     data: bytes
     type: bytes = b"message"
-    id: bytes | None = None
-    """The event's ``id`` field, if it had one (relays that support resumption re-emit it)."""
-    retry: bytes | None = None
+    id: bytes | None = field(default=None, compare=False)
+    """The event's ``id`` field, if it had one (a relay that supports resumption re-emits it;
+    not part of equality, which is about what the event says)."""
+    retry: bytes | None = field(default=None, compare=False)
     """A ``retry`` field seen since the previous event (likewise)."""
 
 
