@@ -27,6 +27,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,10 @@ class FailoverResult:
     """No kill: prompt switch -> the same action."""
     baseline_reconcile: list[float] = field(default_factory=list)
     """No kill: prompt switch -> its reconcile."""
+    decided: list[float] = field(default_factory=list)
+    """Leader SIGKILL -> the new leader's Suspend decision (its audit record's time; context)."""
+    baseline_decided: list[float] = field(default_factory=list)
+    """No kill: prompt switch -> the Suspend decision (context)."""
     lease_duration: float = LEASE_DURATION
     evaluation_interval: float = EVALUATION_INTERVAL
     notes: list[str] = field(default_factory=list)
@@ -153,20 +158,33 @@ def _stable(kube: Kube, dp: DataplaneProcess, name: str) -> bool:
     )
 
 
-def _audited(path: Path, name: str) -> list[str]:
-    """The actions an operator replica's audit file records for agent ``name``."""
+def _audited(path: Path, name: str) -> list[dict[str, Any]]:
+    """The action records an operator replica's audit file holds for agent ``name``."""
     lines = path.read_text().splitlines() if path.exists() else []
     return [
-        str(r.get("action"))
+        r
         for r in map(json.loads, lines)
         if r.get("kind") == "operator_action" and r.get("namespace") == NS and r.get("agent") == name
     ]
 
 
-async def _switch(kubeconfig: str, name: str, kill: OperatorProcess | None) -> tuple[float | None, float | None]:
+def _decided(audits: list[Path], name: str, since: float) -> float | None:
+    """Seconds from ``since`` (epoch) to the first Suspend of ``name`` in the audit files: when
+    the evaluator decided, before the status write and the reconcile that scale to 0."""
+    times = [
+        datetime.fromisoformat(str(r["ts"]).replace("Z", "+00:00")).timestamp()
+        for path in audits
+        for r in _audited(path, name)
+        if r.get("action") == "Suspend" and r.get("ts")
+    ]
+    return min(times) - since if times else None
+
+
+async def _switch(kubeconfig: str, name: str, kill: OperatorProcess | None) -> tuple[float | None, float | None, float]:
     """Watch the agent and its Deployment, SIGKILL ``kill`` (if any), switch the agent's prompt
     to the looping one; return (seconds to its reconcile, seconds to its suspension), from the
-    kill (or the switch), or None for what did not happen within WITHIN."""
+    kill (or the switch), or None for what did not happen within WITHIN; and that start as
+    seconds since the epoch."""
     kube = RawKube(kubeconfig, limit=8)
     stop = asyncio.Event()
     reconciled: list[float] = []
@@ -199,7 +217,7 @@ async def _switch(kubeconfig: str, name: str, kill: OperatorProcess | None) -> t
 
         watchers = [asyncio.create_task(watch_agent()), asyncio.create_task(watch_deployment())]
         await asyncio.sleep(0.3)  # both watches open before the clock starts
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         if kill is not None:
             await asyncio.to_thread(kill.stop, True)
         patch = {"spec": {"agent": {"systemPrompt": {"inline": LOOPING}}}}
@@ -218,6 +236,7 @@ async def _switch(kubeconfig: str, name: str, kill: OperatorProcess | None) -> t
         return (
             reconciled[0] - t0 if reconciled else None,
             acted[0] - t0 if acted else None,
+            wall0,
         )
     finally:
         stop.set()
@@ -250,33 +269,38 @@ def _trial(
     )
 
     # Baseline: the same switch with both replicas alive.
-    base_rec, base_act = asyncio.run(_switch(kube.kubeconfig, bname, None))
+    base_rec, base_act, wall0 = asyncio.run(_switch(kube.kubeconfig, bname, None))
+    base_dec = _decided(list(audits.values()), bname, wall0)
     if base_rec is not None:
         result.baseline_reconcile.append(base_rec)
     if base_act is not None:
         result.baseline.append(base_act)
     else:
         result.notes.append(f"trial {trial}: baseline agent not suspended within {WITHIN:.0f}s")
+    if base_dec is not None:
+        result.baseline_decided.append(base_dec)
 
     # Failover: the switch right after the leader's SIGKILL.
     leader = _holder(kube)
     standby = "b" if leader == "a" else "a"
-    rec, act = asyncio.run(_switch(kube.kubeconfig, fname, replicas[leader]))
+    rec, act, wall0 = asyncio.run(_switch(kube.kubeconfig, fname, replicas[leader]))
+    dec = _decided([audits[standby]], fname, wall0)
     if rec is not None:
         result.seconds.append(rec)
     else:
         result.notes.append(f"trial {trial}: no reconcile by the new leader within {WITHIN:.0f}s")
     if act is not None:
         result.action.append(act)
-        by = _audited(audits[standby], fname)
-        if "Suspend" not in by:
-            result.notes.append(f"trial {trial}: the suspension is not in {standby}'s audit ({by})")
+        if dec is None:
+            result.notes.append(f"trial {trial}: the suspension is not in the new leader's ({standby}) audit")
     else:
         result.notes.append(f"trial {trial}: no action by the new leader within {WITHIN:.0f}s")
+    if dec is not None:
+        result.decided.append(dec)
     say(
         f"failover trial {trial + 1}/{trials} ({leader} -> {standby}): kill->reconcile {_seconds(rec)}, "
-        f"kill->action {_seconds(act)}; no kill: switch->reconcile {_seconds(base_rec)}, "
-        f"switch->action {_seconds(base_act)}"
+        f"->decision {_seconds(dec)}, ->action {_seconds(act)}; no kill: switch->reconcile {_seconds(base_rec)}, "
+        f"->decision {_seconds(base_dec)}, ->action {_seconds(base_act)}"
     )
     replicas[leader] = replica(leader)  # back as the standby for the next trial
     kube.kubectl("delete", "agd", "-n", NS, fname, bname, "--wait=false")
@@ -337,6 +361,12 @@ def run(cluster: Cluster, work: Path, trials: int = 10) -> FailoverResult:
         f"kill->action p50 {p(0.5, result.action):.1f} s p99 {p(0.99, result.action):.1f} s; "
         f"baseline switch->action p50 {p(0.5, result.baseline):.1f} s p99 {p(0.99, result.baseline):.1f} s"
     )
+    for label, values in (
+        ("kill->decision", result.decided),
+        ("no kill: switch->reconcile", result.baseline_reconcile),
+        ("no kill: switch->decision", result.baseline_decided),
+    ):
+        say(f"failover context: {label} p50 {p(0.5, values):.1f} s p99 {p(0.99, values):.1f} s ({len(values)})")
     for note in result.notes:
         say(f"failover: {note}")
     return result
