@@ -37,7 +37,11 @@ import urllib.request
 import uuid
 from typing import Any
 
-import openai
+# Importing the SDK can take seconds on a busy node; a TERM in that time must stop us too (as
+# PID 1 of the container, a signal without a handler is ignored: the pod would wait out its grace).
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+import openai  # noqa: E402
 
 MAX_STEPS = 8
 TIMEOUT = 30.0
