@@ -38,6 +38,8 @@ POLICY_SPEC: dict[str, Any] = {
         "maxTaskDuration": "30m",
         "maxConcurrentTasks": 16,
         "maxReplicas": 3,
+        "maxSubAgentDepth": 3,
+        "maxSubAgentCallsPerTask": 16,
     },
     "allowedModels": ["gpt-4o-mini"],
     "allowedTools": ["search", "fetch"],
@@ -124,6 +126,18 @@ REFUSED = [
         {},
         {"ceilings": {"maxIterationsPerTask": 10}},
         "budgets.maxIterationsPerTask=50 exceeds ceilings.maxIterationsPerTask=10",
+    ),
+    PolicyCase(
+        "sub-agent depth above ceiling",
+        {"budgets": {"maxSubAgentDepth": 4}},
+        {},
+        "budgets.maxSubAgentDepth=4 exceeds ceilings.maxSubAgentDepth=3",
+    ),
+    PolicyCase(
+        "sub-agent calls per task default above ceiling",
+        {},
+        {"ceilings": {"maxSubAgentCallsPerTask": 8}},
+        "budgets.maxSubAgentCallsPerTask=16 exceeds ceilings.maxSubAgentCallsPerTask=8",
     ),
     PolicyCase(
         "duration above ceiling",

@@ -130,6 +130,15 @@ def test_a_key_rotation_rolls_the_pods() -> None:
     )
 
 
+def test_the_agents_own_limits_reach_its_guard() -> None:
+    defaults = render(agent(sub_agents=["researcher"]), settings=PEERS).guard_config.sub_agents
+    assert (defaults.max_depth, defaults.max_calls_per_task) == (3, 16)
+    wire = agent(sub_agents=["researcher"]).model_dump(by_alias=True, exclude_none=True, mode="json")
+    wire["spec"]["budgets"] = {"maxSubAgentDepth": 2, "maxSubAgentCallsPerTask": 5}
+    limits = render(AgentDeployment.model_validate(wire), settings=PEERS).guard_config.sub_agents
+    assert (limits.max_depth, limits.max_calls_per_task) == (2, 5)
+
+
 def test_the_pods_ports_must_differ() -> None:
     for clash in ({"peer_port": 9090}, {"agent_serve_port": 4000}, {"peer_port": 8000}):
         with pytest.raises(RenderError, match="must all differ"):

@@ -437,6 +437,11 @@ class Budgets(Model):
     """Per-call deadline and p99 target."""
     max_concurrent_tasks: int = Field(default=16, ge=1, le=100000)
     """Tasks in flight at once per replica; more are rejected with 429."""
+    max_sub_agent_depth: int = Field(default=3, ge=1, le=8)
+    """Longest chain of calls between agents this agent takes part in: it makes no call deeper
+    than this and serves none (a call from an agent no one called is at depth 1)."""
+    max_sub_agent_calls_per_task: int = Field(default=16, ge=1, le=1000)
+    """Calls to other agents (permissions.subAgents) one task may make."""
 
 
 # --------------------------------------------------------------------------- permissions
@@ -823,6 +828,10 @@ class BudgetCeilings(Model):
     """Ceiling on budgets.maxConcurrentTasks."""
     max_replicas: int | None = Field(default=None, ge=0, le=10000)
     """Ceiling on spec.replicas."""
+    max_sub_agent_depth: int | None = Field(default=None, ge=1, le=8)
+    """Ceiling on budgets.maxSubAgentDepth."""
+    max_sub_agent_calls_per_task: int | None = Field(default=None, ge=1, le=1000)
+    """Ceiling on budgets.maxSubAgentCallsPerTask."""
 
 
 class RequiredGuardrail(Model):

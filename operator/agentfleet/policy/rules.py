@@ -43,6 +43,8 @@ CEILINGS: tuple[Ceiling, ...] = (
     Ceiling("maxTaskDuration", "budgets.maxTaskDuration", "duration"),
     Ceiling("maxConcurrentTasks", "budgets.maxConcurrentTasks", "int"),
     Ceiling("maxReplicas", "replicas", "int"),
+    Ceiling("maxSubAgentDepth", "budgets.maxSubAgentDepth", "int"),
+    Ceiling("maxSubAgentCallsPerTask", "budgets.maxSubAgentCallsPerTask", "int"),
 )
 """The ceilings in the order admission checks them."""
 
@@ -156,6 +158,8 @@ def check(agent: AgentDeployment, policy: AgentPolicy) -> list[Violation]:
         "maxTaskDuration": spec.budgets.max_task_duration,
         "maxConcurrentTasks": spec.budgets.max_concurrent_tasks,
         "maxReplicas": spec.replicas,
+        "maxSubAgentDepth": spec.budgets.max_sub_agent_depth,
+        "maxSubAgentCallsPerTask": spec.budgets.max_sub_agent_calls_per_task,
     }
     limits = pspec.ceilings.model_dump(by_alias=True)
     for ceiling in CEILINGS:

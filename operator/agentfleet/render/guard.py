@@ -45,7 +45,9 @@ def sub_agents(owner: Owner, spec: AgentDeploymentSpec, settings: RenderSettings
             )
             for callee in (spec.permissions.sub_agents or [])
             if settings.peers_enabled
-        ]
+        ],
+        max_depth=spec.budgets.max_sub_agent_depth,
+        max_calls_per_task=spec.budgets.max_sub_agent_calls_per_task,
     )
 
 
