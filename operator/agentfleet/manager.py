@@ -22,7 +22,7 @@ from typing import Any, cast
 import kopf
 import yaml
 from kopf._core.engines.peering import Identity  # the type of kopf.operator(identity=), not re-exported
-from prometheus_client import start_http_server
+from prometheus_client import Gauge, start_http_server
 
 from agentfleet.api import names
 from agentfleet.api.guardconfig import AuditSink
@@ -338,6 +338,7 @@ async def run(args: argparse.Namespace) -> int:
         HEALTH.role = "standby"
         await elector.acquire()
     HEALTH.role = "leader"
+    LEADER.set(1)
     stop = asyncio.Event()
     operator = asyncio.create_task(
         kopf.operator(
@@ -370,3 +371,8 @@ async def run(args: argparse.Namespace) -> int:
 
 HEALTH = HealthServer()
 """The process's health endpoint (configured in ``run``; the evaluator adds its check)."""
+LEADER = Gauge(
+    "agentfleet_operator_leader",
+    "1 while this replica holds the leader Lease (or leads alone), else 0: the no-leader alert reads it.",
+    registry=REGISTRY,
+)

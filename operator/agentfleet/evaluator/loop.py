@@ -88,6 +88,7 @@ class Evaluator:
 
     async def run(self) -> None:
         """Evaluate forever; a failing cycle is logged and counted, never fatal."""
+        metrics.INTERVAL.set(self.settings.interval)
         while True:
             started = time.monotonic()
             try:

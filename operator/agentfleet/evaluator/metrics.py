@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from agentfleet.api.types import Action
 from agentfleet.registry import REGISTRY
 
 CYCLE_SECONDS = Histogram(
@@ -26,6 +27,13 @@ ACTIONS = Counter(
     "agentfleet_operator_actions_total",
     "Suspensions, rollbacks, scalings and alerts, by action.",
     ["action"],
+    registry=REGISTRY,
+)
+for _action in Action:  # from 0, so the alerts' increase() sees a fleet's first suspension
+    ACTIONS.labels(str(_action))
+INTERVAL = Gauge(
+    "agentfleet_operator_evaluation_interval_seconds",
+    "The evaluation interval this operator runs with (0 while it does not evaluate: a standby, or no Prometheus).",
     registry=REGISTRY,
 )
 CYCLE_QUERIES = Gauge(
