@@ -519,8 +519,9 @@ def test_dns_sub_agents_and_ingress() -> None:
         "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}}}],
         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
     }
-    # Sub-agents get no path to another agent's guard (its API listens on loopback; calls between
-    # agents are not supported yet), and nothing reaches this guard but Prometheus, on metrics.
+    # Without the cluster's signing keys (these settings) calls between agents are off: no path to
+    # another agent's guard, and nothing reaches this guard but Prometheus, on metrics (with the
+    # keys, see tests/unit/test_render_peers.py).
     assert "podSelector" not in json.dumps(spec["egress"])
     assert spec["ingress"] == [
         {
