@@ -282,6 +282,16 @@ def test_local_config_stays_on_loopback(tmp_path: Path) -> None:
     assert [t.endpoint for t in cfg.tools] == ["http://127.0.0.1:8900/tools/web", "http://127.0.0.1:9/calc"]
     assert cfg.audit.stdout is False and cfg.audit.file == str(tmp_path / "audit.jsonl")
     assert cfg.api_key_file == str(tmp_path / "k")
+    assert cfg.peer is None
+    auth = {"issuer": "https://kubernetes.default.svc", "jwks": '{"keys": []}', "audience": "agentfleet.dev/agent/ns/a"}
+    peer = {"host": "0.0.0.0", "port": 9443, "agentUrl": "http://127.0.0.1:8000", "auth": auth}
+    called = local_config(
+        {**base, "peer": peer},
+        llm_url="http://127.0.0.1:8900/v1",
+        api_key_file=tmp_path / "k",
+        audit_file=tmp_path / "a",
+    )
+    assert called.peer is not None and (called.peer.host, called.peer.port) == ("127.0.0.1", 0)
     loopback = {**base, "model": {"name": "m", "endpoint": "http://localhost:1234/v1"}}
     kept = local_config(
         loopback, llm_url="http://127.0.0.1:8900/v1", api_key_file=tmp_path / "k", audit_file=tmp_path / "a"

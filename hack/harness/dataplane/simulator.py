@@ -148,8 +148,8 @@ def is_loopback_url(url: str) -> bool:
 def local_config(data: Mapping[str, Any], *, llm_url: str | None, api_key_file: Path, audit_file: Path) -> GuardConfig:
     """The pod's guard config, rewritten to run on this machine.
 
-    Loopback listener; the model endpoint kept when it is on loopback, otherwise replaced by
-    ``llm_url`` (ValueError without one: the simulator never talks to anything off this
+    Loopback listeners (the peer listener on a free port); the model endpoint kept when it is on
+    loopback, otherwise replaced by ``llm_url`` (ValueError without one: the simulator never talks to anything off this
     machine); tool endpoints likewise (pointed at the fake's ``/tools/NAME``, or dropped); a
     dummy key file (the fake LLM can target one agent by key ``sim-<namespace>-<agent>``); the
     audit trail in a small rotated file instead of stdout.
@@ -177,6 +177,8 @@ def local_config(data: Mapping[str, Any], *, llm_url: str | None, api_key_file: 
             "model": cfg.model.model_copy(update={"endpoint": endpoint}),
             "tools": tools,
             "listen_host": "127.0.0.1",
+            # The peer listener (calls between agents) on loopback and a free port: many guards share this machine.
+            "peer": cfg.peer.model_copy(update={"host": "127.0.0.1", "port": 0}) if cfg.peer is not None else None,
             "api_key_file": str(api_key_file),
             "audit": AuditSink(stdout=False, file=str(audit_file), max_bytes=4 * 1024 * 1024, backups=1),
         }
