@@ -47,6 +47,13 @@ async def fetch_page(url: str) -> str:
 
 
 @server.tool()
+async def read_file(path: str) -> str:
+    """Read a file (the guard holds it under a path prefix)."""
+    _called("read_file", path=path)
+    return f"contents of {path}"
+
+
+@server.tool()
 async def delete_everything() -> str:
     """A tool the agent may not see."""
     _called("delete_everything")

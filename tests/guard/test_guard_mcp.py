@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 TOKEN = "mcp-server-credential-the-agent-never-sees"
 SERVER_CAP = 20
 """``maxCallsPerTask`` of the server: all its tools together, per task."""
-VISIBLE = {"search", "fetch_page", "slow", "broken"}
+VISIBLE = {"search", "fetch_page", "slow", "broken", "read_file"}
 
 
 @dataclass
@@ -97,6 +97,10 @@ def guard(mcp_server: McpServerProc, tmp_path_factory: pytest.TempPathFactory) -
                         "credentialsSecretRef": {"name": "kb-credential", "key": "token"},
                         "scheme": "Bearer",
                         "tools": sorted(VISIBLE),
+                        "argumentRules": [
+                            {"tool": "read_file", "argument": "path", "pathPrefixes": ["/srv/kb"]},
+                            {"tool": "fetch_page", "argument": "url", "hosts": ["example.com", "*.example.org"]},
+                        ],
                     },
                 }
             ),
@@ -181,6 +185,21 @@ async def test_a_disallowed_tool_is_refused_and_never_forwarded(guard: GuardProc
     assert [c["tool"] for c in (await server.received())["calls"]] == ["search"]
     refused = await audited(guard, lambda r: r.get("tool") == "mcp:kb/delete_everything")
     assert refused and refused[0]["decision"] == "refuse" and refused[0]["route"] == "mcp"
+
+
+async def test_argument_rules_refuse_paths_and_hosts_outside_them(guard: GuardProc, server: McpServerProc) -> None:
+    async with connect(f"{guard.url}/mcp/kb") as client:
+        assert not (await client.call_tool("read_file", {"path": "/srv/kb/faq.md"})).is_error
+        for tool, arguments in (
+            ("read_file", {"path": "/srv/kb/../../etc/passwd"}),
+            ("read_file", {"path": "/etc/passwd"}),
+            ("fetch_page", {"url": "https://example.com.evil.test/"}),
+            ("fetch_page", {"url": "file:///etc/passwd"}),
+        ):
+            with pytest.raises(MCPError) as caught:
+                await client.call_tool(tool, arguments)
+            assert refusal_code(caught.value) == (-32602, "tool_not_permitted"), arguments
+    assert (await server.received())["calls"] == [{"tool": "read_file", "arguments": {"path": "/srv/kb/faq.md"}}]
 
 
 async def test_a_server_the_agent_may_not_use_is_refused(guard: GuardProc, server: McpServerProc) -> None:
@@ -285,7 +304,7 @@ async def test_audit_chain_verifies_and_metrics_are_exported(guard: GuardProc, s
     async with connect(f"{guard.url}/mcp/kb") as client:
         await client.list_tools()
         await client.call_tool("search", {"query": "metrics"})
-        await client.call_tool("fetch_page", {"url": "https://example.org"})
+        await client.call_tool("fetch_page", {"url": "https://www.example.org"})
         with pytest.raises(MCPError):
             await client.call_tool("delete_everything", {})
     await audited(guard, lambda r: r.get("tool") == "mcp:kb/search")

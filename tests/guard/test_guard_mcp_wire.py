@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from agentfleet.api.types import McpArgumentRule
 from agentfleet.guard import mcp_wire as wire
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.loops import call_signature
@@ -108,3 +109,27 @@ def test_the_event_parser_keeps_ids_and_retry_for_resumption() -> None:
     (priming, message) = parser.feed(b"id: ev-1\nretry: 500\ndata:\n\nid: ev-2\ndata: {}\n\n")
     assert (priming.id, priming.retry, priming.data) == (b"ev-1", b"500", b"")
     assert (message.id, message.retry, message.data) == (b"ev-2", None, b"{}")
+
+
+def test_argument_rules_hold_paths_under_their_prefixes_and_urls_to_their_hosts() -> None:
+    assert wire.path_allowed("/data/a.txt", ["/data"])
+    assert wire.path_allowed("/data", ["/data/"])
+    assert not wire.path_allowed("/data/../etc/passwd", ["/data"])
+    assert not wire.path_allowed("/database/x", ["/data"])
+    assert not wire.path_allowed("data/x", ["/data"])
+    assert wire.host_allowed("https://example.com/x", ["example.com"])
+    assert wire.host_allowed("http://docs.example.org:8080/", ["*.example.org"])
+    assert not wire.host_allowed("https://example.org/", ["*.example.org"])
+    assert not wire.host_allowed("https://example.com.evil.test/", ["example.com"])
+    assert not wire.host_allowed("https://evil.test/?u=https://example.com", ["example.com"])
+    assert not wire.host_allowed("file:///etc/passwd", ["example.com"])
+    assert not wire.host_allowed("https://[::1", ["example.com"])
+    rules = [
+        McpArgumentRule.model_validate({"tool": "read_file", "argument": "path", "pathPrefixes": ["/srv/kb"]}),
+        McpArgumentRule.model_validate({"tool": "fetch", "argument": "url", "hosts": ["example.com"]}),
+    ]
+    assert wire.argument_violation(rules, "read_file", {"path": "/srv/kb/a.md"}) is None
+    assert wire.argument_violation(rules, "other", {"path": "/etc/passwd"}) is None
+    assert "not under /srv/kb" in str(wire.argument_violation(rules, "read_file", {"path": "/srv/kb/../../etc"}))
+    assert "must be a string" in str(wire.argument_violation(rules, "read_file", {}))
+    assert "not an http(s) URL" in str(wire.argument_violation(rules, "fetch", {"url": "https://evil.test"}))

@@ -38,7 +38,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from agentfleet.api.types import InjectionMode
+from agentfleet.api.types import InjectionMode, McpArgumentRule
 from agentfleet.guard import core
 from agentfleet.guard import mcp_wire as wire
 from agentfleet.guard.config import TASK_HEADER, TOOL_CALL_ID_HEADER, ConfigError
@@ -78,6 +78,7 @@ class Route:
     scheme: str | None
     tools: frozenset[str] | None
     credential_file: str | None
+    rules: tuple[McpArgumentRule, ...] = ()
 
 
 def routes_of(guard: Guard) -> dict[str, Route]:
@@ -92,7 +93,9 @@ def routes_of(guard: Guard) -> dict[str, Route]:
         if t.mcp.credentials_secret_ref is not None and cred is None:
             raise ConfigError(f"MCP server {t.name!r} has credentialsSecretRef but no file in mcpCredentialFiles")
         tools = frozenset(t.mcp.tools) if t.mcp.tools is not None else None
-        out[server] = Route(server, t.name, t.mcp.endpoint.rstrip("/"), t.mcp.header, t.mcp.scheme, tools, cred)
+        endpoint = t.mcp.endpoint.rstrip("/")
+        rules = tuple(t.mcp.argument_rules)
+        out[server] = Route(server, t.name, endpoint, t.mcp.header, t.mcp.scheme, tools, cred, rules)
     return out
 
 
@@ -199,6 +202,7 @@ class McpLog(ToolLog):
             arguments=g.audit.content(self.arguments),
             result=g.audit.content(self.result) if self.result else None,
         )
+        self.end_span(**{"gen_ai.tool.name": f"{self.route.tool}/{self.tool}"[:256], "mcp.method.name": "tools/call"})
 
 
 # ------------------------------------------------------------------------------ HTTP helpers
@@ -416,6 +420,10 @@ async def _tool_call(
         if not wire.visible(route.tools, tool):
             guard.metrics.tool_call(route.tool, "refused")
             raise guard.gate.not_permitted(f"{route.tool}/{tool}")
+        broken = wire.argument_violation(route.rules, tool, arguments)
+        if broken is not None:
+            guard.metrics.tool_call(route.tool, "refused")
+            raise GuardError(Code.TOOL_NOT_PERMITTED, f"tool {route.tool}/{tool}: {broken}", 403)
         key = wire.task_key(
             route.server, request.headers.get(TASK_HEADER), msg.meta, request.headers.get(SESSION_HEADER)
         )

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import posixpath
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+from agentfleet.api.types import McpArgumentRule
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.shapes import ToolCall
 
@@ -128,6 +131,45 @@ def core_call(server_tool: str, tool: str, arguments: Any, call_id: str | None) 
 def visible(tools: frozenset[str] | None, name: str) -> bool:
     """Whether the server's declaration (``mcp.tools``) lets the agent see tool ``name``."""
     return tools is None or name in tools
+
+
+def argument_violation(rules: Sequence[McpArgumentRule], tool: str, arguments: dict[str, Any]) -> str | None:
+    """What breaks the server's argument rules in a call of ``tool`` (None: nothing does)."""
+    for rule in rules:
+        if rule.tool != tool:
+            continue
+        value = arguments.get(rule.argument)
+        if not isinstance(value, str):
+            return f"argument {rule.argument!r} must be a string the guard can check"
+        if rule.path_prefixes is not None and not path_allowed(value, rule.path_prefixes):
+            return f"argument {rule.argument!r} is not under {', '.join(rule.path_prefixes)}"
+        if rule.hosts is not None and not host_allowed(value, rule.hosts):
+            return f"argument {rule.argument!r} is not an http(s) URL to {', '.join(rule.hosts)}"
+    return None
+
+
+def path_allowed(value: str, prefixes: Sequence[str]) -> bool:
+    """Whether absolute path ``value``, normalized (``..`` resolved), is a prefix or under one."""
+    if not value.startswith("/") or "\0" in value:
+        return False
+    path = posixpath.normpath(value)
+    for prefix in prefixes:
+        base = posixpath.normpath(prefix)
+        if path == base or path.startswith(base.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def host_allowed(value: str, hosts: Sequence[str]) -> bool:
+    """Whether ``value`` is an http(s) URL whose host is one of ``hosts`` ("*.x": any host under x)."""
+    try:
+        url = urlsplit(value.strip())
+        host = (url.hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    if url.scheme not in ("http", "https") or not host:
+        return False
+    return any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in hosts)
 
 
 def filter_tools(result: Any, keep: Callable[[str], bool]) -> list[str]:
