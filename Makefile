@@ -57,12 +57,8 @@ images: deps ## build the images (project, agent, fake LLM, pause) as one OCI ar
 test: deps build lint typecheck ## everything: lint, types, unit, integration and e2e tests (tests/e2e runs a real node)
 	.venv/bin/pytest -q
 
-crds: deps ## regenerate crds/, the chart's CRDs, the admission policy and docs/api.md
-	$(PY) -m agentfleet.gen.crds --write crds
-	$(PY) -m agentfleet.gen.admission --write
-	$(PY) -m agentfleet.gen.docs --write
-	cp crds/agentfleet.dev_*.yaml charts/agentfleet/crds/
-	cp crds/admission/agentpolicy-admission.yaml charts/agentfleet/files/
+crds: deps ## regenerate everything derived from the API types (crds/, the chart's copies, the admission policy, docs/api.md)
+	.venv/bin/agentfleet generate
 
 demo: deps build ## set everything up and run the main scenario
 	@hack/demo
