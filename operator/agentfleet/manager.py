@@ -32,6 +32,7 @@ from agentfleet.controller.policy_status import PolicyStatusWriter
 from agentfleet.controller.reconcile import Context, reconcile
 from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.loop import Evaluator, EvaluatorSettings
+from agentfleet.evaluator.notify import Notifier, alerting_of, destinations
 from agentfleet.evaluator.prom import Prometheus
 from agentfleet.health import HealthServer, stale
 from agentfleet.kube.client import Kube
@@ -283,9 +284,12 @@ def start_evaluator(
     prom = Prometheus(args.prometheus_url, query_timeout=args.query_timeout)
     audit = AuditLog(AuditSink(stdout=True, file=args.audit_file or None), {"component": "agentfleet-operator"})
     audit.start()
+    notifier = Notifier(  # the covering policies' spec.alerting, read when an action is sent
+        lambda ns: destinations(alerting_of(ns, policies_of(policy_index), labels_of(namespace_index, ns)))
+    )
     evaluator = Evaluator(
         prom,
-        Actor(memo.kube, carry_out, lambda: evaluator.memory, audit),
+        Actor(memo.kube, carry_out, lambda: evaluator.memory, audit, notifier),
         agents,
         EvaluatorSettings(interval=args.evaluation_interval, rate_window=args.rate_window),
         policies=lambda: policies_of(policy_index),  # their customQueries are what queryRef names

@@ -201,8 +201,6 @@ class SystemPrompt(Model):
 
 
 MCP_TOOL_PATTERN = r"^[a-zA-Z0-9_.-]{1,128}$"
-HOST_RULE_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-"""A hostname, or "*.suffix" for any host under it."""
 """A tool's name on an MCP server (the 2025-11-25 revision's recommended characters)."""
 MCP_RESERVED_HEADERS = (
     "host",
@@ -218,36 +216,6 @@ MCP_RESERVED_HEADERS = (
     "last-event-id",
 )
 """Headers the guard sets or relays itself; credentials may not be sent in one of them."""
-
-
-class McpArgumentRule(Model):
-    """A rule on one string argument of one tool of an MCP server: a file path under one of
-    ``pathPrefixes``, or a URL whose host is one of ``hosts``. A call whose argument is missing,
-    not a string, or outside the rule is refused before it reaches the server."""
-
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            ("has(self.pathPrefixes) != has(self.hosts)", "an argument rule needs exactly one of pathPrefixes or hosts")
-        )
-    )
-    tool: str = Field(pattern=MCP_TOOL_PATTERN, max_length=128)
-    """The server's tool (its MCP name)."""
-    argument: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$", max_length=64)
-    """A top-level argument of the call."""
-    path_prefixes: list[Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=256)]] | None = Field(
-        default=None, min_length=1, max_length=16
-    )
-    """Absolute paths: the argument, normalized (``..`` resolved), must be one of them or under one."""
-    hosts: list[Annotated[str, Field(pattern=HOST_RULE_PATTERN, max_length=253)]] | None = Field(
-        default=None, min_length=1, max_length=32
-    )
-    """Hosts (exact, or "*.example.com"): the argument must be an http(s) URL to one of them."""
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> McpArgumentRule:
-        if (self.path_prefixes is None) == (self.hosts is None):
-            raise ValueError("an argument rule needs exactly one of pathPrefixes or hosts")
-        return self
 
 
 class McpServer(Model):
@@ -277,8 +245,6 @@ class McpServer(Model):
         default=None, max_length=256
     )
     """Only these tools of the server are visible and callable; unset: all of them."""
-    argument_rules: list[McpArgumentRule] = Field(default=[], max_length=64)
-    """Rules on the arguments of the server's tools (every rule naming a tool must hold)."""
 
     @model_validator(mode="after")
     def _header(self) -> McpServer:
@@ -989,6 +955,30 @@ class LedgerPolicy(Model):
         )
 
 
+class AlertingPolicy(Model):
+    """Where the operator sends the guardrail actions it takes on covered agents (Alert, and
+    Suspend, Rollback, ScaleTo), besides the Kubernetes Event and the audit record
+    (docs/observability.md). Sent from the operator off the evaluation cycle, each with a 5 s
+    timeout and at most 3 attempts; every covering policy's destinations get them."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.alertmanagerUrl) || has(self.webhookUrl)", "alerting needs alertmanagerUrl or webhookUrl")
+        )
+    )
+    alertmanager_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=512)
+    """Alertmanager's base URL, e.g. ``http://alertmanager.monitoring:9093``: each action is POSTed
+    to its ``/api/v2/alerts`` as an alert named ``AgentfleetGuardrailAction``."""
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=512)
+    """A URL each action is POSTed to as one JSON object (docs/observability.md has its fields)."""
+
+    @model_validator(mode="after")
+    def _some_destination(self) -> AlertingPolicy:
+        if self.alertmanager_url is None and self.webhook_url is None:
+            raise ValueError("alerting needs alertmanagerUrl or webhookUrl")
+        return self
+
+
 class SpendQuota(Model):
     """Dollars all agents a policy covers may spend together per calendar period, enforced call
     by call by the shared ledger (keyed by the policy's name), like an agent's own budget."""
@@ -1045,6 +1035,8 @@ class AgentPolicySpec(Model):
     ledger: LedgerPolicy | None = None
     """What covered agents' guards do when the shared budget ledger is unreachable. Unset in every
     covering policy: FailClosed."""
+    alerting: AlertingPolicy | None = None
+    """Alertmanager or a webhook that receives the guardrail actions taken on covered agents."""
 
 
 class AgentPolicyStatus(Model):

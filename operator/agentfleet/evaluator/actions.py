@@ -23,6 +23,7 @@ from agentfleet.api.types import Action
 from agentfleet.audit import AuditLog
 from agentfleet.evaluator import metrics
 from agentfleet.evaluator.anchors import anchors_change, heads
+from agentfleet.evaluator.notify import Notification, Notifier
 from agentfleet.evaluator.outcome import Outcome, fmt_value, outcome
 from agentfleet.evaluator.rules import Act, AgentView, Memory, Samples, Verdict, make_act
 from agentfleet.kube.client import Kube, KubeError
@@ -43,12 +44,19 @@ manager hands the controller's reconcile in, so the evaluator never imports the 
 
 class Actor:
     def __init__(
-        self, kube: Kube, carry_out: CarryOut, memory: Callable[[], Memory], audit: AuditLog | None = None
+        self,
+        kube: Kube,
+        carry_out: CarryOut,
+        memory: Callable[[], Memory],
+        audit: AuditLog | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.kube = kube
         self.carry_out = carry_out
         self.memory = memory
         self.audit = audit
+        self.notifier = notifier
+        """Sends each action to the covering AgentPolicies' alerting destinations (off the cycle)."""
 
     async def apply(self, agent: AgentView, v: Verdict) -> None:
         if v.act is None and not v.resume_budget:
@@ -113,6 +121,21 @@ class Actor:
             action = act.action if act is v.act else Action.ALERT
             metrics.ACTIONS.labels(str(action)).inc()
             self.record(agent, action, act.rule, act.reason, act.message, act.value, act.threshold, act.revision)
+            if self.notifier is not None:
+                self.notifier.submit(
+                    Notification(
+                        agent.namespace,
+                        agent.name,
+                        action,
+                        act.rule,
+                        act.reason,
+                        act.message,
+                        fmt_value(act.value),
+                        act.threshold,
+                        act.revision,
+                        now,
+                    )
+                )
         metrics.DECISIONS.labels(str(v.act.action) if v.act else "status").inc()
         if out.acted and self.audit is not None and not await self.audit.flushed():
             log.warning("the audit trail is behind; %s is recorded on status first", agent.key)

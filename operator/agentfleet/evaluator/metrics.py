@@ -31,6 +31,16 @@ ACTIONS = Counter(
 )
 for _action in Action:  # from 0, so the alerts' increase() sees a fleet's first suspension
     ACTIONS.labels(str(_action))
+NOTIFICATIONS = Counter(
+    "agentfleet_operator_notifications_total",
+    "Guardrail actions sent to AgentPolicy alerting destinations, by sink (alertmanager, webhook) and "
+    "outcome (sent, failed after its attempts, dropped because the queue was full or the URL invalid).",
+    ["sink", "outcome"],
+    registry=REGISTRY,
+)
+for _sink in ("alertmanager", "webhook"):
+    for _outcome in ("sent", "failed", "dropped"):
+        NOTIFICATIONS.labels(_sink, _outcome)
 INTERVAL = Gauge(
     "agentfleet_operator_evaluation_interval_seconds",
     "The evaluation interval this operator runs with (0 while it does not evaluate: a standby, or no Prometheus).",
