@@ -201,6 +201,8 @@ class SystemPrompt(Model):
 
 
 MCP_TOOL_PATTERN = r"^[a-zA-Z0-9_.-]{1,128}$"
+HOST_RULE_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A hostname, or "*.suffix" for any host under it."""
 """A tool's name on an MCP server (the 2025-11-25 revision's recommended characters)."""
 MCP_RESERVED_HEADERS = (
     "host",
@@ -216,6 +218,36 @@ MCP_RESERVED_HEADERS = (
     "last-event-id",
 )
 """Headers the guard sets or relays itself; credentials may not be sent in one of them."""
+
+
+class McpArgumentRule(Model):
+    """A rule on one string argument of one tool of an MCP server: a file path under one of
+    ``pathPrefixes``, or a URL whose host is one of ``hosts``. A call whose argument is missing,
+    not a string, or outside the rule is refused before it reaches the server."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.pathPrefixes) != has(self.hosts)", "an argument rule needs exactly one of pathPrefixes or hosts")
+        )
+    )
+    tool: str = Field(pattern=MCP_TOOL_PATTERN, max_length=128)
+    """The server's tool (its MCP name)."""
+    argument: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$", max_length=64)
+    """A top-level argument of the call."""
+    path_prefixes: list[Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=256)]] | None = Field(
+        default=None, min_length=1, max_length=16
+    )
+    """Absolute paths: the argument, normalized (``..`` resolved), must be one of them or under one."""
+    hosts: list[Annotated[str, Field(pattern=HOST_RULE_PATTERN, max_length=253)]] | None = Field(
+        default=None, min_length=1, max_length=32
+    )
+    """Hosts (exact, or "*.example.com"): the argument must be an http(s) URL to one of them."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> McpArgumentRule:
+        if (self.path_prefixes is None) == (self.hosts is None):
+            raise ValueError("an argument rule needs exactly one of pathPrefixes or hosts")
+        return self
 
 
 class McpServer(Model):
@@ -245,6 +277,8 @@ class McpServer(Model):
         default=None, max_length=256
     )
     """Only these tools of the server are visible and callable; unset: all of them."""
+    argument_rules: list[McpArgumentRule] = Field(default=[], max_length=64)
+    """Rules on the arguments of the server's tools (every rule naming a tool must hold)."""
 
     @model_validator(mode="after")
     def _header(self) -> McpServer:
