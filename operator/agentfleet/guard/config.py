@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -123,6 +124,10 @@ class Limits:
     loop_threshold: int
     tools: Mapping[str, ToolInfo] = field(default_factory=dict)
     allowed: frozenset[str] = frozenset()
+    task_tokens: int | None = None
+    """Tokens one task may use (budgets.perTask.tokens)."""
+    task_nanos: int | None = None
+    """Nano-dollars one task may use (budgets.perTask.dollars)."""
 
     @classmethod
     def from_config(cls, cfg: GuardConfig) -> Limits:
@@ -148,6 +153,10 @@ class Limits:
             loop_threshold=cfg.guard.loop_threshold,
             tools=tools,
             allowed=allowed,
+            task_tokens=b.per_task.tokens if b.per_task is not None else None,
+            task_nanos=math.ceil(Decimal(b.per_task.dollars) * 10**9)
+            if b.per_task is not None and b.per_task.dollars is not None
+            else None,
         )
 
     def cost(self, tokens_in: int, tokens_out: int, cached_in: int = 0, reasoning_out: int = 0) -> Decimal:

@@ -28,7 +28,7 @@ from agentfleet.api.types import InjectionMode
 from agentfleet.guard.config import TASK_HEADER, ToolInfo
 from agentfleet.guard.errors import Code, GuardError, invalid
 from agentfleet.guard.injection import CLASSIFIER, CLASSIFIER_UNAVAILABLE, Verdict, scan, signals, steps, verdict
-from agentfleet.guard.ledger import Charge, Hold
+from agentfleet.guard.ledger import Charge, Hold, task_exhausted
 from agentfleet.guard.loops import error_signature, tool_error_text
 from agentfleet.guard.shapes import ToolCall, ToolResult, Turn, Usage
 from agentfleet.guard.state import Guard
@@ -71,6 +71,7 @@ class CallLog:
     )
 
     def __init__(self, guard: Guard, kind: str, protocol: str | None = None) -> None:
+        "task_charge",
         self.guard = guard
         self.kind = kind
         self.protocol = protocol
@@ -86,6 +87,8 @@ class CallLog:
         self.tout = 0
         self.outcome = "error"
         self.reason: str | None = None
+        self.task_charge: Charge | None = None
+        """What this call holds of its task's budgets.perTask until it settles."""
         self.detail: str | None = None
         self.status = 0
         self.attempts = 0
@@ -101,7 +104,12 @@ class CallLog:
         shared ledger cannot decide). The request id makes the shared ledger's settle idempotent."""
         g = self.guard
         charge = Charge.of(tokens_in + tokens_out, g.limits.worst_cost(tokens_in, tokens_out))
-        self.res = await g.ledger.reserve(uuid.uuid4().hex, charge)
+        self._hold_task(charge)
+        try:
+            self.res = await g.ledger.reserve(uuid.uuid4().hex, charge)
+        except BaseException:
+            self._settle_task(Charge(0, 0))
+            raise
         g.note_levels(self.res)
 
     def begin(self, task: Task) -> None:
@@ -126,6 +134,29 @@ class CallLog:
         self.reason, self.status, self.detail = err.code.value, err.status, err.message
         if err.budget is not None:
             self.guard.metrics.budget[err.budget].inc()
+    def _hold_task(self, charge: Charge) -> None:
+        """Reserve ``charge`` against budgets.perTask before the ledger (429 task_tokens/task_cost)."""
+        lim, task = self.guard.limits, self.task
+        if task is None or (lim.task_tokens is None and lim.task_nanos is None):
+            return
+        over = task.over_spend(charge.tokens, charge.nanos, lim.task_tokens, lim.task_nanos)
+        if over is not None:
+            tokens = over == "tokens"
+            raise task_exhausted(
+                describe(task),
+                over,
+                task.used_tokens if tokens else task.used_nanos,
+                task.held_tokens if tokens else task.held_nanos,
+                charge.tokens if tokens else charge.nanos,
+                (lim.task_tokens if tokens else lim.task_nanos) or 0,
+            )
+        self.task_charge = charge
+
+    def _settle_task(self, used: Charge) -> None:
+        if self.task is not None and self.task_charge is not None:
+            held, self.task_charge = self.task_charge, None
+            self.task.settle_spend(held.tokens, held.nanos, used.tokens, used.nanos)
+
 
     def passthrough(self, status: int) -> None:
         """A non-retryable upstream error handed to the agent as is."""
@@ -159,6 +190,7 @@ class CallLog:
             reason=self.reason,
             detail=self.detail,
             status=self.status,
+            self._settle_task(Charge.of(self.tin + self.tout, cost))
             stream=self.stream or None,
             attempts=self.attempts or None,
             tokens_in=self.tin,

@@ -312,3 +312,27 @@ def agent_budgets(cfg: GuardConfig) -> tuple[Budget, ...]:
 def budget_labels(budgets: tuple[Budget, ...]) -> list[str]:
     """The ``budget`` label values these budgets can refuse with (bounded by the config)."""
     return sorted({b.name for b in budgets})
+
+
+# ------------------------------------------------------------------------------ per task
+
+TASK_BUDGETS = {"tokens": "task_tokens", "dollars": "task_cost"}
+"""The ``budget`` label of a refusal by budgets.perTask, by unit."""
+
+
+def task_exhausted(who: str, unit: str, used: int, held: int, amount: int, limit: int) -> GuardError:
+    """A task's reservation would pass budgets.perTask: waiting does not help (the task's
+    calls in flight can only free what they reserved beyond their use), so no retry is
+    suggested; a new task starts from zero."""
+
+    def show(n: int) -> str:
+        return f"{n} tokens" if unit == "tokens" else f"${from_nanos(n):.6f}"
+
+    what = "token" if unit == "tokens" else "cost"
+    return GuardError(
+        Code.BUDGET_EXHAUSTED,
+        f"{who} would pass its {what} budget of {show(limit)} per task: {show(used)} used and {show(held)} "
+        f"reserved by its calls in flight; this request needs up to {show(amount)}",
+        429,
+        budget=TASK_BUDGETS[unit],
+    )

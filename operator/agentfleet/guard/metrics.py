@@ -30,6 +30,8 @@ BUDGETS = (
     "concurrency",
     "tool_calls_per_tool",
     "ledger_unavailable",
+    "task_tokens",
+    "task_cost",
 )
 UPSTREAM_REASONS = (
     "connect",

@@ -70,6 +70,31 @@ class Task:
     """Tool call ids the guard let through to the agent (counted already)."""
     result_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """Tool result ids already inspected (so a retried request is not counted twice)."""
+    used_tokens: int = 0
+    """Tokens its settled LLM calls used (budgets.perTask)."""
+    used_nanos: int = 0
+    held_tokens: int = 0
+    """Tokens reserved by its LLM calls in flight."""
+    held_nanos: int = 0
+
+    def over_spend(self, tokens: int, nanos: int, cap_tokens: int | None, cap_nanos: int | None) -> str | None:
+        """Which per-task budget a reservation of ``tokens``/``nanos`` would pass ("tokens" or
+        "dollars"), else None and the reservation is held. No await: atomic on the event loop,
+        so concurrent calls of one task cannot all pass the cap."""
+        if cap_tokens is not None and self.used_tokens + self.held_tokens + tokens > cap_tokens:
+            return "tokens"
+        if cap_nanos is not None and self.used_nanos + self.held_nanos + nanos > cap_nanos:
+            return "dollars"
+        self.held_tokens += tokens
+        self.held_nanos += nanos
+        return None
+
+    def settle_spend(self, held_tokens: int, held_nanos: int, used_tokens: int, used_nanos: int) -> None:
+        """Replace a reservation by what the call used (0, 0 when it was refused after all)."""
+        self.held_tokens -= held_tokens
+        self.held_nanos -= held_nanos
+        self.used_tokens += used_tokens
+        self.used_nanos += used_nanos
 
     def count_call(self, tool: str, arguments: Any) -> int:
         """Record an allowed tool call; returns how often this exact call has now been seen."""
