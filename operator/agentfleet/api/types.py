@@ -445,6 +445,26 @@ class BudgetWindow(Model):
         return self
 
 
+class TaskBudget(Model):
+    """Tokens and/or dollars one task may use (the X-Agentfleet-Task header names a task; without
+    it, one request's conversation). Every LLM call of the task reserves its worst case against
+    it like the agent's budgets, so concurrent calls of one task cannot pass it together."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("has(self.tokens) || has(self.dollars)", "budgets.perTask needs tokens or dollars"))
+    )
+    tokens: int | None = Field(default=None, ge=1, le=10**12)
+    """Tokens (input + output) per task."""
+    dollars: Money | None = None
+    """Dollars per task."""
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> TaskBudget:
+        if self.tokens is None and self.dollars is None:
+            raise ValueError("budgets.perTask needs tokens or dollars")
+        return self
+
+
 class Budgets(Model):
     """Limits the guard enforces at run time. Unset means unlimited (within AgentPolicy ceilings)."""
 
@@ -461,6 +481,8 @@ class Budgets(Model):
     soft_limit_percent: int | None = Field(default=None, ge=1, le=99)
     """When a call takes any budget past this share of its limit the guard signals it
     (agentfleet_budget_soft_limit_reached, an audit record) before the hard stop."""
+    per_task: TaskBudget | None = None
+    """Tokens and/or dollars one task may use (counted by the replica's guard serving it)."""
     max_tool_calls_per_task: int = Field(default=100, ge=1, le=100000)
     """Tool calls allowed in one task."""
     max_iterations_per_task: int = Field(default=50, ge=1, le=100000)
@@ -544,26 +566,6 @@ class Action(StrEnum):
     SCALE_TO = "ScaleTo"
     ALERT = "Alert"
 
-class TaskBudget(Model):
-    """Tokens and/or dollars one task may use (the X-Agentfleet-Task header names a task; without
-    it, one request's conversation). Every LLM call of the task reserves its worst case against
-    it like the agent's budgets, so concurrent calls of one task cannot pass it together."""
-
-    model_config = ConfigDict(
-        json_schema_extra=_cel(("has(self.tokens) || has(self.dollars)", "budgets.perTask needs tokens or dollars"))
-    )
-    tokens: int | None = Field(default=None, ge=1, le=10**12)
-    """Tokens (input + output) per task."""
-    dollars: Money | None = None
-    """Dollars per task."""
-
-    @model_validator(mode="after")
-    def _some_limit(self) -> TaskBudget:
-        if self.tokens is None and self.dollars is None:
-            raise ValueError("budgets.perTask needs tokens or dollars")
-        return self
-
-
 
 class Comparison(StrEnum):
     """How the observed value is compared with the threshold; true means breached."""
@@ -580,8 +582,6 @@ class GuardrailRule(Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
-    per_task: TaskBudget | None = None
-    """Tokens and/or dollars one task may use (counted by the replica's guard serving it)."""
                 "self.action != 'ScaleTo' || has(self.scaleTo)",
                 "action ScaleTo needs scaleTo (a replica count)",
             ),
