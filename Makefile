@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY    := .venv/bin/python
 export PATH := $(HOME)/.cache/agentfleet/bin/kubernetes-$(shell sed -n 's/^KUBERNETES_VERSION=//p' hack/versions.env):$(HOME)/.cache/agentfleet/bin/helm-$(shell sed -n 's/^HELM_VERSION=//p' hack/versions.env):$(PATH)
 
-.PHONY: format help deps build cluster-up cluster-down cluster-status lint typecheck unit integration e2e chaos security images test demo bench crds generate docs clean
+.PHONY: format help deps build cluster-up cluster-down cluster-status lint typecheck unit integration e2e chaos security images test demo demo-down bench crds generate docs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -60,8 +60,11 @@ test: deps build lint typecheck ## everything: lint, types, unit, integration an
 crds: deps ## regenerate everything derived from the API types (crds/, the chart's copies, the admission policy, docs/api.md)
 	.venv/bin/agentfleet generate
 
-demo: deps build ## set everything up and run the main scenario
+demo: deps build ## the story in real pods on a real node (hack/cluster up --real-node); leaves it up to explore
 	@hack/demo
+
+demo-down: ## take the demo down: pods, node, control plane, network namespace, state
+	@hack/demo down
 
 bench: deps build ## benchmarks (not part of make test)
 	$(PY) -m hack.bench

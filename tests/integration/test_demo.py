@@ -1,4 +1,5 @@
-"""`make demo` tells its whole story on a private control plane (its own ports and state)."""
+"""`make demo` tells its whole story in real pods on a real node of its own (its own ports, state
+and network namespace: ``hack/cluster up --real-node``), and ``hack/demo down`` takes it all down."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from hack.harness.kube import HACK, Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 def test_demo_runs_its_story_end_to_end(tmp_path: Path) -> None:
