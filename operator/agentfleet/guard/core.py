@@ -65,13 +65,13 @@ class CallLog:
         "stream",
         "t0",
         "task",
+        "task_charge",
         "tin",
         "tout",
         "upstream",
     )
 
     def __init__(self, guard: Guard, kind: str, protocol: str | None = None) -> None:
-        "task_charge",
         self.guard = guard
         self.kind = kind
         self.protocol = protocol
@@ -81,14 +81,14 @@ class CallLog:
         self.t0 = time.perf_counter()
         self.task: Task | None = None
         self.res: Hold | None = None
+        self.task_charge: Charge | None = None
+        """What this call holds of its task's budgets.perTask until it settles."""
         self.tin = 0
         self.cached = 0
         self.reasoning = 0
         self.tout = 0
         self.outcome = "error"
         self.reason: str | None = None
-        self.task_charge: Charge | None = None
-        """What this call holds of its task's budgets.perTask until it settles."""
         self.detail: str | None = None
         self.status = 0
         self.attempts = 0
@@ -112,28 +112,6 @@ class CallLog:
             raise
         g.note_levels(self.res)
 
-    def begin(self, task: Task) -> None:
-        """Count the task as in flight until ``finish``."""
-        self.guard.tasks.begin(task)
-        self.began = True
-
-    def used(self, usage: Usage | None, prompt_estimate: int, out_chars: int) -> None:
-        """What the call used: the upstream's usage, else the prompt estimate and the output seen."""
-        if usage is not None:
-            self.tin, self.tout = usage.tokens_in, usage.tokens_out
-            self.cached, self.reasoning = usage.cached_in, usage.reasoning_out
-        else:
-            self.tin, self.tout = prompt_estimate, -(-out_chars // 3)
-
-    def ok(self) -> None:
-        self.outcome, self.status = "ok", 200
-
-    def fail(self, err: GuardError) -> None:
-        """Record a refusal or failure (counts the budget rejection if it was one)."""
-        self.outcome = "rejected" if err.is_rejection else "error"
-        self.reason, self.status, self.detail = err.code.value, err.status, err.message
-        if err.budget is not None:
-            self.guard.metrics.budget[err.budget].inc()
     def _hold_task(self, charge: Charge) -> None:
         """Reserve ``charge`` against budgets.perTask before the ledger (429 task_tokens/task_cost)."""
         lim, task = self.guard.limits, self.task
@@ -157,6 +135,28 @@ class CallLog:
             held, self.task_charge = self.task_charge, None
             self.task.settle_spend(held.tokens, held.nanos, used.tokens, used.nanos)
 
+    def begin(self, task: Task) -> None:
+        """Count the task as in flight until ``finish``."""
+        self.guard.tasks.begin(task)
+        self.began = True
+
+    def used(self, usage: Usage | None, prompt_estimate: int, out_chars: int) -> None:
+        """What the call used: the upstream's usage, else the prompt estimate and the output seen."""
+        if usage is not None:
+            self.tin, self.tout = usage.tokens_in, usage.tokens_out
+            self.cached, self.reasoning = usage.cached_in, usage.reasoning_out
+        else:
+            self.tin, self.tout = prompt_estimate, -(-out_chars // 3)
+
+    def ok(self) -> None:
+        self.outcome, self.status = "ok", 200
+
+    def fail(self, err: GuardError) -> None:
+        """Record a refusal or failure (counts the budget rejection if it was one)."""
+        self.outcome = "rejected" if err.is_rejection else "error"
+        self.reason, self.status, self.detail = err.code.value, err.status, err.message
+        if err.budget is not None:
+            self.guard.metrics.budget[err.budget].inc()
 
     def passthrough(self, status: int) -> None:
         """A non-retryable upstream error handed to the agent as is."""
@@ -168,6 +168,7 @@ class CallLog:
         if self.res is not None:
             cost = g.limits.cost(self.tin, self.tout, self.cached, self.reasoning)
             g.ledger.settle(self.res, Charge.of(self.tin + self.tout, cost))
+            self._settle_task(Charge.of(self.tin + self.tout, cost))
             if self.tin:
                 m.tok_in.inc(self.tin)
             if self.tout:
@@ -190,7 +191,6 @@ class CallLog:
             reason=self.reason,
             detail=self.detail,
             status=self.status,
-            self._settle_task(Charge.of(self.tin + self.tout, cost))
             stream=self.stream or None,
             attempts=self.attempts or None,
             tokens_in=self.tin,
