@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest_asyncio
 
 from agentfleet.audit import verify
 from tests.guard.scripted import ScriptedUpstream
-from tests.guard.support import AGENT_KEY, UPSTREAM_KEY, Harness, MakeGuard
+from tests.guard.support import AGENT_KEY, FAST, UPSTREAM_KEY, Harness, MakeGuard
 from tests.guard.wire_formats import a_message, a_stream, a_text, a_tool_use, a_usage
 
 USER: list[Any] = [{"role": "user", "content": "What is the status of ticket 42?"}]
@@ -329,7 +330,12 @@ async def test_the_budget_holds_under_500_concurrent_messages(
     make_guard: MakeGuard, scripted: ScriptedUpstream, clients: list[anthropic.AsyncAnthropic]
 ) -> None:
     slow_machine = {"per_call_deadline": "120s"}  # 500 connections at once on a loaded 2-core machine
-    h = await guard_for(make_guard, scripted, budgets={"tokens_per_hour": 20_000, "latency": slow_machine})
+    h = await guard_for(
+        make_guard,
+        scripted,
+        tuning=replace(FAST, connect_timeout=60),
+        budgets={"tokens_per_hour": 20_000, "latency": slow_machine},
+    )
     for _ in range(500):
         scripted.json(a_message([a_text("ok")], a_usage(300, 400, read=200)))
     c = client(h, clients, timeout=120)
@@ -369,3 +375,17 @@ async def test_the_audit_trail_of_messages_verifies(
     ]
     assert verify([h.audit_file]).ok
     assert h.metric("agentfleet_tool_calls_total", tool="search", outcome="allowed") == 1
+
+
+async def test_count_tokens_is_forwarded_with_the_real_key_and_spends_nothing(
+    make_guard: MakeGuard, scripted: ScriptedUpstream, clients: list[anthropic.AsyncAnthropic]
+) -> None:
+    h = await guard_for(make_guard, scripted, budgets={"max_iterations_per_task": 1})
+    scripted.json({"input_tokens": 42})
+    got = await client(h, clients).messages.count_tokens(model="claude-whatever", messages=USER, extra_headers=TASK)
+    assert got.input_tokens == 42
+    [sent] = [r for r in scripted.requests if r["path"] == "/v1/messages/count_tokens"]
+    assert sent["body"]["model"] == "gpt-test" and sent["headers"]["x-api-key"] == UPSTREAM_KEY
+    scripted.json(a_message([a_text("ok")]))
+    await client(h, clients).messages.create(model="x", max_tokens=10, messages=USER, extra_headers=TASK)
+    assert h.metric("agentfleet_requests_total", outcome="ok") == 1  # the count was no LLM call

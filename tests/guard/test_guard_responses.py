@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from agentfleet.audit import verify
 from tests.guard.scripted import ScriptedUpstream
-from tests.guard.support import Harness, MakeGuard, code_of
+from tests.guard.support import FAST, Harness, MakeGuard, code_of
 from tests.guard.wire_formats import ResponsesStream, function_call, message, response, usage
 
 SEARCH = {"type": "function", "name": "search", "parameters": {"type": "object", "properties": {}}}
@@ -366,7 +367,12 @@ async def test_the_budget_holds_under_500_concurrent_responses(
     """Every call reserves its worst case before the upstream: however many arrive at once,
     what is spent never passes the budget."""
     slow_machine = {"per_call_deadline": "120s"}  # 500 connections at once on a loaded 2-core machine
-    h = await guard_for(make_guard, scripted, budgets={"tokens_per_hour": 20_000, "latency": slow_machine})
+    h = await guard_for(
+        make_guard,
+        scripted,
+        tuning=replace(FAST, connect_timeout=60),
+        budgets={"tokens_per_hour": 20_000, "latency": slow_machine},
+    )
     for i in range(500):
         scripted.json(response([message("ok")], rid=f"resp_{i}", use=usage(500, 400)))
     client = h.client(timeout=120)

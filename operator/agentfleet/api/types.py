@@ -143,8 +143,10 @@ class ConfigMapKeyRef(Model):
 
 
 class Provider(StrEnum):
-    """Which kind of LLM API the model is served by. The guard speaks the OpenAI protocol to
-    the agent; the upstream must be OpenAI-compatible (all of these offer such an endpoint)."""
+    """Which kind of LLM API the model is served by. The guard serves the agent the OpenAI API
+    (chat completions, embeddings, Responses) and the Anthropic Messages API: ``anthropic``
+    answers Messages natively (the key in ``x-api-key``) and the OpenAI calls through Anthropic's
+    OpenAI-compatible endpoint; ``openai`` and ``azure-openai`` do not serve Messages."""
 
     OPENAI = "openai"
     AZURE_OPENAI = "azure-openai"

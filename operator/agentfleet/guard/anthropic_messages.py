@@ -57,7 +57,7 @@ async def messages(guard: Guard, request: web.Request) -> web.StreamResponse:
         call.finish()
 
 
-async def _messages(guard: Guard, request: web.Request, call: CallLog) -> web.StreamResponse:
+def _provider_speaks_messages(guard: Guard) -> None:
     if guard.cfg.model.provider in OPENAI_ONLY:
         raise GuardError(
             Code.INVALID_REQUEST,
@@ -65,6 +65,10 @@ async def _messages(guard: Guard, request: web.Request, call: CallLog) -> web.St
             "the Anthropic Messages API; use the OpenAI API (OPENAI_BASE_URL)",
             404,
         )
+
+
+async def _messages(guard: Guard, request: web.Request, call: CallLog) -> web.StreamResponse:
+    _provider_speaks_messages(guard)
     version = wire.header_value(request.headers.get("anthropic-version"), "anthropic-version")
     beta = wire.header_value(request.headers.get("anthropic-beta"), "anthropic-beta")
     raw, payload = await read_json(request)
@@ -113,3 +117,22 @@ async def _messages(guard: Guard, request: web.Request, call: CallLog) -> web.St
             raise refusal
     call.ok()
     return web.Response(body=reply.body, content_type="application/json")
+
+
+async def count_tokens(guard: Guard, request: web.Request) -> web.StreamResponse:
+    """``POST /v1/messages/count_tokens``: free at Anthropic and generates nothing, so it spends no
+    budget and counts no iteration; forwarded with the model pinned and the real key, within the
+    call deadline (agents ask it to size their context before a call)."""
+    try:
+        with guard.slot():
+            _provider_speaks_messages(guard)
+            version = wire.header_value(request.headers.get("anthropic-version"), "anthropic-version")
+            beta = wire.header_value(request.headers.get("anthropic-beta"), "anthropic-beta")
+            _, payload = await read_json(request)
+            payload["model"] = guard.model
+            headers = guard.upstream.messages_headers(version or wire.DEFAULT_VERSION, beta)
+            deadline = asyncio.get_running_loop().time() + guard.limits.call_deadline
+            reply = await guard.upstream.call("/messages/count_tokens", json.dumps(payload).encode(), deadline, headers)
+            return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+    except GuardError as err:
+        return error_response(err)

@@ -130,6 +130,7 @@ def api_application(guard: Guard) -> web.Application:
     for prefix in ("/v1", ""):
         app.router.add_post(f"{prefix}/responses", responses)
         app.router.add_post(f"{prefix}/messages", _route(guard, anthropic_messages.messages))
+        app.router.add_post(f"{prefix}/messages/count_tokens", _route(guard, anthropic_messages.count_tokens))
         app.router.add_post(f"{prefix}/chat/completions", chat)
         app.router.add_post(f"{prefix}/embeddings", emb)
         app.router.add_get(f"{prefix}/models", models)

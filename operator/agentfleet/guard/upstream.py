@@ -136,7 +136,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "connect", f"cannot connect: {exc.os_error or exc}"
     if isinstance(exc, aiohttp.ServerTimeoutError):
-        return "timeout", "read timeout"
+        return "timeout", "connect timeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "read timeout"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "truncated", "response body truncated"
     if isinstance(exc, SSEError):
@@ -295,6 +295,10 @@ class Upstream:
             try:
                 async with asyncio.timeout_at(deadline_at):
                     result = await attempt()
+            except aiohttp.ServerTimeoutError as exc:
+                # One attempt's connect or read timeout: aiohttp makes it a TimeoutError too, but it is a
+                # failed attempt to retry, not the call's deadline.
+                (reason, detail), retry_after = classify(exc), None
             except TimeoutError:
                 self.metrics.upstream["timeout"].inc()
                 self.breaker.failure("deadline exceeded")
