@@ -8,6 +8,8 @@ exercise the operator the same way:
 - ``processes``: the operator, the fake LLM and the data plane simulator as processes;
 - ``agents``: AgentDeployment manifests and waits on their status;
 - ``fake_llm``: a fault-injecting OpenAI-compatible server;
+- ``realnode``: a cluster whose pods really run (``hack/cluster up --real-node``, or kind), with
+  Prometheus, the chart and the fake LLM as pods (the e2e tier and ``hack/demo``);
 - ``dataplane``: real guard processes and scripted agents for KWOK pods (``python -m
   hack.harness.dataplane``).
 
