@@ -1,5 +1,6 @@
 """A real MCP server for the guard's MCP tests, built with the official SDK (``MCPServer``,
-streamable HTTP), run as its own process on loopback: ``python -m tests.guard.mcp_server TOKEN``.
+streamable HTTP; ``--json`` for JSON answers, ``--sse`` for the older HTTP+SSE transport at
+``/sse``), run as its own process on loopback: ``python -m tests.guard.mcp_server TOKEN``.
 
 It requires ``Authorization: Bearer TOKEN`` on every request (401 otherwise), so a test sees
 that the guard injected the credential. It records what reached it, served as JSON on
@@ -108,11 +109,12 @@ class RequireToken:
         await self.app(scope, receive, send)
 
 
-async def main(token: str, json_response: bool) -> None:
+async def main(token: str, json_response: bool, sse: bool) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    app = RequireToken(server.streamable_http_app(json_response=json_response), token)
+    inner = server.sse_app() if sse else server.streamable_http_app(json_response=json_response)
+    app = RequireToken(inner, token)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
     print(json.dumps({"event": "listening", "port": sock.getsockname()[1]}), flush=True)
@@ -120,4 +122,4 @@ async def main(token: str, json_response: bool) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], "--json" in sys.argv[2:]))
+    asyncio.run(main(sys.argv[1], "--json" in sys.argv[2:], "--sse" in sys.argv[2:]))

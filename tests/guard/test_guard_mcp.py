@@ -25,6 +25,8 @@ import pytest
 import pytest_asyncio
 import yaml
 from mcp import Client
+from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import RequestParamsMeta
@@ -78,7 +80,20 @@ def mcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServerPr
 
 
 @pytest.fixture(scope="module")
-def guard(mcp_server: McpServerProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardProc]:
+def sse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServerProc]:
+    tmp = tmp_path_factory.mktemp("mcp-sse-server")
+    proc, line = start(
+        [sys.executable, "-m", "tests.guard.mcp_server", TOKEN, "--sse"], '"event": "listening"', tmp / "server.log"
+    )
+    yield McpServerProc(f"http://127.0.0.1:{json.loads(line)['port']}", proc)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def guard(
+    mcp_server: McpServerProc, sse_server: McpServerProc, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GuardProc]:
     tmp = tmp_path_factory.mktemp("mcp-guard")
     credential = tmp / "kb-credential"
     credential.write_text(TOKEN + "\n")
@@ -105,9 +120,22 @@ def guard(mcp_server: McpServerProc, tmp_path_factory: pytest.TempPathFactory) -
                 }
             ),
             ToolSpec.model_validate({"name": "mcp:other", "mcp": {"endpoint": f"{mcp_server.url}/mcp"}}),
+            ToolSpec.model_validate(
+                {
+                    "name": "mcp:old",
+                    "maxCallsPerTask": SERVER_CAP,
+                    "mcp": {
+                        "endpoint": f"{sse_server.url}/sse",
+                        "transport": "SSE",
+                        "credentialsSecretRef": {"name": "kb-credential", "key": "token"},
+                        "scheme": "Bearer",
+                        "tools": sorted(VISIBLE),
+                    },
+                }
+            ),
         ],
-        allowed_tools=["mcp:kb"],
-        mcp_credential_files={"mcp:kb": str(credential)},
+        allowed_tools=["mcp:kb", "mcp:old"],
+        mcp_credential_files={"mcp:kb": str(credential), "mcp:old": str(credential)},
         budgets=Budgets(
             latency=LatencyBudget(per_call_deadline="10s"), max_tool_calls_per_task=1000, max_concurrent_tasks=1000
         ),
@@ -329,3 +357,27 @@ async def test_audit_chain_verifies_and_metrics_are_exported(guard: GuardProc, s
     assert value("agentfleet_injection_suspicions_total") >= 1
     code, output = await run(AGENTFLEET, "audit", "verify", str(guard.audit))
     assert code == 0, output
+
+
+async def test_the_older_http_sse_transport_is_judged_the_same_way(guard: GuardProc, sse_server: McpServerProc) -> None:
+    """2024-11-05 HTTP+SSE: answers arrive on the event stream, refusals too."""
+    await sse_server.reset()
+    async with sse_client(f"{guard.url}/mcp/old", timeout=10) as streams, ClientSession(*streams) as session:
+        await session.initialize()
+        assert {t.name for t in (await session.list_tools()).tools} == VISIBLE
+        assert not (await session.call_tool("search", {"query": "old transport"})).is_error
+        with pytest.raises(MCPError) as caught:
+            await session.call_tool("delete_everything", {})
+        assert refusal_code(caught.value) == (-32602, "tool_not_permitted")
+        page = await session.call_tool("fetch_page", {"url": "https://example.com"})
+        assert "Ignore all previous instructions" in page.content[0].text  # type: ignore[union-attr]
+        for _ in range(2):
+            await session.call_tool("search", {"query": "again"})
+        with pytest.raises(MCPError) as caught:
+            await session.call_tool("search", {"query": "again"})
+        assert refusal_code(caught.value) == (-32050, "loop_detected")
+    got = await sse_server.received()
+    assert [c["tool"] for c in got["calls"]] == ["search", "fetch_page", "search", "search"]
+    assert set(got["auth"]) == {f"Bearer {TOKEN}"}
+    flagged = await audited(guard, lambda r: r.get("kind") == "injection" and r.get("tool") == "mcp:old")
+    assert flagged

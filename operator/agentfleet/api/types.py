@@ -222,6 +222,15 @@ MCP_RESERVED_HEADERS = (
 """Headers the guard sets or relays itself; credentials may not be sent in one of them."""
 
 
+class McpTransport(StrEnum):
+    """How the guard talks to an MCP server (the agent talks to the guard the same way)."""
+
+    STREAMABLE_HTTP = "StreamableHTTP"
+    """Streamable HTTP (2025-03-26 and later): one endpoint, POST answered with JSON or SSE."""
+    SSE = "SSE"
+    """The older HTTP+SSE transport (2024-11-05): a GET event stream that names a POST endpoint."""
+
+
 class McpArgumentRule(Model):
     """A rule on one string argument of one tool of an MCP server: a file path under one of
     ``pathPrefixes``, or a URL whose host is one of ``hosts``. A call whose argument is missing,
@@ -267,7 +276,10 @@ class McpServer(Model):
         )
     )
     endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=512)
-    """URL of the server's MCP endpoint (e.g. ``https://mcp.example.com/mcp``)."""
+    """URL of the server's MCP endpoint (e.g. ``https://mcp.example.com/mcp``; with the SSE
+    transport, its event stream, e.g. ``https://mcp.example.com/sse``)."""
+    transport: McpTransport = McpTransport.STREAMABLE_HTTP
+    """Streamable HTTP, or the older HTTP+SSE transport."""
     credentials_secret_ref: SecretKeyRef | None = None
     """A Secret key holding the server's credential: mounted into the guard container only and
     sent on every request to the server; the agent never sees it."""

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from agentfleet.guard import anthropic_messages, mcp_proxy, openai_chat, openai_responses, peers, toolproxy
+from agentfleet.guard import anthropic_messages, mcp_proxy, mcp_sse, openai_chat, openai_responses, peers, toolproxy
 from agentfleet.guard.config import Listeners
 from agentfleet.guard.errors import Code, GuardError
 from agentfleet.guard.httpio import error_response
@@ -141,7 +141,8 @@ def api_application(guard: Guard) -> web.Application:
     app.router.add_get("/agents/{callee}/{tail:.*}", sub_agent, allow_head=False)
     peers.state_of(guard)
     app.router.add_post("/mcp/{server}", _route(guard, mcp_proxy.post))  # MCP servers (docs/guard.md)
-    app.router.add_get("/mcp/{server}", _route(guard, mcp_proxy.get), allow_head=False)
+    app.router.add_get("/mcp/{server}", _route(guard, mcp_sse.get), allow_head=False)
+    app.router.add_post("/mcp/{server}/messages", _route(guard, mcp_sse.message))  # HTTP+SSE servers
     app.router.add_delete("/mcp/{server}", _route(guard, mcp_proxy.delete))
     mcp_proxy.state_of(guard)
     _ops_routes(guard, app)

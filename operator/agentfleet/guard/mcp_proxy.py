@@ -29,7 +29,7 @@ import asyncio
 import json
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from agentfleet.api.types import InjectionMode, McpArgumentRule
+from agentfleet.api.types import InjectionMode, McpArgumentRule, McpTransport
 from agentfleet.guard import core
 from agentfleet.guard import mcp_wire as wire
 from agentfleet.guard.config import TASK_HEADER, TOOL_CALL_ID_HEADER, ConfigError
@@ -63,6 +63,7 @@ MAX_STREAMS = 64
 ACCEPT_BOTH = "application/json, text/event-stream"
 
 Transform = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+SseStream = Callable[[Guard, web.Request, "Route"], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class Route:
     tools: frozenset[str] | None
     credential_file: str | None
     rules: tuple[McpArgumentRule, ...] = ()
+    transport: McpTransport = McpTransport.STREAMABLE_HTTP
 
 
 def routes_of(guard: Guard) -> dict[str, Route]:
@@ -95,7 +97,7 @@ def routes_of(guard: Guard) -> dict[str, Route]:
         tools = frozenset(t.mcp.tools) if t.mcp.tools is not None else None
         endpoint = t.mcp.endpoint.rstrip("/")
         rules = tuple(t.mcp.argument_rules)
-        out[server] = Route(server, t.name, endpoint, t.mcp.header, t.mcp.scheme, tools, cred, rules)
+        out[server] = Route(server, t.name, endpoint, t.mcp.header, t.mcp.scheme, tools, cred, rules, t.mcp.transport)
     return out
 
 
@@ -213,7 +215,7 @@ def _rpc(body: dict[str, Any], status: int = 200, session: str | None = None) ->
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
 
 
-def _upstream_headers(request: web.Request, route: Route, credential: str | None) -> dict[str, str]:
+def upstream_headers(request: web.Request, route: Route, credential: str | None) -> dict[str, str]:
     """What the server sees: the transport's headers and the guard's credential, nothing else."""
     headers = {h: request.headers[h] for h in RELAYED_HEADERS if h in request.headers}
     params = [(k, v) for k, v in request.headers.items() if k.lower().startswith(PARAM_HEADER_PREFIX)]
@@ -291,7 +293,7 @@ async def _exchange(
     JSON-RPC response to ``msg_id`` (in a JSON body or in the event stream). ``within`` bounds the
     whole exchange (None: a long-lived stream, bounded by ``MAX_STREAMS`` instead)."""
     credential = await state.credential(route)
-    headers = _upstream_headers(request, route, credential)
+    headers = upstream_headers(request, route, credential)
     limit = guard.tuning.max_response_bytes
     out: web.StreamResponse | None = None
     try:
@@ -342,6 +344,10 @@ async def post(guard: Guard, request: web.Request) -> web.StreamResponse:
     try:
         with guard.slot():
             route = _route(guard, state, request)
+            if route.transport is McpTransport.SSE:
+                return _rpc(
+                    wire.error(None, wire.INVALID_REQUEST, "this MCP server speaks HTTP+SSE: GET its event stream"), 405
+                )
             raw = await read_body(request)
             try:
                 payload = json.loads(raw)
@@ -370,9 +376,9 @@ async def post(guard: Guard, request: web.Request) -> web.StreamResponse:
                 )
             transform: Transform | None = None
             if msg.method == "tools/list":
-                transform = _list_filter(guard, route)
+                transform = list_filter(guard, route)
             elif msg.method in ("initialize", "server/discover"):
-                transform = _capabilities_filter
+                transform = capabilities_filter
             stream = msg.method in wire.STREAM_METHODS
             if stream:
                 return await _stream(guard, state, route, request, raw, msg.id)
@@ -389,7 +395,7 @@ async def post(guard: Guard, request: web.Request) -> web.StreamResponse:
             state.count(server if server in state.routes else "_other", method, outcome)
 
 
-def _list_filter(guard: Guard, route: Route) -> Transform:
+def list_filter(guard: Guard, route: Route) -> Transform:
     async def transform(message: dict[str, Any]) -> dict[str, Any]:
         removed = wire.filter_tools(message.get("result"), lambda name: wire.visible(route.tools, name))
         if removed:
@@ -399,21 +405,19 @@ def _list_filter(guard: Guard, route: Route) -> Transform:
     return transform
 
 
-async def _capabilities_filter(message: dict[str, Any]) -> dict[str, Any]:
+async def capabilities_filter(message: dict[str, Any]) -> dict[str, Any]:
     wire.filter_capabilities(message.get("result"))
     return message
 
 
-async def _tool_call(
-    guard: Guard, state: McpState, route: Route, request: web.Request, raw: bytes, msg: wire.Message
-) -> web.StreamResponse:
-    """Judge one ``tools/call`` with the core, forward it, judge its result."""
-    try:
-        tool, arguments = wire.called_tool(msg)
-    except wire.WireError as exc:
-        state.count(route.server, "tools/call", "rejected")
-        return _rpc(wire.error(msg.id, exc.code, exc.message))
-    call_id = wire.call_id_of(request.headers.get(TOOL_CALL_ID_HEADER), msg.meta)
+def open_call(
+    guard: Guard, state: McpState, route: Route, headers: Mapping[str, str], msg: wire.Message
+) -> tuple[McpLog, Task]:
+    """Every check before a ``tools/call`` may be forwarded (``WireError`` for a malformed call,
+    ``GuardError`` for a refusal, already counted and audited). Afterwards the task is in flight
+    until the returned log's ``finish``."""
+    tool, arguments = wire.called_tool(msg)
+    call_id = wire.call_id_of(headers.get(TOOL_CALL_ID_HEADER), msg.meta)
     call = McpLog(guard, state, route, tool, call_id)
     call.arguments = json.dumps(arguments).encode()
     try:
@@ -424,11 +428,37 @@ async def _tool_call(
         if broken is not None:
             guard.metrics.tool_call(route.tool, "refused")
             raise GuardError(Code.TOOL_NOT_PERMITTED, f"tool {route.tool}/{tool}: {broken}", 403)
-        key = wire.task_key(
-            route.server, request.headers.get(TASK_HEADER), msg.meta, request.headers.get(SESSION_HEADER)
-        )
+        key = wire.task_key(route.server, headers.get(TASK_HEADER), msg.meta, headers.get(SESSION_HEADER))
         judged = wire.core_call(route.tool, tool, arguments, call_id)
         task = core.open_tool_call(guard, call, key, call.arguments.decode(), call=judged)
+    except GuardError as err:
+        call.fail(err)
+        call.finish()
+        raise
+    return call, task
+
+
+def failed_call(guard: Guard, route: Route, call: McpLog, err: GuardError) -> GuardError:
+    """Record a call that failed after it was let through (an unreachable server counts as a
+    tool error, towards a repeated-error loop); returns the refusal to answer with."""
+    if err.code is Code.TOOL_UNAVAILABLE and call.task is not None:
+        err = core.tool_failure(guard, call.task, route.tool, err.message, "unavailable")
+    call.fail(err)
+    return err
+
+
+async def _tool_call(
+    guard: Guard, state: McpState, route: Route, request: web.Request, raw: bytes, msg: wire.Message
+) -> web.StreamResponse:
+    """Judge one ``tools/call`` with the core, forward it, judge its result."""
+    try:
+        call, task = open_call(guard, state, route, request.headers, msg)
+    except wire.WireError as exc:
+        state.count(route.server, "tools/call", "rejected")
+        return _rpc(wire.error(msg.id, exc.code, exc.message))
+    except GuardError as err:
+        return _rpc(wire.refusal(msg.id, err))
+    try:
         resp = await _exchange(
             guard,
             state,
@@ -436,7 +466,7 @@ async def _tool_call(
             request,
             raw,
             msg_id=msg.id,
-            transform=_result_judge(guard, route, task, call),
+            transform=result_judge(guard, route, task, call),
             within=guard.limits.call_deadline,
         )
         if call.reason is None:
@@ -447,15 +477,12 @@ async def _tool_call(
             call.outcome = "error"
         return resp
     except GuardError as err:
-        if err.code is Code.TOOL_UNAVAILABLE and call.task is not None:
-            err = core.tool_failure(guard, call.task, route.tool, err.message, "unavailable")
-        call.fail(err)
-        return _rpc(wire.refusal(msg.id, err))
+        return _rpc(wire.refusal(msg.id, failed_call(guard, route, call, err)))
     finally:
         call.finish()
 
 
-def _result_judge(guard: Guard, route: Route, task: Task, call: McpLog) -> Transform:
+def result_judge(guard: Guard, route: Route, task: Task, call: McpLog) -> Transform:
     """Judge the server's answer before the agent reads it: a failure counts as a tool error (a
     repeated one ends the task), the text is scanned for injection (``Block``: refused)."""
 
@@ -497,13 +524,17 @@ async def _stream(
         state.streams -= 1
 
 
-async def get(guard: Guard, request: web.Request) -> web.StreamResponse:
-    """``GET /mcp/<server>``: the server's event stream for the session (or its 405)."""
+async def get(guard: Guard, request: web.Request, sse: SseStream) -> web.StreamResponse:
+    """``GET /mcp/<server>``: the server's event stream for the session (or its 405); of an
+    HTTP+SSE server, ``sse`` relays it."""
     state = state_of(guard)
     outcome = "error"
     try:
         route = _route(guard, state, request)
-        resp = await _stream(guard, state, route, request, b"", None)
+        if route.transport is McpTransport.SSE:
+            resp = await sse(guard, request, route)
+        else:
+            resp = await _stream(guard, state, route, request, b"", None)
         outcome = "ok" if resp.status < 400 else "error"
         return resp
     except GuardError as err:
