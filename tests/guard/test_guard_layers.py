@@ -48,12 +48,20 @@ LAYERS = {
         "anthropic_stream",
         "anthropic_messages",
         "peers",
+        "mcp_wire",
+        "mcp_proxy",
+        "mcp_sse",
     },
     "server": {"app"},
     "cli": {"cli", "__init__"},
 }
 ORDER = list(LAYERS)
-NO_AIOHTTP = LAYERS["checks"] | LAYERS["core"] | LAYERS["state"] | {"openai_wire", "responses_wire", "anthropic_wire"}
+NO_AIOHTTP = (
+    LAYERS["checks"]
+    | LAYERS["core"]
+    | LAYERS["state"]
+    | {"openai_wire", "responses_wire", "anthropic_wire", "mcp_wire"}
+)
 
 
 def layer_of(module: str) -> str:
