@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import ConfigDict, Field
 
 from agentfleet.api.types import (
+    ApprovalMode,
     Budgets,
     DnsName,
     Duration,
@@ -17,6 +18,7 @@ from agentfleet.api.types import (
     Model,
     ModelSpec,
     Pricing,
+    RequiredApproval,
     SpendQuota,
     ToolSpec,
 )
@@ -146,6 +148,34 @@ class SubAgents(Model):
     """Longest a sub-agent call may take, response included."""
 
 
+class ApprovalRule(RequiredApproval):
+    """One tool whose calls wait for a decision (from the tool's ``approval`` and the covering
+    AgentPolicies' ``requiredApprovals``, merged by the operator)."""
+
+    mode: ApprovalMode = ApprovalMode.HOLD
+    """Hold the request, or refuse it at once naming the approval."""
+
+
+class ApprovalsConfig(Model):
+    """How the guard asks for decisions: AgentApprovals in the agent's namespace, created and
+    watched with the agent's ServiceAccount token (mounted in the guard container only)."""
+
+    api_url: str = Field(default="https://kubernetes.default.svc", pattern=r"^https?://[^\s]+$", max_length=512)
+    """The Kubernetes API server."""
+    ca_file: str | None = Field(default="/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", max_length=4096)
+    """CA bundle of the API server (unset: the system's)."""
+    token_file: str = Field(default="/var/run/secrets/agentfleet.dev/approvals/token", max_length=4096)
+    """The projected ServiceAccount token (re-read on every request: it rotates)."""
+    owner_uid: str | None = Field(default=None, max_length=64)
+    """UID of the AgentDeployment, so approvals are garbage-collected with it."""
+    rules: list[ApprovalRule] = Field(default=[], max_length=256)
+    """Policy-required approvals (the tools' own ``approval`` blocks apply too)."""
+    max_held: int = Field(default=64, ge=1, le=1024)
+    """Calls held at once; more are refused (503 overloaded)."""
+    request_timeout: Duration = "10s"
+    """Longest wait for one API request (a watch is re-opened within the deadline)."""
+
+
 class GuardConfig(Model):
     """Everything one guard process needs to enforce one agent revision."""
 
@@ -200,3 +230,6 @@ class GuardConfig(Model):
     """Agents this agent may call through ``/agents/NAME/...`` on the API listener, and limits."""
     peer: PeerListener | None = None
     """The peer listener for calls from other agents; unset: this agent cannot be called."""
+    approvals: ApprovalsConfig | None = None
+    """Where held calls ask for decisions; unset: a tool needing approval is refused (there is
+    nobody to ask), never run."""

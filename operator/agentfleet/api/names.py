@@ -22,6 +22,11 @@ AGENT_SHORT = "agd"
 POLICY_KIND = "AgentPolicy"
 POLICY_PLURAL = "agentpolicies"
 POLICY_SHORT = "agp"
+APPROVAL_KIND = "AgentApproval"
+APPROVAL_PLURAL = "agentapprovals"
+APPROVAL_SHORT = "agapr"
+APPROVER_CLUSTER_ROLE = "agentfleet-approver"
+"""The chart's ClusterRole to bind (RoleBinding per namespace) to the people who may decide."""
 
 # Labels on everything the operator creates.
 MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -303,6 +303,89 @@ class McpServer(Model):
         return self
 
 
+class ApprovalCondition(Model):
+    """A condition on one argument of a tool call (no CEL: the guard evaluates it). An argument
+    that is missing, or not a number where a comparison needs one, makes the condition true, so
+    an unreadable call is held rather than let through."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "[has(self.equals), has(self.greaterThan), has(self.lessThan)].filter(x, x).size() == 1",
+                "an approval condition needs exactly one of equals, greaterThan, lessThan",
+            )
+        )
+    )
+    argument: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$", max_length=256)
+    """The argument, as a dotted path into the call's JSON arguments (``order.amount``)."""
+    equals: str | None = Field(default=None, max_length=256)
+    """True when the argument, as text, equals this."""
+    greater_than: Decimal | None = None
+    """True when the argument is a number greater than this."""
+    less_than: Decimal | None = None
+    """True when the argument is a number less than this."""
+
+    @model_validator(mode="after")
+    def _one(self) -> ApprovalCondition:
+        if sum(x is not None for x in (self.equals, self.greater_than, self.less_than)) != 1:
+            raise ValueError("an approval condition needs exactly one of equals, greaterThan, lessThan")
+        return self
+
+
+class ApprovalMode(StrEnum):
+    """What the agent sees while a call waits for a decision."""
+
+    HOLD = "Hold"
+    """The request stays open until the decision (or the timeout)."""
+    REFUSE = "Refuse"
+    """The request is refused at once (409, ``approval_pending``) naming the AgentApproval; the
+    same call (same tool and arguments) sent again after the approval runs once."""
+
+
+APPROVAL_TIMEOUT_MAX = "1h"
+
+
+def _approval_timeout(value: str) -> str:
+    if parse_duration(value) > 3600:
+        raise ValueError(f"an approval timeout is at most {APPROVAL_TIMEOUT_MAX}")
+    return value
+
+
+class ApprovalSpec(Model):
+    """Calls of this tool wait for a person's decision (an AgentApproval) at the guard."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("!has(self.timeout) || duration(self.timeout) <= duration('1h')", "an approval timeout is at most 1h")
+        )
+    )
+    required: bool = True
+    """Hold calls of this tool for approval."""
+    when: list[ApprovalCondition] | None = Field(default=None, max_length=16)
+    """Only calls matching any of these conditions are held; unset: every call."""
+    timeout: Annotated[Duration, AfterValidator(_approval_timeout)] = "15m"
+    """Longest wait for a decision (at most 1h); past it the call is refused (onTimeout Deny)."""
+    mode: ApprovalMode = ApprovalMode.HOLD
+    """Hold the request open, or refuse it at once naming the approval."""
+    redact_arguments: bool = False
+    """Do not copy the call's arguments into the AgentApproval (only their SHA-256)."""
+
+
+class RequiredApproval(Model):
+    """A tool whose calls need approval in every covered agent, whatever the agent declares."""
+
+    tool: str = Field(pattern=r"^(mcp:[a-zA-Z0-9_-]{1,64}/)?[a-zA-Z0-9_.-]{1,128}$", max_length=200)
+    """Tool name, or ``mcp:<server>/<tool>`` for one tool of an MCP server."""
+    when: list[ApprovalCondition] | None = Field(default=None, max_length=16)
+    """Only calls matching any of these conditions; unset: every call."""
+    timeout: Annotated[Duration, AfterValidator(_approval_timeout)] | None = Field(
+        default=None, json_schema_extra=_cel(("duration(self) <= duration('1h')", "an approval timeout is at most 1h"))
+    )
+    """Longest wait (at most 1h); unset: the agent's, else 15m."""
+    redact_arguments: bool = False
+    """Keep the arguments out of the AgentApproval."""
+
+
 class ToolSpec(Model):
     """A tool the agent may be offered. HTTP tools with an endpoint are called through the
     guard's tool proxy, which applies the same checks as for model-initiated calls; an MCP
@@ -324,6 +407,8 @@ class ToolSpec(Model):
     """Cap on calls of this tool within one task (of an MCP server: of all its tools together)."""
     mcp: McpServer | None = None
     """This tool is an MCP server reached through the guard (the name must be ``mcp:<server>``)."""
+    approval: ApprovalSpec | None = None
+    """Calls through the guard wait for a person's decision (see docs/approvals.md)."""
 
     @model_validator(mode="after")
     def _mcp(self) -> ToolSpec:
@@ -1107,6 +1192,8 @@ class AgentPolicySpec(Model):
     covering policy: FailClosed."""
     alerting: AlertingPolicy | None = None
     """Alertmanager or a webhook that receives the guardrail actions taken on covered agents."""
+    required_approvals: list[RequiredApproval] | None = Field(default=None, max_length=256)
+    """Tool calls that wait for a person's decision in every covered agent (docs/approvals.md)."""
 
 
 class AgentPolicyStatus(Model):
@@ -1130,3 +1217,101 @@ class AgentPolicy(Model):
     metadata: ObjectMeta = ObjectMeta()
     spec: AgentPolicySpec = AgentPolicySpec()
     status: AgentPolicyStatus | None = None
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+class ApprovalState(StrEnum):
+    """A person's decision on a held tool call."""
+
+    APPROVED = "Approved"
+    DENIED = "Denied"
+
+
+class ApprovalPhase(StrEnum):
+    """Where an AgentApproval stands (``status.phase``, written by the guard that holds the call)."""
+
+    PENDING = "Pending"
+    APPROVED = "Approved"
+    DENIED = "Denied"
+    EXPIRED = "Expired"
+    """No decision before the deadline: the call was refused."""
+    ABANDONED = "Abandoned"
+    """The guard holding the call stopped before a decision: the call failed and never ran."""
+
+
+class ApprovalRequest(Model):
+    """The held call, as the guard recorded it. Immutable: what a person approves is what runs."""
+
+    agent: DnsName
+    """The AgentDeployment whose guard holds the call."""
+    revision: str = Field(max_length=64)
+    """Revision of the agent."""
+    pod: str = Field(max_length=253)
+    """The pod whose guard holds the call (a restarted guard abandons its pod's pending approvals)."""
+    task: str | None = Field(default=None, max_length=256)
+    """Task id the agent gave (X-Agentfleet-Task)."""
+    tool: str = Field(max_length=200)
+    """The tool (``mcp:<server>/<tool>`` for an MCP tool)."""
+    arguments: str | None = Field(default=None, max_length=16384)
+    """The call's arguments (JSON text, cut at 16 KiB); absent when redacted."""
+    arguments_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 of the full arguments, redacted or not."""
+    reason: str | None = Field(default=None, max_length=2048)
+    """Why the agent says it makes the call (X-Agentfleet-Reason), if it said."""
+    deadline: str = Field(max_length=64)
+    """When the call is refused without a decision (RFC 3339)."""
+
+
+class ApprovalDecision(Model):
+    """A person's decision. The admission policy requires ``decidedBy`` to be the identity that
+    writes it, and the decision cannot change once recorded."""
+
+    state: ApprovalState
+    """Approved or Denied."""
+    decided_by: str = Field(min_length=1, max_length=512)
+    """The deciding user, exactly as the API server authenticates them."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """Why (shown to the agent on a denial)."""
+
+
+class AgentApprovalSpec(Model):
+    """A held call and, once a person decides, the decision."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("self.request == oldSelf.request", "spec.request is immutable"),
+            (
+                "!has(oldSelf.decision) || (has(self.decision) && self.decision == oldSelf.decision)",
+                "spec.decision is final once recorded",
+            ),
+        )
+    )
+    request: ApprovalRequest
+    """The call (written by the guard at creation)."""
+    decision: ApprovalDecision | None = None
+    """The decision (written once, by an approver)."""
+
+
+class AgentApprovalStatus(Model):
+    """What happened to the held call."""
+
+    model_config = ConfigDict(frozen=False)
+    phase: ApprovalPhase | None = None
+    """Pending, Approved, Denied, Expired or Abandoned."""
+    outcome: str | None = Field(default=None, max_length=64)
+    """After the decision: ran, refused, failed."""
+    message: str | None = Field(default=None, max_length=1024)
+    """Details (the tool's status, why the call failed)."""
+
+
+class AgentApproval(Model):
+    """A tool call held at an agent's guard until a person approves or denies it."""
+
+    model_config = ConfigDict(extra="ignore")
+    api_version: Literal["agentfleet.dev/v1alpha1"] = "agentfleet.dev/v1alpha1"
+    kind: Literal["AgentApproval"] = "AgentApproval"
+    metadata: ObjectMeta = ObjectMeta()
+    spec: AgentApprovalSpec
+    status: AgentApprovalStatus | None = None

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agentfleet.gen import admission, crds, docs
+from agentfleet.gen import admission, approvals, crds, docs
 
 CHART = Path("charts/agentfleet")
 
@@ -23,6 +23,12 @@ def outputs() -> dict[Path, str]:
         out[Path("crds") / name] = text
         out[CHART / "crds" / name] = text
     for name, text in admission.files().items():
+        out[Path("crds/admission") / name] = text
+        out[CHART / "files" / name] = text
+    for name, text in approvals.crd_files().items():
+        out[Path("crds") / name] = text
+        out[CHART / "crds" / name] = text
+    for name, text in approvals.admission_files().items():
         out[Path("crds/admission") / name] = text
         out[CHART / "files" / name] = text
     out[Path(docs.PATH)] = docs.render()

@@ -43,6 +43,14 @@ class Code(StrEnum):
     """A call on the peer port without a valid ServiceAccount token for this agent."""
     PEER_FORBIDDEN = "peer_forbidden"
     """A call on the peer port from an identity that may not call this agent."""
+    APPROVAL_DENIED = "approval_denied"
+    """A person denied the held tool call (the message names the AgentApproval and the reason)."""
+    APPROVAL_TIMEOUT = "approval_timeout"
+    """Nobody decided before the approval's deadline: the call was refused."""
+    APPROVAL_PENDING = "approval_pending"
+    """Non-blocking mode: the call waits for the named AgentApproval; send it again once decided."""
+    APPROVAL_UNAVAILABLE = "approval_unavailable"
+    """The guard could not ask for or follow a decision (API server unreachable): not run."""
     INTERNAL_ERROR = "internal_error"
 
 

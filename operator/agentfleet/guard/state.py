@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from agentfleet.api.guardconfig import GuardConfig
 from agentfleet.audit import AuditLog
+from agentfleet.guard.approvals import Approvals
 from agentfleet.guard.breaker import BreakerState, CircuitBreaker
 from agentfleet.guard.budgets import MemoryLedger
 from agentfleet.guard.classifier import Classifier
@@ -90,6 +91,8 @@ class Guard:
         self.classifier = (
             Classifier(cfg.injection_classifier, lambda: self.upstream.session) if cfg.injection_classifier else None
         )
+        self.approvals = Approvals(cfg, self.metrics.registry, self.audit)
+        self._sweep: asyncio.Task[int] | None = None
         self.inflight = 0
         self.draining = False
         self._audit_dropped_seen = 0
@@ -207,10 +210,14 @@ class Guard:
         self.audit.record(
             "start", decision="allow", reason="guard started", model=self.model, upstream=self.upstream.base_url
         )
+        self._sweep = asyncio.create_task(self.approvals.abandon_leftovers())
 
     async def stop(self) -> None:
         """Close the pool and flush the audit trail."""
         await self.upstream.close()
         await self.ledger.close()
+        if self._sweep is not None:
+            self._sweep.cancel()
+        await self.approvals.close()
         self.audit.record("stop", decision="allow", reason="guard stopped")
         await asyncio.to_thread(self.audit.close)

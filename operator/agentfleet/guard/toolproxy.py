@@ -20,6 +20,7 @@ from aiohttp import web
 
 from agentfleet.api.types import InjectionMode
 from agentfleet.guard import core
+from agentfleet.guard.approvals import REASON_HEADER
 from agentfleet.guard.config import TASK_HEADER, TOOL_CALL_ID_HEADER
 from agentfleet.guard.core import ToolLog
 from agentfleet.guard.errors import GuardError
@@ -42,11 +43,16 @@ async def tool_call(guard: Guard, request: web.Request) -> web.StreamResponse:
     """Forward one call of a declared HTTP tool after the guard's checks."""
     name = request.match_info["name"]
     log = ToolLog(guard, name, request.headers.get(TOOL_CALL_ID_HEADER))
+    approval: str | None = None
     try:
         with guard.slot():
             info = core.tool_route(guard, name)
             body = log.arguments = await read_body(request)
             task = core.open_tool_call(guard, log, request.headers.get(TASK_HEADER), body.decode("utf-8", "replace"))
+            headers_in = request.headers
+            approval = await guard.approvals.check(  # held here until a person decides (approvals.py)
+                name, body.decode("utf-8", "replace"), headers_in.get(TASK_HEADER), headers_in.get(REASON_HEADER)
+            )
             assert info.endpoint is not None
             url = info.endpoint + (f"?{request.query_string}" if request.query_string else "")
             headers = {
@@ -80,9 +86,11 @@ async def tool_call(guard: Guard, request: web.Request) -> web.StreamResponse:
                     raise core.tool_failure(guard, task, name, exc.message, "result_too_large") from None
             core.tool_answer(guard, task, name, log.status, text, scans)
             log.outcome = "ok" if log.status < 400 else "error"
+            await guard.approvals.finished(approval, "ran", f"the tool answered {log.status}")
             return web.Response(status=log.status, body=log.result, content_type=content_type)
     except GuardError as err:
         log.fail(err)
+        await guard.approvals.finished(approval, "failed", err.message)
         return error_response(err)
     finally:
         log.finish()
