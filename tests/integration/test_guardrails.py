@@ -205,7 +205,7 @@ def test_expensive_agent_exceeds_its_budget_and_is_suspended(
     )
     assert condition(st, "BudgetExceeded")["status"] == "True"
     assert condition(st, "Suspended")["reason"] == "cost_per_day_exceeded"
-    assert "budgets.costPerDay is $0.50" in condition(st, "Suspended")["message"]
+    assert "budgets.costPerDay $0.50 per day (UTC)" in condition(st, "Suspended")["message"]
     assert kube.get_json("deployment", "spender", "-n", ns)["spec"]["replicas"] == 0
 
 

@@ -202,9 +202,10 @@ def test_fleet_budget_suspends_and_recovers() -> None:
 
 def test_a_guard_refusing_for_budget_counts_as_exhausted() -> None:
     agent = AgentView("ns", "a", 1, spec([], budgets={"costPerDay": "2.00"}), {"currentRevision": REV})
-    v = judge(agent, Samples(spend_today={("ns", "a"): 1.99}, exhausted={("ns", "a"): {"cost_per_day"}}))
+    v = judge(agent, Samples(spend_today={("ns", "a"): 1.99}, exhausted={("ns", "a"): {"cost_per_day": 3.0}}))
     assert v.act is not None and v.act.reason == "cost_per_day_exceeded"
-    assert "guards are refusing requests" in v.act.message
+    assert v.act.message.startswith("guards refused 3 requests recently because the reservation")
+    assert "budgets.costPerDay $2.00 per day (UTC): $1.9900 spent" in v.act.message
 
 
 def test_custom_queries_are_substituted_and_scoped_to_the_agent() -> None:

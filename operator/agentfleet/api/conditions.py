@@ -12,6 +12,7 @@ from typing import Any
 # Condition types, re-exported: ``cond.READY`` reads well where conditions are set.
 from agentfleet.api.names import (
     BUDGET_EXCEEDED,
+    BUDGET_SOFT_LIMIT,
     METRICS_AVAILABLE,
     POLICY_VIOLATION,
     PROGRESSING,
@@ -22,6 +23,7 @@ from agentfleet.api.names import (
 
 __all__ = [
     "BUDGET_EXCEEDED",
+    "BUDGET_SOFT_LIMIT",
     "METRICS_AVAILABLE",
     "POLICY_VIOLATION",
     "PROGRESSING",

@@ -51,11 +51,21 @@ PROGRESSING = "Progressing"
 SUSPENDED = "Suspended"
 ROLLED_BACK = "RolledBack"
 BUDGET_EXCEEDED = "BudgetExceeded"
+BUDGET_SOFT_LIMIT = "BudgetSoftLimit"
 METRICS_AVAILABLE = "MetricsAvailable"
 POLICY_VIOLATION = "PolicyViolation"
 DEGRADED_REASONS = frozenset({"InvalidSpec", "Refused", "NameConflict"})
 """Progressing=False reasons that mean the spec cannot be carried out as it is (phase Degraded)."""
-CONDITION_TYPES = (READY, PROGRESSING, SUSPENDED, ROLLED_BACK, BUDGET_EXCEEDED, METRICS_AVAILABLE, POLICY_VIOLATION)
+CONDITION_TYPES = (
+    READY,
+    PROGRESSING,
+    SUSPENDED,
+    ROLLED_BACK,
+    BUDGET_EXCEEDED,
+    BUDGET_SOFT_LIMIT,
+    METRICS_AVAILABLE,
+    POLICY_VIOLATION,
+)
 
 # Containers of an agent's pod.
 AGENT_CONTAINER = "agent"

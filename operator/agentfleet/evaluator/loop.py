@@ -30,6 +30,7 @@ from agentfleet.evaluator.actions import Actor
 from agentfleet.evaluator.anchors import HEADS_QUERY
 from agentfleet.evaluator.prom import FLEET, TENANT, PromError, Prometheus
 from agentfleet.evaluator.queries import (
+    SOFT_LIMITS,
     TOKENS_LAST_HOUR,
     PlatformQuery,
     RuleQuery,
@@ -45,6 +46,7 @@ from agentfleet.kube.status import written
 log = logging.getLogger("agentfleet.evaluator")
 
 SPEND, TOKENS, EXHAUSTED, HEADS = "spendToday", "tokensLastHour", "budgetsExhausted", "auditHeads"
+SOFT = "budgetsSoftLimit"
 BUILTIN_NAMES = frozenset(str(m) for m in Metric if m != Metric.CUSTOM)
 
 
@@ -206,6 +208,8 @@ class Evaluator:
             fleet[HEADS] = HEADS_QUERY
         if budgeted:
             fleet[EXHAUSTED] = exhausted_query(self.settings.rate_window)
+        if any(a.spec.budgets.soft_limit_percent is not None for a in agents):
+            fleet[SOFT] = SOFT_LIMITS
         metrics.CYCLE_QUERIES.set(len(fleet) + len(tenant))
         samples = await self.fetch(fleet, tenant)
         metrics.AGENTS.set(len(agents))
@@ -327,7 +331,12 @@ def file(samples: Samples, name: str, result: list[tuple[dict[str, str], float]]
         for labels, value in result:
             if value > 0:
                 key = (labels.get("namespace", ""), labels.get("agent", ""))
-                samples.exhausted.setdefault(key, set()).add(labels.get("budget", ""))
+                samples.exhausted.setdefault(key, {})[labels.get("budget", "")] = value
+    elif name == SOFT:
+        for labels, value in result:
+            if value > 0:
+                key = (labels.get("namespace", ""), labels.get("agent", ""))
+                samples.soft_limits.setdefault(key, set()).add(labels.get("budget", ""))
     elif name in (SPEND, TOKENS):
         table = samples.spend_today if name == SPEND else samples.tokens_last_hour
         for labels, value in result:

@@ -58,6 +58,11 @@ def outcome(v: Verdict, status: dict[str, Any], generation: int | None, now: str
     if v.budget_exceeded is not None:
         over, msg = v.budget_exceeded
         condition(cond.BUDGET_EXCEEDED, over, "BudgetExceeded" if over else "WithinBudget", msg)
+    if v.budget_soft_limit is not None:
+        soft, msg = v.budget_soft_limit
+        if soft and not cond.is_true(status.get("conditions"), cond.BUDGET_SOFT_LIMIT):
+            out.events.append(("Warning", "BudgetSoftLimit", msg))  # once per crossing
+        condition(cond.BUDGET_SOFT_LIMIT, soft, "SoftLimitReached" if soft else "UnderSoftLimit", msg)
     if v.pending_breaches is not None:
         out.fields["pendingBreaches"] = v.pending_breaches
     if v.promote_stable:

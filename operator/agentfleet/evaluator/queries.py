@@ -160,6 +160,10 @@ def spend_today_query(now: datetime) -> str:
 TOKENS_LAST_HOUR = "sum by (namespace, agent) (increase(agentfleet_tokens_total[1h]))"
 
 
+SOFT_LIMITS = "max by (namespace, agent, budget) (agentfleet_budget_soft_limit_reached) > 0"
+"""Budgets some guard of the agent reports past their soft limit now."""
+
+
 def exhausted_query(window: str) -> str:
     """Guards that refused requests because a time budget ran out (their local, strict view)."""
     return (

@@ -81,7 +81,10 @@ class Samples:
     custom: dict[str, dict[Owner, float]] = field(default_factory=dict)  # by PromQL sent
     spend_today: dict[Key, float] = field(default_factory=dict)
     tokens_last_hour: dict[Key, float] = field(default_factory=dict)
-    exhausted: dict[Key, set[str]] = field(default_factory=dict)  # budgets guards reported as used up
+    exhausted: dict[Key, dict[str, float]] = field(default_factory=dict)
+    """Budgets guards reported as used up: requests they refused recently, by budget label."""
+    soft_limits: dict[Key, set[str]] = field(default_factory=dict)
+    """Budgets a guard reports past their soft limit (agentfleet_budget_soft_limit_reached)."""
     failed: set[str] = field(default_factory=set)
     rejected: dict[str, str] = field(default_factory=dict)
     """Failed queries that Prometheus refused as bad (not an outage), with its error."""
@@ -126,6 +129,8 @@ class Verdict:
     """The MetricsAvailable reason: QueriesSucceeded, PrometheusUnavailable, InvalidGuardrail,
     InvalidSpec or EvaluationFailed."""
     budget_exceeded: tuple[bool, str] | None = None
+    budget_soft_limit: tuple[bool, str] | None = None
+    """The BudgetSoftLimit condition to set (None: unchanged)."""
     resume_budget: bool = False
     promote_stable: str | None = None
     pending_breaches: list[dict[str, str]] | None = None
@@ -137,6 +142,7 @@ class Verdict:
             and not self.alerts
             and self.metrics_available is None
             and self.budget_exceeded is None
+            and self.budget_soft_limit is None
             and not self.resume_budget
             and self.promote_stable is None
             and self.pending_breaches is None
@@ -244,6 +250,9 @@ def evaluate_agent(agent: AgentView, samples: Samples, memory: Memory, now: date
     budget_act, v.budget_exceeded, v.resume_budget = judge_budgets(agent, samples, suspended)
     if budget_act and v.act is None and not suspended:
         v.act = budget_act
+    v.budget_soft_limit, soft_alert = judge_soft_limits(agent, samples, revision)
+    if soft_alert is not None:
+        v.alerts.append(soft_alert)
 
     stable = status.get("stableRevision")
     judged = not rules or (agent.namespace, agent.name, revision) in memory.data_seen
@@ -410,31 +419,33 @@ def judge_budgets(
     over: list[tuple[str, float, str, str]] = []
     # Over when the fleet total reaches the budget, or when a guard already refused requests
     # because its (strict, per-replica) view of the same budget ran out.
-    exhausted = samples.exhausted.get(key, set())
+    exhausted = samples.exhausted.get(key, {})
     if budgets.cost_per_day is not None and (key in samples.spend_today or "cost_per_day" in exhausted):
         spent = samples.spend_today.get(key, 0.0)
         if spent >= float(budgets.cost_per_day) or "cost_per_day" in exhausted:
+            limit = f"budgets.costPerDay ${budgets.cost_per_day} per day ({budgets.time_zone})"
             over.append(
                 (
                     "cost_per_day_exceeded",
                     spent,
                     f">= {budgets.cost_per_day}",
-                    f"spent ${spent:.4f} today (UTC) across all replicas"
-                    f"{' and guards are refusing requests' if 'cost_per_day' in exhausted else ''}; "
-                    f"budgets.costPerDay is ${budgets.cost_per_day}",
+                    f"spent ${spent:.4f} since 00:00 UTC across all replicas; {limit}"
+                    if spent >= float(budgets.cost_per_day)
+                    else refused_message(exhausted["cost_per_day"], limit, f"${spent:.4f} spent"),
                 )
             )
     if budgets.tokens_per_hour is not None and (key in samples.tokens_last_hour or "tokens_per_hour" in exhausted):
         used = samples.tokens_last_hour.get(key, 0.0)
         if used >= budgets.tokens_per_hour or "tokens_per_hour" in exhausted:
+            limit = f"budgets.tokensPerHour {budgets.tokens_per_hour} tokens per sliding hour"
             over.append(
                 (
                     "tokens_per_hour_exceeded",
                     used,
                     f">= {budgets.tokens_per_hour}",
-                    f"used {used:.0f} tokens in the last hour across all replicas"
-                    f"{' and guards are refusing requests' if 'tokens_per_hour' in exhausted else ''}; "
-                    f"budgets.tokensPerHour is {budgets.tokens_per_hour}",
+                    f"used {used:.0f} tokens in the last hour across all replicas; {limit}"
+                    if used >= budgets.tokens_per_hour
+                    else refused_message(exhausted["tokens_per_hour"], limit, f"{used:.0f} tokens used"),
                 )
             )
     current = cond.get(agent.status.get("conditions"), cond.BUDGET_EXCEEDED)
@@ -461,6 +472,50 @@ def judge_budgets(
         suspended and (cond.get(agent.status.get("conditions"), cond.SUSPENDED) or {}).get("reason") in BUDGET_REASONS
     )
     return act, change, bool(suspended_by_budget and not over and key in samples.spend_today and not exhausted)
+
+
+def refused_message(refused: float, limit: str, settled: str) -> str:
+    """Why guards refused requests while settled spend is still under the budget: each call
+    reserves its worst case before it goes upstream, and a reservation that would pass the
+    budget is refused (so "spent $0.40 of $2" and "refused" do not contradict each other)."""
+    n = max(1, round(refused))
+    return (
+        f"guards refused {n} request{'s' if n != 1 else ''} recently because the reservation each needed "
+        f"(its worst-case cost, held until the call settles) would have passed {limit}: {settled} across "
+        "all replicas so far, the rest held by calls in flight or counted by the guards' ledger ahead of "
+        "Prometheus; the guard audit records (reason budget_exhausted) give each refused amount"
+    )
+
+
+def judge_soft_limits(agent: AgentView, samples: Samples, revision: str) -> tuple[tuple[bool, str] | None, Act | None]:
+    """The BudgetSoftLimit condition from the guards' soft limit gauges, and the alert to send
+    when it turns True (once per crossing: the condition on status remembers it) if the agent
+    declares an Alert guardrail, so whoever its alerts reach hears before the hard stop."""
+    percent = agent.spec.budgets.soft_limit_percent
+    current = cond.get(agent.status.get("conditions"), cond.BUDGET_SOFT_LIMIT)
+    was = current is not None and current.get("status") == "True"
+    reached = sorted(samples.soft_limits.get(agent.key, set()))
+    if percent is None or not reached:
+        return ((False, "no budget is past its soft limit") if was else None), None
+    message = (
+        f"{', '.join(reached)} past {percent}% of {'its' if len(reached) == 1 else 'their'} limit "
+        "(budgets.softLimitPercent); requests are refused once a budget is spent"
+    )
+    if was and current is not None and current.get("message") == message:
+        return None, None
+    alert = None
+    if not was and any(r.action == Action.ALERT for r in agent.spec.guardrails or []):
+        alert = Act(
+            Action.ALERT,
+            "budgets",
+            "budget_soft_limit",
+            float(percent),
+            f">= {percent}%",
+            revision,
+            "BudgetSoftLimit",
+            message,
+        )
+    return (True, message), alert
 
 
 def parse_time(value: Any) -> datetime | None:
