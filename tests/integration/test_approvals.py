@@ -43,7 +43,7 @@ def approval(namespace: str, name: str, agent: str = "support", decision: dict[s
 
 def setup(kube: Kube, ns: str) -> None:
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agentapprovals.agentfleet.dev")
-    rule = {"apiGroups": ["agentfleet.dev"], "resources": ["agentapprovals"], "verbs": VERBS}
+    rule = {"apiGroups": ["agentfleet.dev"], "resources": ["agentapprovals", "agentapprovals/status"], "verbs": VERBS}
     kube.apply(
         [
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "support-agent", "namespace": ns}},
