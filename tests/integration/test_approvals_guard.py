@@ -134,8 +134,8 @@ async def scenario(kube: Kube, ns: str, tmp: Path, api_url: str, ca: str | None)
     decided = [r for r in records if (r.get("kind") or r.get("event")) == "approval_decided"]
     assert [d["state"] for d in decided] == ["Approved", "Denied", "Expired"], decided
     assert decided[0]["decided_by"] == "alice"
-    phases = {
-        i["metadata"]["name"]: (i.get("status") or {}).get("phase")
+    phases: dict[str, str] = {
+        i["metadata"]["name"]: (i.get("status") or {}).get("phase", "")
         for i in kube.get_json("-n", ns, "agentapprovals")["items"]
     }
     assert sorted(phases.values()) == ["Approved", "Denied", "Expired"], phases
