@@ -30,8 +30,9 @@ LAYERS = {
         "breaker",
         "metrics",
         "peer_auth",
+        "tracing",
     },
-    "transport": {"sse", "upstream", "classifier", "redis_ledger"},
+    "transport": {"sse", "upstream", "classifier", "redis_ledger", "approvals"},
     "state": {"state"},
     "core": {"core"},
     "adapters": {
