@@ -14,8 +14,9 @@ the rule, the series and the stable revision all exist before the kill. The **ba
 same run and cluster, is the identical prompt switch with both replicas alive (no kill): what the
 breach itself costs (rollout, the guard's loop detection, scrapes, an evaluation cycle, the
 suspension). Failover trials and baseline trials alternate, so both see the same machine.
-"Failover minus baseline" is what losing the leader adds; the Lease duration is its floor (a
-standby cannot take over before it has seen no renewal for that long).
+"Failover minus baseline" is what losing the leader adds; the Lease duration is roughly its
+floor: a standby takes over once the Lease has gone unrenewed that long, counted from the last
+renewal before the kill (so a takeover can come slightly less than a lease after the kill).
 """
 
 from __future__ import annotations
