@@ -20,6 +20,7 @@ from agentfleet.api.types import (
     Pricing,
     RequiredApproval,
     SpendQuota,
+    TelemetryPolicy,
     ToolSpec,
 )
 
@@ -230,6 +231,8 @@ class GuardConfig(Model):
     """Agents this agent may call through ``/agents/NAME/...`` on the API listener, and limits."""
     peer: PeerListener | None = None
     """The peer listener for calls from other agents; unset: this agent cannot be called."""
+    telemetry: TelemetryPolicy | None = None
+    """OpenTelemetry traces (from the covering AgentPolicies' ``telemetry``); unset: none."""
     approvals: ApprovalsConfig | None = None
     """Where held calls ask for decisions; unset: a tool needing approval is refused (there is
     nobody to ask), never run."""

@@ -1134,6 +1134,22 @@ class AlertingPolicy(Model):
         return self
 
 
+class TelemetryPolicy(Model):
+    """OpenTelemetry traces from the guards of covered agents (docs/observability.md): a span per
+    LLM call and per tool call, with the OpenTelemetry GenAI ``gen_ai.*`` attributes and the
+    guard's decisions, exported over OTLP/HTTP (http/protobuf). Unset in every covering policy:
+    no traces."""
+
+    otlp_endpoint: str = Field(pattern=r"^https?://[^\s]+$", max_length=512)
+    """The collector's OTLP/HTTP endpoint, e.g. ``http://otel-collector.observability:4318``
+    (``/v1/traces`` is appended unless the URL already has a path). The pod's egress must allow it."""
+    sample_percent: int = Field(default=100, ge=0, le=100)
+    """Percent of traces recorded when the agent sends no ``traceparent`` (one it sends decides)."""
+    capture_content: bool = False
+    """Record prompts and completions (and tool arguments and results) on the spans, each cut
+    at 16 KiB; default: never (only sizes, counts and the guard's decisions)."""
+
+
 class SpendQuota(Model):
     """Dollars all agents a policy covers may spend together per calendar period, enforced call
     by call by the shared ledger (keyed by the policy's name), like an agent's own budget."""
@@ -1190,6 +1206,9 @@ class AgentPolicySpec(Model):
     ledger: LedgerPolicy | None = None
     """What covered agents' guards do when the shared budget ledger is unreachable. Unset in every
     covering policy: FailClosed."""
+    telemetry: TelemetryPolicy | None = None
+    """OpenTelemetry traces from covered agents' guards; the first covering policy by name that
+    sets it decides. Unset in every covering policy: no traces."""
     alerting: AlertingPolicy | None = None
     """Alertmanager or a webhook that receives the guardrail actions taken on covered agents."""
     required_approvals: list[RequiredApproval] | None = Field(default=None, max_length=256)

@@ -20,7 +20,14 @@ from agentfleet import policy as policy_core
 from agentfleet.api import conditions as cond
 from agentfleet.api import names
 from agentfleet.api.guardconfig import PolicyQuota
-from agentfleet.api.types import AgentDeployment, AgentDeploymentSpec, AgentPolicy, LedgerPolicy, Pricing
+from agentfleet.api.types import (
+    AgentDeployment,
+    AgentDeploymentSpec,
+    AgentPolicy,
+    LedgerPolicy,
+    Pricing,
+    TelemetryPolicy,
+)
 from agentfleet.policy.platform import NetworkAllowances, Platform, all_violations
 from agentfleet.policy.platform import judge as judge_with
 from agentfleet.policy.rules import Violation
@@ -74,6 +81,8 @@ class Plan:
     """What the guard does while the shared ledger is unreachable (the strictest covering policy's)."""
     quotas: list[PolicyQuota] = field(default_factory=list)
     """The covering policies' spend quotas."""
+    telemetry: TelemetryPolicy | None = None
+    """Where the guard sends traces (the first covering policy's ``telemetry``; None: nowhere)."""
 
 
 @dataclass(frozen=True)
@@ -305,6 +314,7 @@ def plan(
     return Plan(
         ledger_policy=ledger_policy,
         quotas=quotas,
+        telemetry=policy_core.telemetry_terms(agent, policies, namespace_labels),
         allowances=judgement.allowances,
         agent=agent,
         source=source,

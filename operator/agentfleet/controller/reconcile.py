@@ -110,6 +110,7 @@ async def converge(ctx: Context, body: dict[str, Any]) -> Outcome:
             ledger=ctx.platform.ledger,
             ledger_policy=p.ledger_policy,
             quotas=p.quotas,
+            telemetry=p.telemetry,
         )
     except RenderError as exc:
         return await report(ctx, body, plans.invalid(body, str(exc), now))

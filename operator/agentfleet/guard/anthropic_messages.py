@@ -108,6 +108,7 @@ async def _messages(guard: Guard, request: web.Request, call: CallLog) -> web.St
     if not isinstance(content, list):
         guard.metrics.upstream["invalid_response"].inc()
         raise GuardError(Code.UPSTREAM_UNAVAILABLE, "upstream returned an invalid message", 502, should_retry=True)
+    call.answered(data)
     answer = wire.answer(content)
     call.used(wire.usage_of(data.get("usage")), prompt_tokens, answer.out_chars)
     call.completion = guard.audit.content(content if guard.audit.capture_content else reply.body)

@@ -52,7 +52,8 @@ async def _json_errors(request: web.Request, handler: Route) -> web.StreamRespon
 def _route(guard: Guard, handler: Handler) -> Route:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(guard, request)
+            with guard.tracing.incoming(request.headers):  # the agent's traceparent, if it sent one
+                return await handler(guard, request)
         except Exception as exc:  # a bug must cost one request, never the process or a JSON error
             log(
                 "internal_error",

@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from agentfleet.api.types import InjectionMode
+from agentfleet.guard import tracing
 from agentfleet.guard.config import TASK_HEADER, ToolInfo
 from agentfleet.guard.errors import Code, GuardError, invalid
 from agentfleet.guard.injection import CLASSIFIER, CLASSIFIER_UNAVAILABLE, Verdict, scan, signals, steps, verdict
@@ -34,6 +35,7 @@ from agentfleet.guard.shapes import ToolCall, ToolResult, Turn, Usage
 from agentfleet.guard.state import Guard
 from agentfleet.guard.tasks import Task, task_from_history
 from agentfleet.guard.toolgate import describe
+from agentfleet.guard.tracing import event, response_facts
 
 MAX_TASK_ID = 256
 MAX_CALL_ID = 256
@@ -51,6 +53,8 @@ class CallLog:
         "cached",
         "completion",
         "detail",
+        "finish_reasons",
+        "first_event",
         "guard",
         "kind",
         "model",
@@ -61,6 +65,8 @@ class CallLog:
         "reasoning",
         "removed",
         "res",
+        "response_model",
+        "span",
         "status",
         "stream",
         "t0",
@@ -98,18 +104,34 @@ class CallLog:
         self.completion: dict[str, Any] | None = None
         self.began = False
         self.upstream = False
+        self.first_event: float | None = None
+        """When a stream's first event arrived (``perf_counter``), for time to first token."""
+        self.response_model: str | None = None
+        self.finish_reasons: list[str] = []
+        self.span = guard.tracing.start_llm(self.operation, self.model)
+
+    @property
+    def operation(self) -> str:
+        """``gen_ai.operation.name`` of the call."""
+        return "embeddings" if self.kind == "embeddings" else "chat"
+
+    def answered(self, data: Any) -> None:
+        """Note the model that answered and why it stopped, from the upstream's response body."""
+        self.response_model, self.finish_reasons = response_facts(data)
 
     async def reserve(self, tokens_in: int, tokens_out: int) -> None:
         """Reserve the worst case of this call against the budgets (raises 429, or 503 when the
         shared ledger cannot decide). The request id makes the shared ledger's settle idempotent."""
         g = self.guard
-        charge = Charge.of(tokens_in + tokens_out, g.limits.worst_cost(tokens_in, tokens_out))
+        worst = g.limits.worst_cost(tokens_in, tokens_out)
+        charge = Charge.of(tokens_in + tokens_out, worst)
         self._hold_task(charge)
         try:
             self.res = await g.ledger.reserve(uuid.uuid4().hex, charge)
         except BaseException:
             self._settle_task(Charge(0, 0))
             raise
+        event("agentfleet.budget.reserved", **{"agentfleet.tokens": charge.tokens, "agentfleet.cost": str(worst)})
         g.note_levels(self.res)
 
     def _hold_task(self, charge: Charge) -> None:
@@ -179,9 +201,19 @@ class CallLog:
             g.tasks.end(self.task)
         m.req[self.outcome].inc()
         elapsed = time.perf_counter() - self.t0
+        op = self.operation
         if self.upstream:
             m.duration_h.observe(elapsed)
+            m.genai_duration_h[op].observe(elapsed)
+            if self.res is not None:
+                m.genai_tokens_h[(op, "input")].observe(self.tin)
+                if op == "chat":
+                    m.genai_tokens_h[(op, "output")].observe(self.tout)
+        if self.first_event is not None:
+            m.genai_ttft_h[op].observe(self.first_event - self.t0)
         decision = {"ok": "allow", "rejected": "reject"}.get(self.outcome, "error")
+        if self.span is not None:
+            self._end_span(decision, cost)
         g.audit.record(
             self.kind,
             task=self.task.id if self.task is not None and self.task.named else None,
@@ -202,6 +234,42 @@ class CallLog:
             completion=self.completion,
         )
 
+    def _end_span(self, decision: str, cost: Decimal) -> None:
+        span = self.span
+        assert span is not None
+        t = self.guard.tracing
+        if self.res is not None:
+            span.add_event(
+                "agentfleet.budget.settled",
+                {"agentfleet.tokens": self.tin + self.tout, "agentfleet.cost": str(cost)},
+            )
+        if self.first_event is not None:
+            span.set_attribute("gen_ai.server.time_to_first_token", self.first_event - self.t0)
+        span.update_name(f"{self.operation} {self.model}")
+        t.content(span, "gen_ai.input.messages", self.prompt)
+        t.content(span, "gen_ai.output.messages", self.completion)
+        tracing.end(
+            span,
+            decision=decision,
+            reason=self.reason,
+            detail=self.detail,
+            task=self.task.id if self.task is not None and self.task.named else None,
+            attributes={
+                "gen_ai.request.model": self.model,
+                "gen_ai.response.model": self.response_model,
+                "gen_ai.response.finish_reasons": self.finish_reasons or None,
+                "gen_ai.usage.input_tokens": self.tin if self.upstream else None,
+                "gen_ai.usage.output_tokens": self.tout if self.upstream else None,
+                "agentfleet.protocol": self.protocol
+                or ("openai-embeddings" if self.kind == "embeddings" else "openai-chat"),
+                "agentfleet.stream": self.stream,
+                "agentfleet.attempts": self.attempts or None,
+                "agentfleet.cost": str(cost),
+                "agentfleet.tools_removed": self.removed or None,
+                "http.response.status_code": self.status or None,
+            },
+        )
+
 
 class ToolLog:
     """What happened to one call of ``/tools/NAME``; ``finish`` counts and audits it once."""
@@ -215,6 +283,7 @@ class ToolLog:
         "outcome",
         "reason",
         "result",
+        "span",
         "status",
         "t0",
         "task",
@@ -232,6 +301,7 @@ class ToolLog:
         self.status = 0
         self.arguments: bytes = b""
         self.result: bytes = b""
+        self.span = guard.tracing.start_tool(name, call_id)
 
     def fail(self, err: GuardError) -> None:
         self.outcome = "rejected" if err.is_rejection else "error"
@@ -255,6 +325,25 @@ class ToolLog:
             latency_ms=round((time.perf_counter() - self.t0) * 1000, 3),
             arguments=g.audit.content(self.arguments),
             result=g.audit.content(self.result) if self.result else None,
+        )
+        self.end_span()
+
+    def end_span(self, **attributes: Any) -> None:
+        """Close the call's span with the decision (every subclass's ``finish`` calls it)."""
+        span = self.span
+        if span is None:
+            return
+        self.span = None
+        t = self.guard.tracing
+        t.content(span, "gen_ai.tool.call.arguments", self.arguments)
+        t.content(span, "gen_ai.tool.call.result", self.result or None)
+        tracing.end(
+            span,
+            decision={"ok": "allow", "rejected": "refuse"}.get(self.outcome, "error"),
+            reason=self.reason,
+            detail=None,
+            task=self.task.id if self.task is not None and self.task.named else None,
+            attributes={"http.response.status_code": self.status or None, **attributes},
         )
 
 
@@ -385,6 +474,16 @@ def check_injection(g: Guard, task: Task, text: str, source: str, tool: str | No
         return
     g.metrics.injections_c.inc()
     block = mode is InjectionMode.BLOCK
+    event(
+        "agentfleet.injection_suspected",
+        **{
+            "agentfleet.decision": "reject" if block else "flag",
+            "agentfleet.source": source,
+            "gen_ai.tool.name": tool,
+            "agentfleet.score": found.score,
+            "agentfleet.signals": list(found.signals),
+        },
+    )
     g.audit.record(
         "injection",
         task=task.id if task.named else None,
@@ -465,8 +564,24 @@ def judge_calls(g: Guard, task: Task, calls: Sequence[ToolCall]) -> GuardError |
     """Judge a batch of model tool calls; count and audit each one."""
     err = g.gate.judge(task, calls)
     outcome = "refused" if err else "allowed"
+    span = tracing.current()
     for call in calls:
         g.metrics.tool_call(call.name, outcome)
+        if span is not None:
+            g.tracing.issued(span, call.id)
+            span.add_event(
+                "gen_ai.tool.call",
+                {
+                    k: v
+                    for k, v in {
+                        "gen_ai.tool.name": call.name,
+                        "gen_ai.tool.call.id": call.id,
+                        "agentfleet.decision": "allow" if err is None else "refuse",
+                        "agentfleet.reason": err.code.value if err is not None else None,
+                    }.items()
+                    if v is not None
+                },
+            )
         g.audit.record(
             "tool_call",
             task=task.id if task.named else None,

@@ -44,6 +44,16 @@ UPSTREAM_REASONS = (
     "invalid_response",
     "breaker_open",
 )
+GENAI_OPERATIONS = ("chat", "embeddings")
+"""``gen_ai.operation.name`` of the LLM calls the guard makes (bounded label values)."""
+GENAI_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+"""The OpenTelemetry GenAI metrics' attributes, in Prometheus naming (beside ``BASE``)."""
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+"""Buckets the GenAI semantic conventions advise for ``gen_ai.client.token.usage``."""
+OPERATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+"""... for ``gen_ai.client.operation.duration``."""
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+"""... for ``gen_ai.server.time_to_first_token``."""
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -154,6 +164,30 @@ class GuardMetrics:
             registry=r,
         )
 
+        # The OpenTelemetry GenAI semantic-convention metrics, under their Prometheus names
+        # (dots to underscores, the unit "s" as _seconds); errors are not a label (their
+        # reasons are in agentfleet_requests and the audit trail), so the series stay bounded.
+        self.genai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "gen_ai.client.token.usage: tokens used per LLM call, by gen_ai_token_type (input, output).",
+            [*BASE, *GENAI_LABELS, "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.genai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "gen_ai.client.operation.duration: LLM calls through the guard that reached the upstream, seconds.",
+            [*BASE, *GENAI_LABELS],
+            buckets=OPERATION_BUCKETS,
+            registry=r,
+        )
+        self.genai_ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "gen_ai.server.time_to_first_token: from the request to the stream's first event, seconds.",
+            [*BASE, *GENAI_LABELS],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
         self.req = {o: self.requests.labels(*base, o) for o in ("ok", "error", "rejected")}
         self.tok_in = self.tokens.labels(*base, "input")
         self.tok_out = self.tokens.labels(*base, "output")
@@ -175,6 +209,22 @@ class GuardMetrics:
         }
         self.breaker_g.set(BreakerState.CLOSED)
         self._base = base
+
+    def bind_genai(self, provider: str, embeddings_model: str | None = None) -> None:
+        """Bind the GenAI series' children: the provider is the guard's one upstream, the request
+        model the pinned one (the embeddings model for embeddings)."""
+        models = {"chat": self._base[3], "embeddings": embeddings_model or self._base[3]}
+        self.genai_tokens_h = {
+            (op, kind): self.genai_tokens.labels(*self._base, op, provider, models[op], kind)
+            for op in GENAI_OPERATIONS
+            for kind in ("input", "output")
+        }
+        self.genai_duration_h = {
+            op: self.genai_duration.labels(*self._base, op, provider, models[op]) for op in GENAI_OPERATIONS
+        }
+        self.genai_ttft_h = {
+            op: self.genai_ttft.labels(*self._base, op, provider, models[op]) for op in GENAI_OPERATIONS
+        }
 
     def bind_ledger(self) -> None:
         """Create the shared ledger's series (only guards that have one export them)."""

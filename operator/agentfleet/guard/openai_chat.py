@@ -97,6 +97,7 @@ async def _chat(guard: Guard, request: web.Request, call: CallLog) -> web.Stream
         raise GuardError(
             Code.UPSTREAM_UNAVAILABLE, "upstream returned an invalid chat completion", 502, should_retry=True
         )
+    call.answered(data)
     answer = openai_wire.chat_answer(choices)
     call.used(openai_wire.usage_of(data.get("usage")), prompt_tokens, answer.out_chars)
     call.completion = guard.audit.content(choices if guard.audit.capture_content else reply.body)

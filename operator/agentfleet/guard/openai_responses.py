@@ -213,6 +213,7 @@ class Responses:
         if not isinstance(output, list):
             guard.metrics.upstream["invalid_response"].inc()
             raise GuardError(Code.UPSTREAM_UNAVAILABLE, "upstream returned an invalid response", 502, should_retry=True)
+        call.answered(data)
         answer = wire.answer(output)
         usage: Usage | None = wire.usage_of(data.get("usage"))
         call.used(usage, prompt_tokens, answer.out_chars)

@@ -33,6 +33,7 @@ from agentfleet.guard.ledger import Hold, SpendLedger, agent_budgets, budget_lab
 from agentfleet.guard.metrics import GuardMetrics
 from agentfleet.guard.tasks import Task, TaskTable
 from agentfleet.guard.toolgate import ToolGate
+from agentfleet.guard.tracing import Tracing, event
 from agentfleet.guard.upstream import Upstream
 
 
@@ -61,6 +62,18 @@ class Guard:
         self.metrics = GuardMetrics(
             cfg.namespace, cfg.agent, cfg.revision, self.model, sorted(self.limits.tools), budget_labels(self.budgets)
         )
+        self.tracing = Tracing(
+            cfg.telemetry,
+            {
+                "service.name": f"{cfg.agent}.{cfg.namespace}",
+                "service.namespace": cfg.namespace,
+                "service.version": cfg.revision,
+                "agentfleet.agent": cfg.agent,
+                "agentfleet.revision": cfg.revision,
+            },
+            cfg.model.provider,
+        )
+        self.metrics.bind_genai(self.tracing.provider_name, cfg.embeddings_model)
         self._soft_signalled: dict[int, str] = {}
         self.audit = AuditLog(
             cfg.audit,
@@ -132,6 +145,7 @@ class Guard:
             span = hold.spans[i].id if i < len(hold.spans) else ""
             if reached and self._soft_signalled.get(i) != span:
                 self._soft_signalled[i] = span
+                event("agentfleet.budget.soft_limit", **{"agentfleet.budget": budget.name})
                 self.audit.record(
                     "budget_soft_limit",
                     decision="flag",
@@ -153,6 +167,7 @@ class Guard:
 
     def _loop_detected(self, task: Task, tool: str) -> None:
         self.metrics.loops_c.inc()
+        event("agentfleet.loop_detected", **{"gen_ai.tool.name": tool, "agentfleet.reason": Code.LOOP_DETECTED.value})
         self.audit.record(
             "loop",
             task=task.id if task.named else None,
@@ -216,6 +231,7 @@ class Guard:
         """Close the pool and flush the audit trail."""
         await self.upstream.close()
         await self.ledger.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushes the spans still queued
         if self._sweep is not None:
             self._sweep.cancel()
         await self.approvals.close()

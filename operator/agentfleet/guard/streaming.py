@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import time
 from typing import Any, Protocol
 
 import aiohttp
@@ -128,6 +129,7 @@ async def relay_events(
     after the start, end with the relay's error event. The call's usage, outcome and completion
     are recorded whatever happens (``call.finish`` settles them)."""
     call.attempts = start.attempts
+    call.first_event = time.perf_counter()  # the start holds the stream's first event
     if start.reply is not None:
         call.passthrough(start.reply.status)
         r = start.reply

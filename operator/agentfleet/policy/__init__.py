@@ -14,6 +14,7 @@ from agentfleet.policy.rules import (
     effective_pricing,
     ledger_terms,
     suspend_all,
+    telemetry_terms,
     violations,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "effective_pricing",
     "ledger_terms",
     "suspend_all",
+    "telemetry_terms",
     "violations",
 ]

@@ -20,6 +20,7 @@ from agentfleet.api.types import (
     ModelPrice,
     Pricing,
     RequiredGuardrail,
+    TelemetryPolicy,
 )
 from agentfleet.api.units import parse_duration
 
@@ -130,6 +131,18 @@ def ledger_terms(
         if p.spec.spend_quota is not None
     ]
     return behaviour, quotas
+
+
+def telemetry_terms(
+    agent: AgentDeployment, policies: Iterable[AgentPolicy], namespace_labels: Mapping[str, str] | None = None
+) -> TelemetryPolicy | None:
+    """Where the agent's guard sends traces: the ``telemetry`` of the first covering policy by name
+    that sets one (a stable choice, like the price table), else None (no traces). Content capture
+    is that policy's own choice, never merged from another."""
+    for policy in sorted(_narrow(agent, policies, namespace_labels), key=lambda p: p.metadata.name):
+        if policy.spec.telemetry is not None:
+            return policy.spec.telemetry
+    return None
 
 
 def _price_of(entry: ModelPrice) -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from agentfleet.api.guardconfig import PolicyQuota
 from agentfleet.api.ledger import PlatformLedger
-from agentfleet.api.types import AgentDeployment, LedgerPolicy, Pricing
+from agentfleet.api.types import AgentDeployment, LedgerPolicy, Pricing, TelemetryPolicy
 from agentfleet.render import guard, network, rbac, workload
 from agentfleet.render.base import Rendered, RenderError, RenderSettings
 from agentfleet.render.children import Owner, child_names
@@ -28,6 +28,7 @@ def render(
     ledger: PlatformLedger | None = None,
     ledger_policy: LedgerPolicy | None = None,
     quotas: Sequence[PolicyQuota] = (),
+    telemetry: TelemetryPolicy | None = None,
 ) -> Rendered:
     """``pricing`` (from an AgentPolicy's table) wins over the agent's declared price;
     ``replicas`` overrides the Deployment's count (0 when suspended by policy, or the current
@@ -46,7 +47,9 @@ def render(
         raise RenderError(f"replicas must not be negative, got {replicas}")
 
     effective = pricing if pricing is not None else spec.agent.model.pricing
-    config = guard.guard_config(owner, spec, revision, settings, effective, ledger, ledger_policy, quotas)
+    config = guard.guard_config(
+        owner, spec, revision, settings, effective, ledger, ledger_policy, quotas, telemetry=telemetry
+    )
     config_map = guard.config_map(owner, names, revision, config)
     config_hash = short_hash(config_map["data"][guard.CONFIG_KEY])
     template = workload.pod_template(

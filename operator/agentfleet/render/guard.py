@@ -18,7 +18,7 @@ from agentfleet.api.guardconfig import (
     peer_audience,
 )
 from agentfleet.api.ledger import PlatformLedger
-from agentfleet.api.types import AgentDeploymentSpec, LedgerPolicy, Pricing
+from agentfleet.api.types import AgentDeploymentSpec, LedgerPolicy, Pricing, TelemetryPolicy
 from agentfleet.render import mcp
 from agentfleet.render.base import RenderSettings
 from agentfleet.render.children import ChildNames, Owner, child_names
@@ -77,6 +77,7 @@ def guard_config(
     ledger: PlatformLedger | None = None,
     ledger_policy: LedgerPolicy | None = None,
     quotas: Sequence[PolicyQuota] = (),
+    telemetry: TelemetryPolicy | None = None,
 ) -> GuardConfig:
     """``pricing`` is the effective price (policy table or the agent's own); it replaces the
     model's declared price so the guard sees one number. ``ledger`` (the platform's) with
@@ -106,6 +107,7 @@ def guard_config(
         ledger=ledger.guard_config(ledger_policy or LedgerPolicy()) if ledger is not None else None,
         sub_agents=sub_agents(owner, spec, settings),
         peer=peer_listener(owner, settings),
+        telemetry=telemetry,
     )
 
 
