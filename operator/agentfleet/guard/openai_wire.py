@@ -15,7 +15,7 @@ from typing import Any
 
 from agentfleet.guard.budgets import text_tokens
 from agentfleet.guard.errors import Code, GuardError, invalid
-from agentfleet.guard.shapes import History, ToolCall, ToolResult, Turn, Usage
+from agentfleet.guard.shapes import History, ToolCall, ToolResult, Turn, Usage, filter_offered_tools
 
 MAX_N = 128
 """Choices one request may ask for (OpenAI's own bound)."""
@@ -180,22 +180,7 @@ def chat_turn(
 
 def apply_tool_filter(payload: dict[str, Any], keep: list[bool]) -> list[str]:
     """Remove the tools the core refused from the request; returns their names."""
-    tools = payload.get("tools")
-    if not isinstance(tools, list):
-        return []
-    kept, removed = [], []
-    for tool, ok in zip(tools, keep, strict=True):
-        if ok:
-            kept.append(tool)
-        else:
-            name = offered_tool_name(tool)
-            removed.append(name or str(tool.get("type") if isinstance(tool, dict) else tool))
-    if kept:
-        payload["tools"] = kept
-    else:
-        for key in ("tools", "tool_choice", "parallel_tool_calls"):
-            payload.pop(key, None)
-    return removed
+    return filter_offered_tools(payload, keep, offered_tool_name)
 
 
 # ------------------------------------------------------------------------------ estimates

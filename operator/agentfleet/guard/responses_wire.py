@@ -23,7 +23,7 @@ from typing import Any
 
 from agentfleet.guard.budgets import text_tokens
 from agentfleet.guard.errors import invalid
-from agentfleet.guard.shapes import History, ToolCall, ToolResult, Turn, Usage
+from agentfleet.guard.shapes import History, ToolCall, ToolResult, Turn, Usage, filter_offered_tools
 
 MAX_ITEMS = 10_000
 MAX_ID = 256
@@ -283,22 +283,7 @@ def responses_turn(
 
 def apply_tool_filter(payload: dict[str, Any], keep: list[bool]) -> list[str]:
     """Remove the tools the core refused from the request; returns their names."""
-    tools = payload.get("tools")
-    if not isinstance(tools, list):
-        return []
-    kept, removed = [], []
-    for tool, ok in zip(tools, keep, strict=True):
-        if ok:
-            kept.append(tool)
-        else:
-            name = offered_tool_name(tool)
-            removed.append(name or str(tool.get("type") if isinstance(tool, dict) else tool))
-    if kept:
-        payload["tools"] = kept
-    else:
-        for key in ("tools", "tool_choice", "parallel_tool_calls"):
-            payload.pop(key, None)
-    return removed
+    return filter_offered_tools(payload, keep, offered_tool_name)
 
 
 def drop_hosted_tools(payload: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ requests and responses to them and back, so a new protocol adds a mapping, not a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,3 +80,23 @@ class Turn:
     """Names of the tools offered to the model, in order (None: a kind the adapter cannot name)."""
     forced: str | None = None
     """The tool the request forces the model to call, if any."""
+
+
+def filter_offered_tools(payload: dict[str, Any], keep: list[bool], name_of: Callable[[Any], str | None]) -> list[str]:
+    """Drop the offered tools the core refused from an OpenAI-style request (``tools``; with none
+    left, also ``tool_choice`` and ``parallel_tool_calls``); returns their names."""
+    tools = payload.get("tools")
+    if not isinstance(tools, list):
+        return []
+    kept, removed = [], []
+    for tool, ok in zip(tools, keep, strict=True):
+        if ok:
+            kept.append(tool)
+        else:
+            removed.append(name_of(tool) or str(tool.get("type") if isinstance(tool, dict) else tool))
+    if kept:
+        payload["tools"] = kept
+    else:
+        for key in ("tools", "tool_choice", "parallel_tool_calls"):
+            payload.pop(key, None)
+    return removed
