@@ -217,14 +217,6 @@ def state_of(guard: Guard) -> PeerState:
     return state
 
 
-class Relayed(Exception):
-    """The call could not be relayed before any of the answer was sent (``reason`` says why)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 async def _relay(
     session: aiohttp.ClientSession,
     request: web.Request,
@@ -233,10 +225,12 @@ async def _relay(
     body: bytes,
     within: float,
     limit: int,
+    other: str,
 ) -> web.StreamResponse:
     """Send the call on and stream the answer back (status, type and body), all within
-    ``within`` seconds, at most ``limit`` bytes of body. A failure before the answer starts raises
-    ``Relayed``; one after it cuts the connection (the status line is already sent)."""
+    ``within`` seconds, at most ``limit`` bytes of body. A failure before the answer starts is the
+    guard's 504 (no answer in time) or 502 (``other`` cannot be reached); one after it cuts the
+    connection (the status line is already sent)."""
     out: web.StreamResponse | None = None
     try:
         async with asyncio.timeout(within):
@@ -255,8 +249,12 @@ async def _relay(
                 return out
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if out is None:
-            kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-            raise Relayed(kind, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+            if isinstance(exc, TimeoutError):
+                raise GuardError(Code.UPSTREAM_UNAVAILABLE, f"{other} did not answer within {within:g}s", 504) from None
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise GuardError(
+                Code.UPSTREAM_UNAVAILABLE, f"{other} cannot be reached: {detail}", 502, should_retry=True
+            ) from None
         out.force_close()
         log("relay_cut", url=url, error=type(exc).__name__)
         return out
@@ -320,15 +318,8 @@ async def call_sub_agent(guard: Guard, request: web.Request) -> web.StreamRespon
                     body,
                     st.call_timeout,
                     guard.tuning.max_response_bytes,
+                    f"agent {peer!r}",
                 )
-            except Relayed as exc:
-                if exc.reason == "timeout":
-                    raise GuardError(
-                        Code.UPSTREAM_UNAVAILABLE, f"agent {peer!r} did not answer within {st.call_timeout:g}s", 504
-                    ) from None
-                raise GuardError(
-                    Code.UPSTREAM_UNAVAILABLE, f"agent {peer!r} cannot be reached: {exc}", 502, should_retry=True
-                ) from None
             finally:
                 st.outbound -= 1
             status = resp.status
@@ -391,27 +382,16 @@ async def serve_peer(guard: Guard, request: web.Request) -> web.StreamResponse:
         body = await read_body(request)
         headers = {**_forwarded(request), TASK_HEADER: task, CALLER_HEADER: caller.agent, DEPTH_HEADER: str(depth)}
         url = f"{peer_cfg.agent_url}{path}" + (f"?{request.query_string}" if request.query_string else "")
-        try:
-            resp = await _relay(
-                guard.upstream.session,
-                request,
-                url,
-                headers,
-                body,
-                st.call_timeout,
-                guard.tuning.max_response_bytes,
-            )
-        except Relayed as exc:
-            if exc.reason == "timeout":
-                raise GuardError(
-                    Code.UPSTREAM_UNAVAILABLE, f"this agent did not answer within {st.call_timeout:g}s", 504
-                ) from None
-            raise GuardError(
-                Code.UPSTREAM_UNAVAILABLE,
-                f"this agent is not serving on {peer_cfg.agent_url}: {exc.reason}",
-                502,
-                should_retry=True,
-            ) from None
+        resp = await _relay(
+            guard.upstream.session,
+            request,
+            url,
+            headers,
+            body,
+            st.call_timeout,
+            guard.tuning.max_response_bytes,
+            f"this agent (serving on {peer_cfg.agent_url})",
+        )
         status = resp.status
         outcome = "ok" if status < 400 else "error"
         return resp
