@@ -26,7 +26,7 @@ from agentfleet.guard.anthropic_stream import MessagesRelay
 from agentfleet.guard.config import TASK_HEADER
 from agentfleet.guard.core import CallLog
 from agentfleet.guard.errors import Code, GuardError
-from agentfleet.guard.httpio import error_headers, read_json
+from agentfleet.guard.httpio import answer_list, error_headers, passed_through, read_json
 from agentfleet.guard.state import Guard
 from agentfleet.guard.streaming import relay_events
 
@@ -99,15 +99,10 @@ async def _messages(guard: Guard, request: web.Request, call: CallLog) -> web.St
         return await relay_events(guard, request, call, start, relay, deadline=deadline, prompt_tokens=prompt_tokens)
 
     reply = await guard.upstream.call("/messages", body, deadline, headers)
-    call.attempts = reply.attempts
-    if reply.status != 200:
-        call.passthrough(reply.status)
-        return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+    if (passed := passed_through(call, reply)) is not None:
+        return passed
     data = reply.data
-    content = data.get("content")
-    if not isinstance(content, list):
-        guard.metrics.upstream["invalid_response"].inc()
-        raise GuardError(Code.UPSTREAM_UNAVAILABLE, "upstream returned an invalid message", 502, should_retry=True)
+    content = answer_list(guard, data, "content", "message")
     call.answered(data)
     answer = wire.answer(content)
     call.used(wire.usage_of(data.get("usage")), prompt_tokens, answer.out_chars)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from agentfleet.guard.errors import Code, GuardError, invalid
+
+if TYPE_CHECKING:
+    from agentfleet.guard.core import CallLog
+    from agentfleet.guard.state import Guard
+    from agentfleet.guard.upstream import Reply
 
 _TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
@@ -69,3 +74,22 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     """The raw request body and its JSON object (400/413 otherwise)."""
     raw = await read_body(request)
     return raw, parse_json_object(raw)
+
+
+def passed_through(call: CallLog, reply: Reply) -> web.Response | None:
+    """A non-200 upstream answer handed to the agent unchanged (and recorded as such), or None."""
+    call.attempts = reply.attempts
+    if reply.status == 200:
+        return None
+    call.passthrough(reply.status)
+    return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+
+
+def answer_list(guard: Guard, data: dict[str, Any], key: str, what: str) -> list[Any]:
+    """The list an answer carries its output in (``choices``, ``output``, ``content``); an answer
+    without it is the upstream's fault: counted, and a retryable 502 naming ``what`` it should be."""
+    items = data.get(key)
+    if not isinstance(items, list):
+        guard.metrics.upstream["invalid_response"].inc()
+        raise GuardError(Code.UPSTREAM_UNAVAILABLE, f"upstream returned an invalid {what}", 502, should_retry=True)
+    return items

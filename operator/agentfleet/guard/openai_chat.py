@@ -22,8 +22,8 @@ from aiohttp import web
 from agentfleet.guard import core, openai_wire
 from agentfleet.guard.config import TASK_HEADER
 from agentfleet.guard.core import CallLog
-from agentfleet.guard.errors import Code, GuardError, invalid
-from agentfleet.guard.httpio import error_response, read_json
+from agentfleet.guard.errors import GuardError, invalid
+from agentfleet.guard.httpio import answer_list, error_response, passed_through, read_json
 from agentfleet.guard.openai_stream import relay_stream
 from agentfleet.guard.state import Guard
 
@@ -86,17 +86,10 @@ async def _chat(guard: Guard, request: web.Request, call: CallLog) -> web.Stream
         )
 
     reply = await guard.upstream.call("/chat/completions", body, deadline)
-    call.attempts = reply.attempts
-    if reply.status != 200:
-        call.passthrough(reply.status)
-        return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+    if (passed := passed_through(call, reply)) is not None:
+        return passed
     data = reply.data
-    choices = data.get("choices")
-    if not isinstance(choices, list):
-        guard.metrics.upstream["invalid_response"].inc()
-        raise GuardError(
-            Code.UPSTREAM_UNAVAILABLE, "upstream returned an invalid chat completion", 502, should_retry=True
-        )
+    choices = answer_list(guard, data, "choices", "chat completion")
     call.answered(data)
     answer = openai_wire.chat_answer(choices)
     call.used(openai_wire.usage_of(data.get("usage")), prompt_tokens, answer.out_chars)
@@ -129,10 +122,8 @@ async def embeddings(guard: Guard, request: web.Request) -> web.StreamResponse:
             call.upstream = True
             deadline = asyncio.get_running_loop().time() + guard.limits.call_deadline
             reply = await guard.upstream.call("/embeddings", json.dumps(payload).encode(), deadline)
-            call.attempts = reply.attempts
-            if reply.status != 200:
-                call.passthrough(reply.status)
-                return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+            if (passed := passed_through(call, reply)) is not None:
+                return passed
             usage = reply.data.get("usage")
             tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
             call.tin = tokens if isinstance(tokens, int) else estimate

@@ -35,7 +35,7 @@ from agentfleet.guard import responses_wire as wire
 from agentfleet.guard.config import TASK_HEADER
 from agentfleet.guard.core import CallLog
 from agentfleet.guard.errors import Code, GuardError
-from agentfleet.guard.httpio import error_response, read_json
+from agentfleet.guard.httpio import answer_list, error_response, passed_through, read_json
 from agentfleet.guard.responses_stream import ResponsesRelay
 from agentfleet.guard.shapes import Usage
 from agentfleet.guard.state import Guard
@@ -204,15 +204,10 @@ class Responses:
                     self._remember(guard, call, ids[-1], conversation, used, stored)
 
         reply = await guard.upstream.call("/responses", body, deadline)
-        call.attempts = reply.attempts
-        if reply.status != 200:
-            call.passthrough(reply.status)
-            return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+        if (passed := passed_through(call, reply)) is not None:
+            return passed
         data = reply.data
-        output = data.get("output")
-        if not isinstance(output, list):
-            guard.metrics.upstream["invalid_response"].inc()
-            raise GuardError(Code.UPSTREAM_UNAVAILABLE, "upstream returned an invalid response", 502, should_retry=True)
+        output = answer_list(guard, data, "output", "response")
         call.answered(data)
         answer = wire.answer(output)
         usage: Usage | None = wire.usage_of(data.get("usage"))
