@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from typing import Any
 
 from hack.bench.common import RawKube, fresh, pct, say
 from hack.harness.agents import BIG_BUDGETS, agent
-from hack.harness.kube import PYTHON, ROOT, Cluster, Kube, poll
+from hack.harness.kube import Cluster, Kube, poll
 from hack.harness.processes import DEV_PLATFORM, DataplaneProcess, FakeLLMProcess, OperatorProcess
 
 LEASE_NS = "agentfleet-system"
@@ -46,58 +44,6 @@ waits 0-interval for the next cycle) from drowning the failover cost in both ser
 RATE_WINDOW = "20s"
 HEALTHY, LOOPING = "Triage tickets.", "Triage tickets. [[sim:loop]]"
 RULES = [{"name": "loops", "metric": "loopDetections", "threshold": "0", "action": "Suspend"}]
-_DATAPLANE = """
-import sys
-from hack.harness.dataplane import __main__ as dataplane, simulator
-
-rewrite = simulator.local_config
-
-def local_config(*args, **kwargs):
-    cfg = rewrite(*args, **kwargs)
-    if cfg.peer is not None:
-        cfg = cfg.model_copy(update={"peer": cfg.peer.model_copy(update={"host": "127.0.0.1", "port": 0})})
-    return cfg
-
-simulator.local_config = local_config
-sys.exit(dataplane.main(sys.argv[1:]))
-"""
-"""``python -m hack.harness.dataplane`` with the guards' peer listener (calls between agents, on
-0.0.0.0:9443 in a pod) moved to 127.0.0.1 and a free port: the simulator does not rewrite it yet,
-so with two guards on this machine the second could not bind it and crash-looped (and nothing here
-may listen off loopback). A no-op once the simulator does it itself."""
-
-
-def start_dataplane(cluster: Cluster, work_dir: Path, llm: str) -> DataplaneProcess:
-    """DataplaneProcess.start's process, through ``_DATAPLANE``; returns once it is ready."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    log = work_dir / "dataplane.log"
-    args = ["--kubeconfig", cluster.kubeconfig, "--targets-dir", str(cluster.prometheus.targets_dir)]
-    args += ["--work-dir", str(work_dir), "--namespace", NS, "--llm-url", llm, "--tasks-per-second", "2"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [PYTHON, "-c", _DATAPLANE, *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    dp = DataplaneProcess(proc, work_dir, cluster.prometheus.targets_dir, [NS], log)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the data plane exited with {proc.returncode}:\n{dp.tail()}")
-        return "dataplane ready" in log.read_text(errors="replace")
-
-    try:
-        poll(ready, timeout=60, what="the data plane")
-    except BaseException:
-        proc.kill()
-        proc.wait(timeout=10)
-        raise
-    return dp
-
-
 WITHIN = 120.0
 """Seconds a trial may take before it counts as failed (no sample, a note instead)."""
 
@@ -336,7 +282,16 @@ def run(cluster: Cluster, work: Path, trials: int = 10) -> FailoverResult:
     result = FailoverResult()
     llm = FakeLLMProcess.start(work / "failover-llm.log")
     try:
-        dp = start_dataplane(cluster, work / "failover-dataplane", llm.url)
+        dp = DataplaneProcess.start(
+            cluster.kubeconfig,
+            cluster.prometheus.targets_dir,
+            work / "failover-dataplane",
+            [NS],
+            "--llm-url",
+            llm.url,
+            "--tasks-per-second",
+            "2",
+        )
     except BaseException:
         llm.stop()
         raise
