@@ -147,7 +147,8 @@ def test_the_leader_killed_under_load_loses_and_repeats_no_action(
     kube: Kube, prometheus: Prometheus, fake_llm: str, tmp_path: Path
 ) -> None:
     """Agents start looping together; the leader is SIGKILLed as soon as it carried out the first
-    suspension, so the rest are decided by the standby: every looper suspended exactly once, no
+    suspension of the first wave, and a second wave starts looping at the kill, so the rest are
+    decided by the standby: every looper suspended exactly once, no
     healthy agent touched; the time from the kill to the new leader's first action is printed."""
     ns, lease_ns = "underload", "agentfleet-system"
     for n in (ns, lease_ns):
@@ -184,13 +185,17 @@ def test_the_leader_killed_under_load_loses_and_repeats_no_action(
             timeout=120,
             what="every agent to be judged healthy",
         )
-        kube.apply([body(n, "Triage tickets. [[sim:loop]]") for n in loopers])
-        poll(lambda: any(suspended(n) for n in loopers), timeout=90, interval=0.1, what="the first suspension")
+        # Two waves: the first is in flight when the leader dies; the second starts looping at the
+        # kill, so the new leader always has actions to carry out (one cycle can decide a whole wave).
+        first, second = loopers[: len(loopers) // 2], loopers[len(loopers) // 2 :]
+        kube.apply([body(n, "Triage tickets. [[sim:loop]]") for n in first])
+        poll(lambda: any(suspended(n) for n in first), timeout=90, interval=0.1, what="the first suspension")
         leader = next(r for r in replicas if any(audited([audits[r]], ns, n) for n in loopers))
         standby = "b" if leader == "a" else "a"
         before_kill = {n for n in loopers if suspended(n)}
         killed = time.time()
         replicas[leader].stop(kill=True)
+        kube.apply([body(n, "Triage tickets. [[sim:loop]]") for n in second])
         poll(lambda: all(suspended(n) for n in loopers), timeout=120, interval=0.2, what="every looper suspended")
         first_by_new = poll(
             lambda: min((wall(r["ts"]) for n in loopers for r in audited([audits[standby]], ns, n)), default=None),
